@@ -1,0 +1,71 @@
+"""One model at initialization, described by a frozen dataclass.
+
+References:
+  Xiong et al. 2020, "On Layer Normalization in the Transformer Architecture"
+  (arXiv:2002.04745), Table 1 and Section 3.3: the single-head encoder whose
+  last-layer FFN gradient Theorem 1 bounds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+ARCHS = ("post", "pre")
+LOSSES = ("linear", "xent", "mse")
+DTYPES = ("float32", "float64")
+PARAM_NAMES = ("W_Q", "W_K", "W_V", "W_O", "W1", "W2")
+
+
+def _require_int(name: str, value, minimum: int) -> None:
+  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _require_choice(name: str, value, allowed: tuple[str, ...]) -> None:
+  if value not in allowed:
+    raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """An L-layer single-head Transformer encoder at initialization.
+
+  Example:
+    >>> Config(arch="pre", d=64, L=6).d_ff
+    64
+
+  Attributes:
+    arch: where LayerNorm sits: one of ``ARCHS`` ("post", "pre", ...).
+    d: model width; every attention matrix is d×d.
+    L: number of layers.
+    n: sequence length (positions per sample).
+    d_ff: FFN hidden width; ``None`` means d, as in Theorem 1.
+    eps: LayerNorm epsilon (the theory uses 0).
+    loss: read-out loss, one of ``LOSSES`` (SPEC §2).
+    vocab: vocabulary size V of the ``xent`` loss.
+    dtype: "float32" or "float64" (the latter runs under ``jax.enable_x64``).
+  """
+
+  arch: str = "pre"  # LayerNorm placement, see normtheory.architectures.
+  d: int = 64  # width of the residual stream
+  L: int = 6  # depth (number of layers)
+  n: int = 16  # sequence length
+  d_ff: int | None = None  # FFN width; None -> d
+  eps: float = 1e-6  # LayerNorm epsilon
+  loss: str = "linear"  # "linear" | "xent" | "mse"
+  vocab: int = 1000  # vocabulary of the xent read-out
+  dtype: str = "float32"  # "float32" | "float64"
+
+  def __post_init__(self):
+    _require_choice("arch", self.arch, ARCHS)
+    _require_int("d", self.d, 2)
+    _require_int("L", self.L, 1)
+    _require_int("n", self.n, 1)
+    if self.d_ff is None:
+      object.__setattr__(self, "d_ff", self.d)
+    _require_int("d_ff", self.d_ff, 1)
+    if not isinstance(self.eps, (int, float)) or not self.eps >= 0:
+      raise ValueError(f"eps must be a number >= 0, got {self.eps!r}")
+    _require_choice("loss", self.loss, LOSSES)
+    _require_int("vocab", self.vocab, 2)
+    _require_choice("dtype", self.dtype, DTYPES)

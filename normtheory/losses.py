@@ -1,0 +1,32 @@
+"""Read-out losses on the final representation, averaged over positions (SPEC §2).
+
+References:
+  Xiong et al. 2020, Section 3.3 (the cross-entropy read-out of Theorem 1).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from normtheory.layers import HIGHEST
+
+
+def linear_loss(x_nxd, y_nxd, head):
+  """``(1/n) sum_i <y_i, x_i>``: a random linear read-out."""
+  return (x_nxd * y_nxd).sum(-1).mean()
+
+
+def xent_loss(x_nxd, t_n, head):
+  """``-(1/n) sum_i log softmax(W_emb x_i)[t_i]`` with a Xavier-Gaussian ``W_emb`` (V×d)."""
+  logits_nxv = jnp.matmul(x_nxd, head["W_emb"].T, precision=HIGHEST)
+  logp_nxv = jax.nn.log_softmax(logits_nxv, axis=-1)
+  return -jnp.take_along_axis(logp_nxv, t_n[:, None], axis=-1).mean()
+
+
+def mse_loss(x_nxd, y_nxd, head):
+  """``(1/(2n)) sum_i ||x_i - y_i||^2``."""
+  return 0.5 * ((x_nxd - y_nxd) ** 2).sum(-1).mean()
+
+
+LOSS_FUNCTIONS = {"linear": linear_loss, "xent": xent_loss, "mse": mse_loss}

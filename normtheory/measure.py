@@ -1,0 +1,133 @@
+"""The notebook API: exact per-layer gradient norms of one model over many seeds.
+
+Example:
+  >>> import normtheory as nt
+  >>> r = nt.grad_norms(nt.Config(arch="pre", d=32, L=4), seeds=2)
+  >>> r.grad_norm["W2"].shape  # (seeds, layers)
+  (2, 4)
+
+References:
+  Xiong et al. 2020, Section 3.3 and Theorem 1 (``||dLoss/dW2^L||_F``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+import pandas as pd
+
+from normtheory import engine, reference
+from normtheory.config import PARAM_NAMES, Config
+
+GRAD_COLUMNS = ("arch", "loss", "d", "L", "n", "d_ff", "seed", "layer", "param", "grad_norm")
+HIDDEN_COLUMNS = ("arch", "loss", "d", "L", "n", "d_ff", "seed", "layer", "sq_norm")
+METHODS = ("engine", "reference")
+
+
+@dataclasses.dataclass
+class GradNorms:
+  """Per-seed, per-layer measurements of one model.
+
+  Attributes:
+    config: the model.
+    seeds: ``(S,)`` seed indices (sample s uses ``fold_in(base key, s)``).
+    grad_norm: param name -> ``(S, L)`` array of ``||dLoss/dW^l||_F``, layer 1 first.
+    sq_norm: ``(S, L)`` mean squared row norm ``||x_l||²/n`` entering layer l.
+    ln_jacobian: ``(S, L, k)`` LN-Jacobian spectral norms at the layer's LN inputs.
+    loss: ``(S,)`` loss values.
+  """
+
+  config: Config
+  seeds: np.ndarray
+  grad_norm: dict[str, np.ndarray]
+  sq_norm: np.ndarray
+  ln_jacobian: np.ndarray
+  loss: np.ndarray
+
+  @classmethod
+  def from_depth_result(cls, cfg: Config, seeds_S: np.ndarray, result: engine.DepthResult) -> GradNorms:
+    return cls(cfg, np.asarray(seeds_S), result.grad_norms, result.sq_norms, result.ln_jacobian, result.loss)
+
+  def _keys(self) -> dict:
+    c = self.config
+    return {"arch": c.arch, "loss": c.loss, "d": c.d, "L": c.L, "n": c.n, "d_ff": c.d_ff}
+
+  def to_frame(self) -> pd.DataFrame:
+    """Tidy table, one row per (seed, layer, param), columns ``GRAD_COLUMNS``."""
+    S, L = self.sq_norm.shape
+    frames = []
+    for name in PARAM_NAMES:
+      frames.append(
+          pd.DataFrame({
+              **self._keys(),
+              "seed": np.repeat(self.seeds, L),
+              "layer": np.tile(np.arange(1, L + 1), S),
+              "param": name,
+              "grad_norm": self.grad_norm[name].reshape(-1).astype(np.float64),
+          })
+      )
+    return pd.concat(frames, ignore_index=True)[list(GRAD_COLUMNS)]
+
+  def hidden_frame(self) -> pd.DataFrame:
+    """Tidy table of ``||x_l||²/n``, one row per (seed, layer), columns ``HIDDEN_COLUMNS``."""
+    S, L = self.sq_norm.shape
+    return pd.DataFrame({
+        **self._keys(),
+        "seed": np.repeat(self.seeds, L),
+        "layer": np.tile(np.arange(1, L + 1), S),
+        "sq_norm": self.sq_norm.reshape(-1).astype(np.float64),
+    })[list(HIDDEN_COLUMNS)]
+
+  def __repr__(self) -> str:
+    c = self.config
+    w2 = self.grad_norm["W2"]
+    head = f"GradNorms(arch={c.arch}, loss={c.loss}, d={c.d}, L={c.L}, n={c.n}, seeds={len(self.seeds)})"
+    rows = [f"  layer {l:3d}: ||dL/dW2|| = {w2[:, l - 1].mean():.4g} ± {w2[:, l - 1].std():.2g}" for l in range(1, c.L + 1)]
+    return "\n".join([head, *rows])
+
+
+def as_key(key) -> jax.Array:
+  """A PRNG key from an int seed or an existing key."""
+  if isinstance(key, (int, np.integer)):
+    return jax.random.key(int(key))
+  return key
+
+
+def seed_indices(seeds: int | Sequence[int]) -> np.ndarray:
+  """``range(seeds)`` for an int, else the given indices; ``ValueError`` if empty or negative."""
+  indices = np.arange(seeds) if isinstance(seeds, (int, np.integer)) else np.asarray(seeds, dtype=np.int64)
+  if indices.ndim != 1 or indices.size == 0 or (indices < 0).any():
+    raise ValueError(f"seeds must be a positive count or non-empty non-negative indices, got {seeds!r}")
+  return indices
+
+
+def grad_norms(
+    cfg: Config, seeds: int | Sequence[int] = 8, key=0, chunk: int | None = None, method: str = "engine"
+) -> GradNorms:
+  """Exact ``||dLoss/dW^l||_F`` for every layer l, weight W and seed.
+
+  Args:
+    cfg: the model (:class:`normtheory.Config`).
+    seeds: number of samples (indices 0..seeds-1) or explicit seed indices.
+    key: base PRNG key or int seed; sample s draws everything from ``fold_in(key, s)``.
+    chunk: seeds per compiled call (memory knob; results do not depend on it).
+    method: "engine" (memory flat in depth, :mod:`normtheory.engine`) or
+      "reference" (``jax.grad`` of the full NNX parameter pytree).
+
+  Returns:
+    :class:`GradNorms`.
+  """
+  if method not in METHODS:
+    raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+  if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1):
+    raise ValueError(f"chunk must be an integer >= 1, got {chunk!r}")
+  seeds_S = seed_indices(seeds)
+  base_key = as_key(key)
+  if method == "reference":
+    result = reference.measure(cfg, seeds_S, base_key)
+  else:
+    result = engine.measure_depths(cfg, [cfg.L], seeds_S, base_key, chunk)[cfg.L]
+  return GradNorms.from_depth_result(cfg, seeds_S, result)
