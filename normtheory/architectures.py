@@ -1,11 +1,19 @@
 """Where the LayerNorm goes: one pure layer function per architecture.
 
 Each architecture maps one sample's hidden state ``x_nxd`` entering layer ``l``
-(1-based) of an ``L``-layer model to the state leaving it, and says what happens
-after the last layer (``final``) and how its weights are scaled at init.
+(1-based, possibly a traced integer) of an ``L``-layer model to the state leaving
+it, says what happens after the last layer (``final_ln``), and how its weights are
+scaled at init. ``Attn`` and ``FFN`` are :func:`normtheory.layers.attention` and
+:func:`normtheory.layers.ffn`; ``LN`` is :func:`normtheory.layers.layer_norm`.
 
 References:
-  Xiong et al. 2020, Table 1: Post-LN and Pre-LN.
+  Xiong et al. 2020, Table 1 (Post-LN, Pre-LN).
+  Wang et al. 2022, "DeepNet: Scaling Transformers to 1,000 Layers", Fig. 2 and
+    Table 1 (DeepNorm; encoder-only constants).
+  Ding et al. 2021 "CogView" (Sandwich-LN); Kim et al. 2025, "Peri-LN".
+  Sun et al. 2025, "The Curse of Depth in Large Language Models" (LayerNorm Scaling).
+  Li et al. 2024, "Mix-LN: Unleashing the Power of Deeper Layers by Combining
+    Pre-LN and Post-LN".
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import dataclasses
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 
 from normtheory.layers import Taps, attention, ffn, layer_norm
 
@@ -24,7 +33,7 @@ class Architecture:
 
   Attributes:
     name: the ``Config.arch`` value.
-    layer: ``(p, x_nxd, l, L, eps, taps) -> x_nxd`` for layer ``l`` of ``L``.
+    layer: ``(p, x_nxd, l, L, cfg, taps) -> x_nxd`` for layer ``l`` of ``L``.
     final_ln: whether a LayerNorm follows the last layer.
     weight_scale: ``L -> beta``, the factor on the Xavier draws of W_V, W_O, W1, W2.
     depends_on_depth: whether layer ``l`` depends on ``L`` (then the prefix of a
@@ -34,7 +43,7 @@ class Architecture:
   name: str
   layer: Callable[..., jax.Array]
   final_ln: bool
-  weight_scale: Callable[[int], float] = lambda L: 1.0
+  weight_scale: Callable = lambda L: 1.0
   depends_on_depth: bool = False
 
   def final(self, x_nxd: jax.Array, eps: float, taps: Taps | None = None) -> jax.Array:
@@ -42,21 +51,80 @@ class Architecture:
     return layer_norm(x_nxd, eps, taps) if self.final_ln else x_nxd
 
 
-def post_ln_layer(p, x_nxd, l, L, eps, taps=None):
-  """Post-LN (Table 1, left): x3 = LN(x + Attn(x)); x_{l+1} = LN(x3 + FFN(x3))."""
-  x3_nxd = layer_norm(x_nxd + attention(x_nxd, p, taps), eps, taps)
-  return layer_norm(x3_nxd + ffn(x3_nxd, p, taps), eps, taps)
+def post_ln_layer(p, x_nxd, l, L, cfg, taps=None):
+  """Post-LN: ``x3 = LN(x + Attn(x))``; ``x_{l+1} = LN(x3 + FFN(x3))``."""
+  x3_nxd = layer_norm(x_nxd + attention(x_nxd, p, taps), cfg.eps, taps)
+  return layer_norm(x3_nxd + ffn(x3_nxd, p, taps), cfg.eps, taps)
 
 
-def pre_ln_layer(p, x_nxd, l, L, eps, taps=None):
-  """Pre-LN (Table 1, right): x3 = x + Attn(LN(x)); x_{l+1} = x3 + FFN(LN(x3))."""
-  x3_nxd = x_nxd + attention(layer_norm(x_nxd, eps, taps), p, taps)
-  return x3_nxd + ffn(layer_norm(x3_nxd, eps, taps), p, taps)
+def pre_ln_layer(p, x_nxd, l, L, cfg, taps=None):
+  """Pre-LN: ``x3 = x + Attn(LN(x))``; ``x_{l+1} = x3 + FFN(LN(x3))``; final LN."""
+  x3_nxd = x_nxd + attention(layer_norm(x_nxd, cfg.eps, taps), p, taps)
+  return x3_nxd + ffn(layer_norm(x3_nxd, cfg.eps, taps), p, taps)
+
+
+def deepnorm_alpha(L):
+  """DeepNorm's residual scale for an encoder-only model, ``(2L)^(1/4)``."""
+  return (2.0 * L) ** 0.25
+
+
+def deepnorm_beta(L):
+  """DeepNorm's init scale of W_V, W_O, W1, W2 for an encoder-only model, ``(8L)^(-1/4)``."""
+  return (8.0 * L) ** -0.25
+
+
+def deepnorm_layer(p, x_nxd, l, L, cfg, taps=None):
+  """DeepNorm: Post-LN with the residual scaled by alpha:
+  ``x3 = LN(alpha x + Attn(x))``; ``x_{l+1} = LN(alpha x3 + FFN(x3))``."""
+  alpha = deepnorm_alpha(L)
+  x3_nxd = layer_norm(alpha * x_nxd + attention(x_nxd, p, taps), cfg.eps, taps)
+  return layer_norm(alpha * x3_nxd + ffn(x3_nxd, p, taps), cfg.eps, taps)
+
+
+def sandwich_layer(p, x_nxd, l, L, cfg, taps=None):
+  """Sandwich / Peri-LN: LN on each sublayer's input and output:
+  ``x3 = x + LN(Attn(LN(x)))``; ``x_{l+1} = x3 + LN(FFN(LN(x3)))``; final LN."""
+  eps = cfg.eps
+  x3_nxd = x_nxd + layer_norm(attention(layer_norm(x_nxd, eps, taps), p, taps), eps, taps)
+  return x3_nxd + layer_norm(ffn(layer_norm(x3_nxd, eps, taps), p, taps), eps, taps)
+
+
+def lns_layer(p, x_nxd, l, L, cfg, taps=None):
+  """LayerNorm Scaling: Pre-LN with every LN output multiplied by ``1/sqrt(l)``:
+  ``x3 = x + Attn(LN(x)/sqrt(l))``; ``x_{l+1} = x3 + FFN(LN(x3)/sqrt(l))``; final LN."""
+  scale = jax.lax.rsqrt(jnp.asarray(l, x_nxd.dtype))
+  x3_nxd = x_nxd + attention(scale * layer_norm(x_nxd, cfg.eps, taps), p, taps)
+  return x3_nxd + ffn(scale * layer_norm(x3_nxd, cfg.eps, taps), p, taps)
+
+
+def mixln_post_layers(L, rho):
+  """Number of leading Post-LN layers in Mix-LN, ``floor(rho L)``."""
+  return jnp.floor(rho * jnp.asarray(L, jnp.float32) + 1e-6).astype(jnp.int32)
+
+
+def mixln_layer(p, x_nxd, l, L, cfg, taps=None):
+  """Mix-LN: the Post-LN layer for ``l <= floor(rho L)``, the Pre-LN layer after; final LN.
+
+  Written as one program with selects (``l`` may be traced): each dense product
+  runs once on the input its branch would give it, so gradients are exact; both
+  branches' LayerNorm inputs are tapped.
+  """
+  eps = cfg.eps
+  post = l <= mixln_post_layers(L, cfg.mixln_rho)
+  pick = lambda a, b: jnp.where(post, a, b)
+  r_nxd = x_nxd + attention(pick(x_nxd, layer_norm(x_nxd, eps, taps)), p, taps)
+  x3_nxd = pick(layer_norm(r_nxd, eps, taps), r_nxd)
+  s_nxd = x3_nxd + ffn(pick(x3_nxd, layer_norm(x3_nxd, eps, taps)), p, taps)
+  return pick(layer_norm(s_nxd, eps, taps), s_nxd)
 
 
 ARCHITECTURES: dict[str, Architecture] = {
     "post": Architecture("post", post_ln_layer, final_ln=False),
     "pre": Architecture("pre", pre_ln_layer, final_ln=True),
+    "deepnorm": Architecture("deepnorm", deepnorm_layer, False, deepnorm_beta, depends_on_depth=True),
+    "sandwich": Architecture("sandwich", sandwich_layer, final_ln=True),
+    "lns": Architecture("lns", lns_layer, final_ln=True),
+    "mixln": Architecture("mixln", mixln_layer, final_ln=True, depends_on_depth=True),
 }
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
-ARCHS = ("post", "pre")
+ARCHS = ("post", "pre", "deepnorm", "sandwich", "lns", "mixln")
 LOSSES = ("linear", "xent", "mse")
 DTYPES = ("float32", "float64")
 PARAM_NAMES = ("W_Q", "W_K", "W_V", "W_O", "W1", "W2")
@@ -44,6 +44,7 @@ class Config:
     loss: read-out loss, one of ``LOSSES`` (SPEC §2).
     vocab: vocabulary size V of the ``xent`` loss.
     dtype: "float32" or "float64" (the latter runs under ``jax.enable_x64``).
+    mixln_rho: Mix-LN's fraction rho of leading Post-LN layers (floor(rho L) of them).
   """
 
   arch: str = "pre"  # LayerNorm placement, see normtheory.architectures.
@@ -55,6 +56,7 @@ class Config:
   loss: str = "linear"  # "linear" | "xent" | "mse"
   vocab: int = 1000  # vocabulary of the xent read-out
   dtype: str = "float32"  # "float32" | "float64"
+  mixln_rho: float = 0.25  # Mix-LN: fraction of leading Post-LN layers
 
   def __post_init__(self):
     _require_choice("arch", self.arch, ARCHS)
@@ -69,3 +71,5 @@ class Config:
     _require_choice("loss", self.loss, LOSSES)
     _require_int("vocab", self.vocab, 2)
     _require_choice("dtype", self.dtype, DTYPES)
+    if not isinstance(self.mixln_rho, (int, float)) or not 0 <= self.mixln_rho <= 1:
+      raise ValueError(f"mixln_rho must be a number in [0, 1], got {self.mixln_rho!r}")

@@ -80,7 +80,7 @@ def _steps(width_cfg: Config):
 
   def forward_one(p_key, x_nxd, l, L):
     taps = Taps()
-    x_next = arch.layer(params(p_key, l, L), x_nxd, l, L, eps, taps)
+    x_next = arch.layer(params(p_key, l, L), x_nxd, l, L, width_cfg, taps)
     ln_jac_k = jnp.stack([ln_jacobian_norm(z, eps).mean() for z in taps.ln_inputs])
     return x_next, (x_nxd**2).sum(-1).mean(), ln_jac_k
 
@@ -95,7 +95,7 @@ def _steps(width_cfg: Config):
 
     def tapped(x, z):
       taps = Taps(z)
-      return arch.layer(p, x, l, L, eps, taps), taps.inputs
+      return arch.layer(p, x, l, L, width_cfg, taps), taps.inputs
 
     _, vjp, inputs = jax.vjp(tapped, x_nxd, zeros, has_aux=True)
     ct_x_kxnxd, deltas = jax.vmap(vjp)(ct_kxnxd)

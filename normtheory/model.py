@@ -31,7 +31,7 @@ class Layer(nnx.Module):
 
   def __init__(self, cfg: Config, p_key: jax.Array, index: jax.Array):
     self.arch = architectures.get(cfg.arch)
-    self.eps = cfg.eps
+    self.cfg = cfg
     self.L = cfg.L
     weights = sampling.layer_params(cfg, p_key, index, self.arch.weight_scale(cfg.L))
     for name, value in weights.items():
@@ -39,7 +39,7 @@ class Layer(nnx.Module):
 
   def __call__(self, x_nxd: jax.Array, index: jax.Array) -> jax.Array:
     p = {name: getattr(self, name)[...] for name in (*PARAM_NAMES, "b1", "b2")}
-    return self.arch.layer(p, x_nxd, index, self.L, self.eps)
+    return self.arch.layer(p, x_nxd, index, self.L, self.cfg)
 
 
 class Transformer(nnx.Module):

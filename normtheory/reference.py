@@ -64,7 +64,7 @@ def ln_jacobians(cfg: Config, seed_key: jax.Array) -> jax.Array:
   for l in range(1, cfg.L + 1):
     taps = Taps()
     p = sampling.layer_params(cfg, p_key, l, arch.weight_scale(cfg.L))
-    x_nxd = arch.layer(p, x_nxd, l, cfg.L, cfg.eps, taps)
+    x_nxd = arch.layer(p, x_nxd, l, cfg.L, cfg, taps)
     rows.append(jnp.stack([ln_jacobian_norm(z, cfg.eps).mean() for z in taps.ln_inputs]))
   return jnp.stack(rows)
 
