@@ -1,0 +1,453 @@
+"""Fits of measured gradient norms against Theorem 1's bounds, with bootstrap CIs.
+
+Input is the tidy table of the results store (``DIR/grad_norms.csv``, one row per
+seed, layer and weight). The fitted quantity is one weight's gradient norm at one
+layer, by default ``g = ||dLoss/dW2||_F`` at the last layer ``l = L``, in every
+(d, L) cell of a *series* (one arch, loss and sequence length n). Per series:
+
+* bound shape   ``g = C · d √(ln d) · L^(−γ)``  (fit ln C and γ; Post γ = 0, Pre γ = ½);
+* power law     ``g = C · d^α · L^(−γ)``         (log-log least squares);
+* envelopes     ``max g / (d √ln d)`` and ``max g / (d √(ln d / L))`` over the grid,
+  and the slopes of ``ln(g / shape)`` in ln L and ln d (no trend: the O() holds);
+
+and per (loss, n) with both Post and Pre:
+
+* Lemma 2 depth law ``g_pre / g_post = a / √(1 + c L)`` (Lemma 2 puts c in [½, 3/2]);
+* ratio exponent ``g_post / g_pre ∝ L^β`` (Theorem 1: β = ½, the √L gap).
+
+Point estimates fit the per-cell means over seeds. Every fitted number carries a
+95% percentile-bootstrap CI: each resample draws seeds with replacement within
+every cell, averages, and refits. R² is that of the point fit, on ln g (ratio
+scale for the Lemma 2 law).
+
+Example:
+  >>> fits = fit_frame(frame, n_boot=200)          # doctest: +SKIP
+  >>> print(report(fits))                          # doctest: +SKIP
+
+References:
+  Xiong et al. 2020, "On Layer Normalization in the Transformer Architecture",
+    Theorem 1 (the two bounds) and Lemma 2 (growth of the Pre-LN residual stream).
+  Efron & Tibshirani 1993, "An Introduction to the Bootstrap", Ch. 13 (percentile CIs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import tempfile
+import zlib
+
+import numpy as np
+import pandas as pd
+from scipy import optimize
+
+from normtheory.config import ARCHS
+from normtheory.measure import GRAD_COLUMNS, HIDDEN_COLUMNS
+
+SERIES_KEYS = ("arch", "loss", "n")
+THEORY_GAMMA = {"post": 0.0, "pre": 0.5}  # Theorem 1's depth exponents
+THEORY_SHAPE = {"post": "d sqrt(ln d)", "pre": "d sqrt(ln d / L)"}
+LEMMA2_C = (0.5, 1.5)  # (1 + L/2) <= E||x_{L+1}||^2 / d <= (1 + 3L/2)
+QUANTILES = {"q05": 0.05, "q95": 0.95, "q99": 0.99}
+CI_LEVEL = 0.95
+
+
+# ---------------------------------------------------------------------- reading
+
+
+def _read(results_dir, filename: str, columns: tuple[str, ...]) -> pd.DataFrame:
+  path = pathlib.Path(results_dir) / filename
+  if not path.is_file():
+    raise FileNotFoundError(f"no {path}: not a normtheory results directory")
+  frame = pd.read_csv(path)
+  if tuple(frame.columns) != columns:
+    raise ValueError(f"{path} has columns {','.join(frame.columns)}; expected {','.join(columns)}")
+  return frame
+
+
+def read_grad_norms(results_dir) -> pd.DataFrame:
+  """``DIR/grad_norms.csv`` as a frame; FileNotFoundError / ValueError if absent or malformed."""
+  return _read(results_dir, "grad_norms.csv", GRAD_COLUMNS)
+
+
+def read_hidden_norms(results_dir) -> pd.DataFrame:
+  """``DIR/hidden_norms.csv`` as a frame; FileNotFoundError / ValueError if absent or malformed."""
+  return _read(results_dir, "hidden_norms.csv", HIDDEN_COLUMNS)
+
+
+# -------------------------------------------------------------------- summaries
+
+
+def summarize(frame: pd.DataFrame, value: str = "grad_norm") -> pd.DataFrame:
+  """Statistics over seeds of every cell of a tidy table (SPEC §3).
+
+  Args:
+    frame: tidy table with a ``seed`` column and the column ``value``.
+    value: the measured column ("grad_norm" or "sq_norm").
+
+  Returns:
+    One row per cell (every other column, e.g. arch, loss, d, L, layer, param) with
+    ``n_seeds, mean, std, median, q05, q95, q99`` of ``value`` over seeds.
+  """
+  keys = [c for c in frame.columns if c not in ("seed", value)]
+  grouped = frame.groupby(keys, sort=True)[value]
+  stats = grouped.agg(n_seeds="count", mean="mean", std="std", median="median")
+  for name, q in QUANTILES.items():
+    stats[name] = grouped.quantile(q)
+  return stats.reset_index()
+
+
+def select(frame: pd.DataFrame, param: str = "W2", layer: int | None = None) -> pd.DataFrame:
+  """Rows of one weight at one layer: the last layer of each model when ``layer`` is None."""
+  rows = frame[frame["param"] == param]
+  at = rows["L"] if layer is None else layer
+  return rows[rows["layer"] == at]
+
+
+# ------------------------------------------------------------------- bootstrap
+
+
+def _cells(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+  """(d_C, L_C, per-seed values per cell) of one series, cells sorted by (d, L)."""
+  if rows.duplicated(["d", "L", "seed"]).any():
+    raise ValueError("several rows share (d, L, seed) within a series (e.g. several d_ff); filter the frame first")
+  groups = sorted(rows.groupby(["d", "L"])["grad_norm"], key=lambda kv: kv[0])
+  d_C = np.array([k[0] for k, _ in groups], dtype=np.float64)
+  L_C = np.array([k[1] for k, _ in groups], dtype=np.float64)
+  return d_C, L_C, [v.to_numpy(np.float64) for _, v in groups]
+
+
+def bootstrap_means(values: list[np.ndarray], n_boot: int, rng: np.random.Generator) -> np.ndarray:
+  """``(n_boot, C)`` cell means, each resample drawing seeds with replacement within every cell."""
+  out_BxC = np.empty((n_boot, len(values)))
+  for c, v_S in enumerate(values):
+    out_BxC[:, c] = v_S[rng.integers(0, v_S.size, size=(n_boot, v_S.size))].mean(axis=1)
+  return out_BxC
+
+
+def _rng(seed: int, label: str) -> np.random.Generator:
+  """A generator fixed by (seed, series label), independent of the other series present."""
+  return np.random.default_rng([seed, zlib.crc32(label.encode())])
+
+
+def _ci(value: float, boot_B: np.ndarray) -> dict:
+  boot_B = boot_B[np.isfinite(boot_B)]
+  tail = 100 * (1 - CI_LEVEL) / 2
+  ci = [float(np.percentile(boot_B, tail)), float(np.percentile(boot_B, 100 - tail))] if boot_B.size else None
+  return {"value": float(value) if np.isfinite(value) else None, "ci": ci}
+
+
+def _negate(estimate: dict) -> dict:
+  """The estimate of minus the quantity (CI endpoints swap)."""
+  return {"value": -estimate["value"], "ci": [-x for x in estimate["ci"][::-1]]}
+
+
+# ------------------------------------------------------------------------- fits
+
+
+def _r2(y_C: np.ndarray, pred_C: np.ndarray) -> float | None:
+  ss_tot = float(((y_C - y_C.mean()) ** 2).sum())
+  return 1.0 - float(((y_C - pred_C) ** 2).sum()) / ss_tot if ss_tot > 0 else None
+
+
+def _loglinear(
+    y_C: np.ndarray, y_BxC: np.ndarray, columns: dict[str, np.ndarray], offset_C: np.ndarray, ln_g_C: np.ndarray
+) -> dict:
+  """Least squares ``y = Σ coef · column`` for the point and every resample, with CIs and R² on ln g."""
+  names = list(columns)
+  X_CxK = np.stack([columns[n] for n in names], axis=1)
+  coef_K = np.linalg.lstsq(X_CxK, y_C, rcond=None)[0]
+  coef_KxB = np.linalg.lstsq(X_CxK, y_BxC.T, rcond=None)[0]
+  out = {name: _ci(coef_K[k], coef_KxB[k]) for k, name in enumerate(names)}
+  out["r2"] = _r2(ln_g_C, X_CxK @ coef_K + offset_C)
+  return out
+
+
+def _axes(d_C: np.ndarray, L_C: np.ndarray, ln_C: bool = True) -> dict[str, np.ndarray]:
+  """Regressors that vary on the grid: intercept, ln d (if ≥2 widths), −ln L (if ≥2 depths)."""
+  cols = {"ln_C": np.ones_like(d_C)} if ln_C else {}
+  if np.unique(d_C).size > 1:
+    cols["alpha"] = np.log(d_C)
+  if np.unique(L_C).size > 1:
+    cols["gamma"] = -np.log(L_C)
+  return cols
+
+
+def _with_C(fit: dict) -> dict:
+  """Add C = exp(ln C) (percentile CIs map through monotone functions)."""
+  ln_C = fit["ln_C"]
+  fit["C"] = {"value": float(np.exp(ln_C["value"])), "ci": [float(np.exp(x)) for x in ln_C["ci"]]}
+  return fit
+
+
+def bound_shape_fit(d_C, L_C, g_C, g_BxC) -> dict:
+  """``g = C d √(ln d) L^(−γ)``: ln C and γ (γ only with ≥2 depths), CIs, R² on ln g."""
+  shape_C = np.log(d_C * np.sqrt(np.log(d_C)))
+  cols = {k: v for k, v in _axes(d_C, L_C).items() if k != "alpha"}
+  return _with_C(_loglinear(np.log(g_C) - shape_C, np.log(g_BxC) - shape_C, cols, shape_C, np.log(g_C)))
+
+
+def power_law_fit(d_C, L_C, g_C, g_BxC) -> dict:
+  """``g = C d^α L^(−γ)``: ln C, α (≥2 widths), γ (≥2 depths), CIs, R² on ln g."""
+  zero_C = np.zeros_like(g_C)
+  return _with_C(_loglinear(np.log(g_C), np.log(g_BxC), _axes(d_C, L_C), zero_C, np.log(g_C)))
+
+
+def envelope_fit(d_C, L_C, g_C, g_BxC, arch: str) -> dict:
+  """``max g / shape`` over the grid and the slopes of ``ln(g / shape)`` in ln L, ln d.
+
+  ``shape`` is ``d √ln d`` for "post" (Theorem 1, Post-LN) and ``d √(ln d / L)``
+  otherwise (Pre-LN). Slopes are reported with their natural sign (+ = grows).
+  """
+  shape_C = d_C * np.sqrt(np.log(d_C) / (1.0 if arch == "post" else L_C))
+  r_C, r_BxC = g_C / shape_C, g_BxC / shape_C
+  out = {"shape": THEORY_SHAPE["post" if arch == "post" else "pre"], "max": _ci(r_C.max(), r_BxC.max(axis=1))}
+  slopes = _loglinear(np.log(r_C), np.log(r_BxC), _axes(d_C, L_C), np.log(shape_C), np.log(g_C))
+  if "gamma" in slopes:
+    out["slope_ln_L"] = _negate(slopes["gamma"])
+  if "alpha" in slopes:
+    out["slope_ln_d"] = slopes["alpha"]
+  return out
+
+
+def lemma2_law(L, a, c):
+  """Lemma 2's depth law of the Pre/Post ratio, ``a / √(1 + c L)``."""
+  return a / np.sqrt(1.0 + c * L)
+
+
+def _lemma2_params(L_C: np.ndarray, r_C: np.ndarray) -> np.ndarray:
+  """(a, c) by curve_fit from the linearised start ``1/r² = (1 + cL)/a²``; NaN on failure."""
+  slope, intercept = np.polyfit(L_C, 1.0 / r_C**2, 1)
+  p0 = (1 / np.sqrt(intercept), max(slope / intercept, 1e-3)) if intercept > 0 else (r_C[0], 0.5)
+  try:
+    return optimize.curve_fit(lemma2_law, L_C, r_C, p0=p0, bounds=([0.0, 0.0], [np.inf, np.inf]))[0]
+  except (RuntimeError, ValueError):
+    return np.full(2, np.nan)
+
+
+def lemma2_fit(L_C, pre_C, post_C, pre_BxC, post_BxC) -> dict:
+  """``g_pre / g_post = a / √(1 + c L)`` by scipy curve_fit: a, c with CIs, R² on the ratio."""
+  r_C, r_BxC = pre_C / post_C, pre_BxC / post_BxC
+  a, c = _lemma2_params(L_C, r_C)
+  boot_Bx2 = np.stack([_lemma2_params(L_C, r) for r in r_BxC])
+  r2 = _r2(r_C, lemma2_law(L_C, a, c)) if np.isfinite(c) else None
+  return {"a": _ci(a, boot_Bx2[:, 0]), "c": _ci(c, boot_Bx2[:, 1]), "r2": r2}
+
+
+# -------------------------------------------------------------------- verdicts
+
+
+def _check(name: str, estimate: dict, lo: float, hi: float, expected: str) -> dict:
+  """Whether the CI meets the theorem's value (or interval [lo, hi]); else by how much it misses."""
+  ci_lo, ci_hi = estimate["ci"]
+  miss = float(max(lo - ci_hi, ci_lo - hi, 0.0))
+  return {
+      "name": name,
+      "expected": expected,
+      "value": estimate["value"],
+      "ci": estimate["ci"],
+      "holds": miss == 0.0,
+      "miss": miss,
+  }
+
+
+def _alpha_range(d_C: np.ndarray) -> tuple[float, float]:
+  """[1, effective d-exponent of d√ln d between the grid's smallest and largest d]."""
+  lo, hi = np.log(d_C.min()), np.log(d_C.max())
+  return 1.0, 1.0 + 0.5 * (np.log(hi) - np.log(lo)) / (hi - lo)
+
+
+def series_checks(arch: str, d_C: np.ndarray, bound: dict, power: dict, envelope: dict) -> list[dict]:
+  """Theorem 1's exponents against the CIs of one series (none for archs without a theorem)."""
+  if arch not in THEORY_GAMMA:
+    return []
+  gamma = THEORY_GAMMA[arch]
+  checks = []
+  if "gamma" in bound:
+    checks.append(_check("gamma (bound shape)", bound["gamma"], gamma, gamma, f"{gamma:g}"))
+  if "gamma" in power:
+    checks.append(_check("gamma (power law)", power["gamma"], gamma, gamma, f"{gamma:g}"))
+  if "alpha" in power:
+    lo, hi = _alpha_range(d_C)
+    checks.append(_check("alpha (power law)", power["alpha"], lo, hi, f"1 (up to sqrt(ln d): [1, {hi:.3f}])"))
+  for axis in ("slope_ln_L", "slope_ln_d"):
+    if axis in envelope:  # an O() is an upper bound: a falling ratio still respects it
+      checks.append(_check(f"envelope {axis}", envelope[axis], -np.inf, 0.0, "<= 0 (ratio not growing)"))
+  return checks
+
+
+# --------------------------------------------------------------------- drivers
+
+
+def _order(arch: str) -> tuple[int, str]:
+  return (ARCHS.index(arch) if arch in ARCHS else len(ARCHS), arch)
+
+
+def fit_frame(
+    frame: pd.DataFrame, n_boot: int = 1000, seed: int = 0, param: str = "W2", layer: int | None = None
+) -> dict:
+  """Every fit of one weight's gradient norm, per series, as a JSON-serialisable dict.
+
+  Args:
+    frame: tidy gradient-norm table, columns ``GRAD_COLUMNS``.
+    n_boot: bootstrap resamples per series.
+    seed: seed of the resampling generators (fits are deterministic given it).
+    param: which weight ("W2" for Theorem 1).
+    layer: which 1-based layer; None means the last layer L of each model.
+
+  Returns:
+    ``{"meta": {...}, "series": [...], "ratios": [...]}``. Each series has its
+    ``arch, loss, n``, ``cells`` (d, L, n_seeds, mean), ``bound_shape``,
+    ``power_law``, ``envelope`` and ``checks`` (theorem exponent vs CI). Each ratio
+    entry (per loss, n with both post and pre) has ``cells`` (d, L, ratio
+    g_post/g_pre), ``lemma2`` (a, c), ``power_law`` and ``beta`` of
+    ``g_post/g_pre ∝ L^β``, and ``checks``. Every estimate
+    is ``{"value": x, "ci": [lo, hi]}``.
+  """
+  if n_boot < 2:
+    raise ValueError(f"n_boot must be >= 2, got {n_boot!r}")
+  rows = select(frame, param, layer)
+  if rows.empty:
+    raise ValueError(f"no rows with param={param!r} at layer {'L' if layer is None else layer}")
+  series, boots = [], {}
+  keys = sorted(rows.groupby(list(SERIES_KEYS)).groups, key=lambda k: (_order(k[0]), *k[1:]))
+  for arch, loss, n in keys:
+    part = rows[(rows["arch"] == arch) & (rows["loss"] == loss) & (rows["n"] == n)]
+    d_C, L_C, values = _cells(part)
+    g_C = np.array([v.mean() for v in values])
+    g_BxC = bootstrap_means(values, n_boot, _rng(seed, f"{arch}/{loss}/{n}"))
+    boots[arch, loss, n] = (d_C, L_C, g_C, g_BxC)
+    bound = bound_shape_fit(d_C, L_C, g_C, g_BxC)
+    power = power_law_fit(d_C, L_C, g_C, g_BxC)
+    envelope = envelope_fit(d_C, L_C, g_C, g_BxC, arch)
+    series.append({
+        "arch": arch,
+        "loss": loss,
+        "n": int(n),
+        "cells": [
+            {"d": int(d), "L": int(L), "n_seeds": int(v.size), "mean": float(v.mean())}
+            for d, L, v in zip(d_C, L_C, values)
+        ],
+        "bound_shape": bound,
+        "power_law": power,
+        "envelope": envelope,
+        "checks": series_checks(arch, d_C, bound, power, envelope),
+    })
+  ratios = [
+      _ratio_entry(loss, n, boots["post", loss, n], boots["pre", loss, n])
+      for arch, loss, n in keys
+      if arch == "post" and ("pre", loss, n) in boots
+  ]
+  meta = {"param": param, "layer": "L" if layer is None else int(layer), "n_boot": n_boot, "seed": seed, "ci": CI_LEVEL}
+  return {"meta": meta, "series": series, "ratios": [r for r in ratios if r is not None]}
+
+
+def _ratio_entry(loss: str, n: int, post: tuple, pre: tuple) -> dict | None:
+  """Lemma 2 law and √L exponent of Post vs Pre on the cells both have (None if < 2 depths)."""
+  cells = sorted(set(zip(post[0], post[1])) & set(zip(pre[0], pre[1])))
+  if len({L for _, L in cells}) < 2:
+    return None
+  i_post, i_pre = ([list(zip(s[0], s[1])).index(c) for c in cells] for s in (post, pre))
+  d_C, L_C = np.array([c[0] for c in cells]), np.array([c[1] for c in cells])
+  post_C, pre_C = post[2][i_post], pre[2][i_pre]
+  post_BxC, pre_BxC = post[3][:, i_post], pre[3][:, i_pre]
+  r_C, r_BxC = post_C / pre_C, post_BxC / pre_BxC
+  lemma2 = lemma2_fit(L_C, pre_C, post_C, pre_BxC, post_BxC)
+  power = power_law_fit(d_C, L_C, r_C, r_BxC)
+  beta = _negate(power["gamma"])
+  checks = [_check("beta of g_post/g_pre ~ L^beta", beta, 0.5, 0.5, "0.5 (sqrt L)")]
+  if lemma2["c"]["value"] is not None and lemma2["c"]["ci"] is not None:
+    checks.append(_check("c of Lemma 2 law", lemma2["c"], *LEMMA2_C, "[0.5, 1.5] (Lemma 2)"))
+  return {
+      "loss": loss,
+      "n": int(n),
+      "cells": [{"d": int(d), "L": int(L), "ratio": float(r)} for d, L, r in zip(d_C, L_C, r_C)],
+      "lemma2": lemma2,
+      "power_law": power,
+      "beta": beta,
+      "checks": checks,
+  }
+
+
+def fit_store(results_dir, n_boot: int = 1000, seed: int = 0, param: str = "W2", layer: int | None = None) -> dict:
+  """:func:`fit_frame` of ``DIR/grad_norms.csv`` (same arguments and result)."""
+  fits = fit_frame(read_grad_norms(results_dir), n_boot=n_boot, seed=seed, param=param, layer=layer)
+  fits["meta"]["results_dir"] = str(results_dir)
+  return fits
+
+
+def write_fits(
+    results_dir, n_boot: int = 1000, seed: int = 0, param: str = "W2", layer: int | None = None
+) -> dict:
+  """Fit the store and write ``DIR/fits.json`` atomically; returns the fits dict."""
+  fits = fit_store(results_dir, n_boot=n_boot, seed=seed, param=param, layer=layer)
+  path = pathlib.Path(results_dir) / "fits.json"
+  with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
+    json.dump(fits, f, indent=1, allow_nan=False)
+  os.replace(f.name, path)
+  return fits
+
+
+# ---------------------------------------------------------------------- report
+
+
+def _fmt(estimate: dict) -> str:
+  if estimate["value"] is None:
+    return "n/a (fit failed)"
+  lo, hi = estimate["ci"]
+  return f"{estimate['value']:.3g} [{lo:.3g}, {hi:.3g}]"
+
+
+def _grid(cells: list[dict]) -> str:
+  ds = sorted({c["d"] for c in cells})
+  Ls = sorted({c["L"] for c in cells})
+  seeds = sorted({c["n_seeds"] for c in cells})
+  s = f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]}"
+  return f"d in {{{', '.join(map(str, ds))}}}, L in {{{', '.join(map(str, Ls))}}}, {s} seeds/cell"
+
+
+def _check_line(check: dict) -> str:
+  if check["holds"]:
+    return f"  holds:  {check['name']} = {_fmt(check)}; theorem's {check['expected']} is inside the CI."
+  return (
+      f"  MISSES: {check['name']} = {_fmt(check)}; theorem's {check['expected']} is outside the CI"
+      f" by {check['miss']:.3g}."
+  )
+
+
+def report(fits: dict) -> str:
+  """Plain-text verdict of :func:`fit_frame`'s result, one block per series and per Post/Pre pair."""
+  meta = fits["meta"]
+  layer = "the last layer L" if meta["layer"] == "L" else f"layer {meta['layer']}"
+  lines = [
+      f"Theorem 1 on the grid: ||dLoss/d{meta['param']}|| at {layer}; "
+      f"{100 * meta['ci']:.0f}% bootstrap CIs over seeds ({meta['n_boot']} resamples, seed {meta['seed']})."
+  ]
+  for s in fits["series"]:
+    b, p, e = s["bound_shape"], s["power_law"], s["envelope"]
+    lines.append(f"{s['arch']} (loss={s['loss']}, n={s['n']}): {_grid(s['cells'])}")
+    bound = f"C = {_fmt(b['C'])}" + (f", gamma = {_fmt(b['gamma'])}" if "gamma" in b else "")
+    lines.append(f"  bound shape C d sqrt(ln d) L^-gamma: {bound}, R^2 = {_r2_text(b['r2'])}")
+    terms = [f"{k} = {_fmt(p[k])}" for k in ("alpha", "gamma") if k in p]
+    lines.append(f"  power law C d^alpha L^-gamma: C = {_fmt(p['C'])}, {', '.join(terms) or 'one cell'}, "
+                 f"R^2 = {_r2_text(p['r2'])}")
+    slopes = [f"slope in ln {k[-1]} = {_fmt(e[k])}" for k in ("slope_ln_L", "slope_ln_d") if k in e]
+    lines.append(f"  envelope max g/({e['shape']}) = {_fmt(e['max'])}" + ("; " + ", ".join(slopes) if slopes else ""))
+    if not s["checks"]:
+      lines.append(f"  no Theorem 1 exponent for {s['arch']}; the fits above are descriptive.")
+    lines.extend(_check_line(c) for c in s["checks"])
+    if s["checks"]:
+      held = all(c["holds"] for c in s["checks"])
+      verdict = "consistent with" if held else "departs from"
+      lines.append(f"  => {s['arch']}: {verdict} Theorem 1's O({THEORY_SHAPE[s['arch']]}) on this grid.")
+  for r in fits["ratios"]:
+    lem = r["lemma2"]
+    lines.append(f"post vs pre (loss={r['loss']}, n={r['n']}): g_pre/g_post = a/sqrt(1 + c L): "
+                 f"a = {_fmt(lem['a'])}, c = {_fmt(lem['c'])}, R^2 = {_r2_text(lem['r2'])}")
+    lines.extend(_check_line(c) for c in r["checks"])
+  return "\n".join(lines)
+
+
+def _r2_text(r2: float | None) -> str:
+  return "n/a" if r2 is None else f"{r2:.3f}"
