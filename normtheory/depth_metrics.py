@@ -1,0 +1,192 @@
+"""Effective depth at init: how much each layer changes the residual stream.
+
+Pre-LN iterates ``x_{l+1} = x_l + F_l(LN(x_l))`` with branch outputs of comparable
+size, so ``||x_l||`` grows like sqrt(l) (or l, once the branches align) while each
+branch stays O(1): the relative change a late layer makes shrinks like
+``l^(-1/2)``, and a deep Pre-LN stack behaves like a wider, shallower one. Post-LN
+renormalises after every layer, so every layer moves the stream by the same amount.
+
+For every layer l = 1..L of one sample (hidden state ``x_l`` entering layer l, an
+n×d matrix; ``x_{L+1}`` leaves the last layer; ``x_final = arch.final(x_{L+1})``):
+
+* ``rel_update``: ``||x_{l+1} - x_l||_F / ||x_l||_F``. The numerator is the residual
+  branch as the stream sees it, ``F_l(x_l) = x_{l+1} - x_l``. For Pre-LN, Sandwich,
+  LNS and Mix-LN's Pre-LN layers this is exactly the attention plus FFN branch
+  outputs; for Post-LN and DeepNorm (and Mix-LN's Post-LN layers) it includes the
+  LayerNorms, which rescale the whole stream, so it is the change of the
+  normalised state (both x_l and x_{l+1} have row norms sqrt(d) for l >= 2).
+* ``cos_sim``: cosine similarity of the flattened ``x_l`` and ``x_{l+1}``.
+* ``removal_angle``: ``arccos(cos)/pi`` between the flattened final representations
+  of the model with and without layer l (layer l skipped: ``x_{l+1} := x_l``; every
+  other layer keeps its weights). Computed as ``(2/pi) atan2(||u - v||, ||u + v||)``
+  for the unit vectors u, v, which equals ``arccos(<u, v>)/pi`` and is exactly 0 for
+  identical representations and accurate for small angles.
+
+Samples use the engine's keys (:mod:`normtheory.sampling`): seed s draws from
+``fold_in(key, s)``, layer l's weights from ``layer_params(cfg, params_key, l,
+arch.weight_scale(L))``, inputs from ``inputs(cfg, data_key)``; so the samples are
+those of :func:`normtheory.grad_norms` with the same key.
+
+References:
+  Su 2022, "Why is Pre Norm worse than Post Norm?" (kexue.fm/archives/9009): the
+    effective-depth argument.
+  Xiong et al. 2020, Table 1 (the layers); Wang et al. 2022, "DeepNet", Section 2
+    (Pre-LN's bottom layers get larger gradients than its top layers).
+  Efron & Tibshirani 1993 (the percentile bootstrap).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from normtheory import architectures, sampling
+from normtheory.config import Config
+from normtheory.measure import as_key, seed_indices
+
+METRICS = ("rel_update", "cos_sim", "removal_angle")
+COLUMNS = ("arch", "loss", "d", "L", "n", "d_ff", "seed", "layer", "metric", "value")
+
+
+def _unit(x: jax.Array) -> jax.Array:
+  flat = x.reshape(-1)
+  return flat / jnp.linalg.norm(flat)
+
+
+def angle(a: jax.Array, b: jax.Array) -> jax.Array:
+  """Angular distance ``arccos(cos(a, b))/pi`` in [0, 1] of two arrays, flattened."""
+  u, v = _unit(a), _unit(b)
+  return 2.0 * jnp.arctan2(jnp.linalg.norm(u - v), jnp.linalg.norm(u + v)) / jnp.pi
+
+
+def stack_metrics(layer: Callable, final: Callable, x_nxd: jax.Array, L: int) -> dict[str, jax.Array]:
+  """Per-layer effective-depth metrics of any stack of L layers.
+
+  Args:
+    layer: ``(x_nxd, l) -> x_nxd``, layer l (1-based; l is a traced int32).
+    final: ``x_nxd -> x_nxd``, the map from the last layer's output to what the loss reads.
+    x_nxd: the input state.
+    L: the number of layers.
+
+  Returns:
+    dict metric -> ``(L,)`` array, layer 1 first (see the module docstring).
+  """
+  layers_L = jnp.arange(1, L + 1, dtype=jnp.int32)
+
+  def forward(x, l):
+    x_next = layer(x, l)
+    return x_next, (x, x_next)
+
+  x_out, (x_in_Lxnxd, x_next_Lxnxd) = jax.lax.scan(forward, x_nxd, layers_L)
+  change_L = jnp.linalg.norm((x_next_Lxnxd - x_in_Lxnxd).reshape(L, -1), axis=-1)
+  size_L = jnp.linalg.norm(x_in_Lxnxd.reshape(L, -1), axis=-1)
+  cos_L = jax.vmap(lambda a, b: jnp.vdot(_unit(a), _unit(b)))(x_in_Lxnxd, x_next_Lxnxd)
+
+  # All L ablated models at once: state r skips layer r; the weights drawn inside
+  # `layer` do not depend on r, so vmap keeps them unbatched.
+  def ablated(x_Lxnxd, l):
+    x_next_Lxnxd = jax.vmap(lambda x: layer(x, l))(x_Lxnxd)
+    skip_L = (layers_L == l)[:, None, None]
+    return jnp.where(skip_L, x_Lxnxd, x_next_Lxnxd), None
+
+  x_removed_Lxnxd, _ = jax.lax.scan(ablated, jnp.broadcast_to(x_nxd, (L, *x_nxd.shape)), layers_L)
+  full = final(x_out)
+  removal_L = jax.vmap(lambda x: angle(final(x), full))(x_removed_Lxnxd)
+  return {"rel_update": change_L / size_L, "cos_sim": cos_L, "removal_angle": removal_L}
+
+
+def sample_metrics(cfg: Config, seed_key: jax.Array) -> dict[str, jax.Array]:
+  """:func:`stack_metrics` of the sampled model ``cfg`` for one seed key."""
+  arch = architectures.get(cfg.arch)
+  p_key = sampling.params_key(seed_key)
+  x_nxd, _ = sampling.inputs(cfg, sampling.data_key(seed_key))
+  scale = arch.weight_scale(cfg.L)
+
+  def layer(x, l):
+    return arch.layer(sampling.layer_params(cfg, p_key, l, scale), x, l, cfg.L, cfg)
+
+  return stack_metrics(layer, lambda x: arch.final(x, cfg.eps), x_nxd, cfg.L)
+
+
+def depth_metrics(cfg: Config, seeds: int | Sequence[int] = 8, key=0) -> pd.DataFrame:
+  """Per-layer rel_update, cos_sim and removal_angle of ``cfg`` at init, for every seed.
+
+  Example:
+    >>> f = depth_metrics(Config(arch="pre", d=16, L=3), seeds=2)
+    >>> f.shape  # seeds × layers × metrics rows
+    (18, 10)
+
+  Args:
+    cfg: the model.
+    seeds: number of samples (indices 0..seeds-1) or explicit seed indices.
+    key: base PRNG key or int seed; sample s draws from ``fold_in(key, s)``.
+
+  Returns:
+    tidy DataFrame, one row per (seed, layer, metric), columns ``COLUMNS``.
+  """
+  seeds_S = seed_indices(seeds)
+  with jax.enable_x64(cfg.dtype == "float64"):
+    keys_S = sampling.seed_keys(as_key(key), seeds_S)
+    values = jax.jit(jax.vmap(lambda k: sample_metrics(cfg, k)))(keys_S)
+    values = {name: np.asarray(v, np.float64) for name, v in values.items()}
+  S, L = len(seeds_S), cfg.L
+  frames = [
+      pd.DataFrame({
+          "arch": cfg.arch, "loss": cfg.loss, "d": cfg.d, "L": L, "n": cfg.n, "d_ff": cfg.d_ff,
+          "seed": np.repeat(seeds_S, L),
+          "layer": np.tile(np.arange(1, L + 1), S),
+          "metric": name,
+          "value": values[name].reshape(-1),
+      })
+      for name in METRICS
+  ]
+  return pd.concat(frames, ignore_index=True)[list(COLUMNS)]
+
+
+def _loglog_fit(layer_K: np.ndarray, value_K: np.ndarray) -> tuple[float, float]:
+  """Least-squares ``log value = a - kappa log layer``; returns (kappa, r²)."""
+  x_K, y_K = np.log(layer_K), np.log(value_K)
+  slope, intercept = np.polyfit(x_K, y_K, 1)
+  residual = y_K - (intercept + slope * x_K)
+  r2 = 1.0 - (residual**2).sum() / ((y_K - y_K.mean()) ** 2).sum()
+  return -float(slope), float(r2)
+
+
+def fit_update_exponent(frame: pd.DataFrame, arch: str = "pre", metric: str = "rel_update",
+                        min_layer: int = 1, n_boot: int = 1000, key: int = 0) -> dict:
+  """Fit ``metric ∝ layer^(-kappa)`` over layers, with a 95% bootstrap CI over seeds.
+
+  The point estimate is the log-log least-squares slope of the seed-mean curve;
+  the CI is the percentile interval of that slope over seeds resampled with
+  replacement. The effective-depth argument predicts kappa = 1/2 for Pre-LN's
+  rel_update (and the mean-field theory, ``theory.mean_field(...)["rel_update"]``,
+  approaches it from below as l grows); Post-LN gives kappa ≈ 0.
+
+  Args:
+    frame: a :func:`depth_metrics` table (one configuration per arch).
+    arch: which architecture's rows to fit.
+    metric: which metric to fit.
+    min_layer: fit layers ``>= min_layer`` only (to skip the pre-asymptotic start).
+    n_boot: bootstrap resamples.
+    key: seed of the bootstrap's numpy generator.
+
+  Returns:
+    dict with ``kappa`` (float), ``ci`` ((low, high)), ``r2`` (of the point fit).
+  """
+  rows = frame[(frame["arch"] == arch) & (frame["metric"] == metric) & (frame["layer"] >= min_layer)]
+  if rows.empty:
+    raise ValueError(f"no {metric} rows for arch {arch!r} at layers >= {min_layer}")
+  if len(rows.groupby(["loss", "d", "L", "n", "d_ff"])) != 1:
+    raise ValueError("frame holds several configurations of this arch; filter it to one")
+  table_SxK = rows.pivot_table(index="seed", columns="layer", values="value")
+  layer_K, value_SxK = table_SxK.columns.to_numpy(np.float64), table_SxK.to_numpy()
+  kappa, r2 = _loglog_fit(layer_K, value_SxK.mean(0))
+  rng = np.random.default_rng(key)
+  S = value_SxK.shape[0]
+  boot_B = [_loglog_fit(layer_K, value_SxK[rng.integers(0, S, S)].mean(0))[0] for _ in range(n_boot)]
+  low, high = np.percentile(boot_B, [2.5, 97.5])
+  return {"kappa": kappa, "ci": (float(low), float(high)), "r2": r2}

@@ -1,0 +1,330 @@
+"""Closed forms of Section 3.3 and a mean-field predictor of the model at init.
+
+Two layers of theory, both for the model of SPEC §1 (W_Q = W_K = 0, Xavier-Gaussian
+W_V, W_O, W1, W2, zero biases, Gaussian inputs, eps = 0):
+
+* **The paper's closed forms** (Lemmas 1-3, the shapes of Theorem 1's bounds).
+* **A mean-field predictor** that follows, layer by layer, two numbers of the
+  hidden state ``x`` (rows ``x_i``, i = 1..n):
+
+    q = E||x_i||² / d              (mean squared row norm per feature)
+    c = E<x_i, x_j> / d, i != j   (cross-position covariance per feature)
+
+  and from them predicts the last layer's ``||dLoss/dW2^L||_F`` for the ``linear``
+  loss. It is exact in expectation over each layer's fresh weights given (q, c),
+  and closes the recursion by replacing ratios of random norms by ratios of their
+  means, which is exact as d -> infinity (norms of d-vectors concentrate).
+
+Derivation (plain text; each step is an expectation over the step's fresh weights,
+which are independent of everything computed before and have mean zero):
+
+1. Attention at init. W_Q = W_K = 0 makes every score zero and the softmax uniform,
+   so ``Attn(X)_i = m W_V W_O`` with ``m = (1/n) sum_j x_j``: the *same* vector
+   for every position. With Xavier 1/d entries ``E||m W_V W_O||² = ||m||²`` and
+   ``||m||²/d = q/n + (1 - 1/n) c =: A``. Because the vector is shared, adding it
+   raises q and c by the same A: attention adds a fully correlated component.
+2. Sums. Any branch output ``b = a W`` with fresh zero-mean W is uncorrelated with
+   what it is added to, so (q, c) of a sum is the sum of the (q, c)'s (this is how
+   Lemma 2 adds ``E||x3||² + E||FFN||²``).
+3. LayerNorm (gain 1, eps 0) makes every row have squared norm exactly d after
+   removing its mean; the mean removal changes inner products by O(1/d), so
+   LN maps (q, c) -> (1, c/q): it keeps the correlation ``rho = c/q``.
+4. FFN (Lemma 1 plus the arc-cosine kernel). Given rows with (q, c), the
+   pre-activations ``x_i W1`` are, over W1, jointly Gaussian per hidden unit with
+   variance ``s = q d v1`` (v1 the variance of W1's entries, 1/d when d_ff = d)
+   and correlation rho. Lemma 1 gives ``E ReLU(u)² = s/2``, and the degree-1
+   arc-cosine kernel (Cho & Saul 2009) gives
+   ``E[ReLU(u) ReLU(v)] = (s/2) k(rho)``, ``k(rho) = (sqrt(1-rho²) + (pi - arccos rho) rho)/pi``,
+   with k(1) = 1 and k(0) = 1/pi: even orthogonal rows come out of the ReLU
+   correlated, because ReLU outputs share a positive mean. W2 (variance v2)
+   then maps the hidden rows to ``(q, c) = (d_ff v2 s/2) (1, k(rho))``; with
+   d_ff = d that is ``(q/2)(1, k(rho))``, Lemma 2's "FFN adds d/2".
+5. Per layer, Post-LN is ``x3 = LN(x + Attn(x))``, ``x_{l+1} = LN(x3 + FFN(x3))``
+   and Pre-LN is ``x3 = x + Attn(LN(x))``, ``x_{l+1} = x3 + FFN(LN(x3))``; composing
+   1-4 gives the (q, c) recursion, starting from (1, 0) for Gaussian inputs.
+   Post-LN: ``q5 = 1 + 1/2 = 3/2`` in every layer (Lemma 2). Pre-LN:
+   ``q_{l+1} = q_l + A_l + 1/2`` with ``A_l = 1/n + (1 - 1/n) rho_l`` in [0, 1],
+   which is why Lemma 2's bounds ``1 + l/2 <= q_{l+1} <= 1 + 3l/2`` hold. Which
+   end is reached depends on the token correlation rho: if positions stayed
+   uncorrelated (the i.i.d. picture) A = 1/n and ``q_{l+1} = 1 + l (1/2 + 1/n)``,
+   near the lower bound; but attention adds a shared vector and the ReLU adds
+   correlation k(0) = 1/pi even to orthogonal rows, so rho -> 1, A -> 1 and the
+   stream grows at the upper bound's rate 3/2 per layer (at d = 256, n = 16,
+   L = 96: q = 131 against 55 for the i.i.d. picture and 143.5 for the bound).
+6. Last-layer W2 gradient, linear loss ``(1/n) sum_i <y_i, x_final,i>``.
+   ``dLoss/dW2 = sum_i h_i delta_i^T`` with h_i the FFN hidden row and delta_i the
+   cotangent at the FFN output: ``delta_i = J_i^T y_i / n`` where J_i is the
+   product of the Jacobians of the LayerNorms between the FFN output and the
+   loss. Lemma 3: an LN Jacobian at x is ``(1/s)(I - 11^T/d - z z^T/d)`` with
+   ``s² = ||x - mean||²/d`` (= q in mean field) and z = LN(x), a projection
+   removing two directions scaled by 1/sqrt(q). Since the y_i are independent with
+   mean zero, ``E[(h_i . h_j)(delta_i . delta_j)] = 0`` for i != j and
+     E||dLoss/dW2||_F² = sum_i E||h_i||² E||delta_i||²
+                       = n (d_ff d v1 / 2) (d - 1 - k) / (n² prod_LN q_LN),
+   with k the number of LayerNorms passed (each removes the mean direction, which
+   they share, and its own z). The correlations cancel for this loss; the depth
+   enters only through the q's at those LNs: Post-LN passes LN(x5) with q5 = 3/2
+   (so ``sqrt(d (d-2) / (3n))``, flat in L), Pre-LN passes the final LN at
+   ``q_{L+1}``, which grows ~ 3L/2 (so ``sqrt(d (d-2) / (2 n q_{L+1}))`` ~ 1/sqrt(L)).
+   ``||.||_F`` concentrates (relative variance about ``2(1 + (n-1) k²)/(n d)``),
+   so the mean norm is the square root of the mean square to within 0.1 % here.
+
+7. Effective depth. Carrying also the overlap ``o = E<x_i, x_l,i>/d`` with the
+   layer's input (o = q at the input; LN divides it by sqrt(q); a fresh branch adds
+   0 to it) gives ``||x_{l+1} - x_l||²/||x_l||² = (q_{l+1} - 2 o + q_l)/q_l`` and the
+   cosine ``o / sqrt(q_l q_{l+1})``. Pre-LN: o = q_l, so the relative update is
+   ``sqrt((A_l + 1/2)/q_l)`` ~ ``l^(-1/2)``: late layers barely move the stream
+   (the "effective depth" argument). Post-LN: ``o = 1/sqrt(q5 (1 + A))``, flat in l.
+
+The other placements follow from the same steps (see ``_LAYERS``): DeepNorm
+scales the residual by alpha and the weights by beta; Sandwich's LN after
+attention turns the shared vector into (q, c) = (1, 1) and its LN after the FFN
+makes the FFN add (1, k(rho)); LayerNorm Scaling multiplies LN outputs by
+1/sqrt(l); Mix-LN runs Post-LN layers, then Pre-LN layers.
+
+References:
+  Xiong et al. 2020, "On Layer Normalization in the Transformer Architecture"
+    (arXiv:2002.04745), Section 3.3: Lemma 1, Lemma 2, Lemma 3, Theorem 1.
+  Cho & Saul 2009, "Kernel Methods for Deep Learning" (the arc-cosine kernel).
+  Poole et al. 2016, "Exponential expressivity in deep neural networks through
+    transient chaos" (mean-field length and correlation maps).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+
+from normtheory import architectures
+
+
+# --- The paper's closed forms -------------------------------------------------
+
+
+def relu_sq_norm(sigma: float, d: int) -> float:
+  """Lemma 1: ``E||ReLU(x)||² = sigma² d / 2`` for ``x ~ N(0, sigma² I_d)``."""
+  return sigma**2 * d / 2
+
+
+def post_x5_sq_norm(d: int) -> float:
+  """Lemma 2 (Post-LN): ``E||x5||² = 3d/2`` per row, in every layer."""
+  return 1.5 * d
+
+
+def pre_sq_norm_bounds(d: int, l) -> tuple:
+  """Lemma 2 (Pre-LN): ``(1 + l/2) d <= E||x_{l+1}||² <= (1 + 3l/2) d`` per row.
+
+  Args:
+    d: width.
+    l: number of layers applied (scalar or array).
+
+  Returns:
+    (lower, upper) bounds on the expected squared row norm after l layers.
+  """
+  l = np.asarray(l, np.float64)
+  return (1 + l / 2) * d, (1 + 1.5 * l) * d
+
+
+def ln_jacobian_norm_eps0(x_nxd) -> np.ndarray:
+  """Lemma 3: the LN Jacobian's spectral norm at eps = 0, ``sqrt(d)/||x - mean(x)||``.
+
+  Args:
+    x_nxd: LayerNorm inputs, one per row.
+
+  Returns:
+    array of shape ``x_nxd.shape[:-1]``.
+  """
+  x_nxd = np.asarray(x_nxd, np.float64)
+  centred_nxd = x_nxd - x_nxd.mean(-1, keepdims=True)
+  return np.sqrt(x_nxd.shape[-1]) / np.linalg.norm(centred_nxd, axis=-1)
+
+
+def post_bound_shape(d: int, L: int) -> float:
+  """Theorem 1 (Post-LN): ``||dLoss/dW2^L||_F = O(d sqrt(ln d))``, independent of L."""
+  return d * math.sqrt(math.log(d))
+
+
+def pre_bound_shape(d: int, L: int) -> float:
+  """Theorem 1 (Pre-LN): ``||dLoss/dW2^L||_F = O(d sqrt(ln d / L))``."""
+  return d * math.sqrt(math.log(d) / L)
+
+
+# --- Mean-field maps -------------------------------------------------------------
+
+
+def relu_correlation(rho):
+  """Correlation of ReLU outputs of unit-variance Gaussians with correlation rho.
+
+  ``k(rho) = (sqrt(1 - rho²) + (pi - arccos rho) rho) / pi``: the degree-1
+  arc-cosine kernel divided by its value 1/2 at rho = 1. k(0) = 1/pi, k(1) = 1.
+
+  References:
+    Cho & Saul 2009, Eq. (6) with n = 1.
+  """
+  rho = np.clip(rho, -1.0, 1.0)
+  return (np.sqrt(1 - rho**2) + (np.pi - np.arccos(rho)) * rho) / np.pi
+
+
+class Stream(NamedTuple):
+  """Mean-field summary of a hidden state x (rows x_i) inside one layer.
+
+  Attributes:
+    q: ``E||x_i||²/d``.
+    c: ``E<x_i, x_j>/d`` for i != j.
+    o: ``E<x_i, x_in,i>/d``, the overlap with the layer's input row x_in,i.
+  """
+
+  q: float
+  c: float
+  o: float
+
+  @property
+  def rho(self) -> float:
+    """Cross-position correlation c/q."""
+    return self.c / self.q
+
+  def __add__(self, other: Stream) -> Stream:
+    """Sum of two states whose cross terms vanish in expectation (derivation step 2)."""
+    return Stream(self.q + other.q, self.c + other.c, self.o + other.o)
+
+  def scale(self, a: float) -> Stream:
+    return Stream(a * a * self.q, a * a * self.c, a * self.o)
+
+
+class _Shape(NamedTuple):
+  """The sizes the maps need."""
+
+  d: int
+  n: int
+  d_ff: int
+
+
+def _ln(x: Stream) -> Stream:
+  """LayerNorm: unit norm per feature, correlation kept (derivation step 3)."""
+  return Stream(1.0, x.rho, x.o / math.sqrt(x.q))
+
+
+def _attn(x: Stream, s: _Shape, beta: float = 1.0) -> Stream:
+  """Uniform attention: a vector shared by all rows, ``||m||²/d`` times beta^4."""
+  a = beta**4 * (x.q / s.n + (1 - 1 / s.n) * x.c)
+  return Stream(a, a, 0.0)
+
+
+def _ffn(x: Stream, s: _Shape, beta: float = 1.0) -> tuple[Stream, float]:
+  """FFN output (q, c) and the hidden rows' ``E||h_i||²/d`` (derivation step 4)."""
+  v = beta**2 * 2.0 / (s.d + s.d_ff)  # variance of W1's and W2's entries
+  hidden_per_d = s.d_ff * v * x.q / 2  # (d_ff/d) E ReLU(u)², u ~ N(0, q d v)
+  out_q = hidden_per_d * s.d * v
+  return Stream(out_q, out_q * float(relu_correlation(x.rho)), 0.0), hidden_per_d
+
+
+class _LayerOut(NamedTuple):
+  """One mean-field layer: the state after it, its FFN's ``E||h_i||²/d``, and the
+  q's of the LayerNorms between its FFN output and the layer's output."""
+
+  x: Stream
+  hidden_per_d: float
+  grad_lns: tuple[float, ...]
+
+
+def _post(x, l, L, s, alpha=1.0, beta=1.0):
+  x3 = _ln(x.scale(alpha) + _attn(x, s, beta))
+  f, h = _ffn(x3, s, beta)
+  x5 = x3.scale(alpha) + f
+  return _LayerOut(_ln(x5), h, (x5.q,))
+
+
+def _pre(x, l, L, s, ln_scale=1.0):
+  x3 = x + _attn(_ln(x).scale(ln_scale), s)
+  f, h = _ffn(_ln(x3).scale(ln_scale), s)
+  return _LayerOut(x3 + f, h, ())
+
+
+def _deepnorm(x, l, L, s):
+  return _post(x, l, L, s, architectures.deepnorm_alpha(L), architectures.deepnorm_beta(L))
+
+
+def _sandwich(x, l, L, s):
+  x3 = x + _ln(_attn(_ln(x), s))
+  f, h = _ffn(_ln(x3), s)
+  return _LayerOut(x3 + _ln(f), h, (f.q,))
+
+
+def _lns(x, l, L, s):
+  return _pre(x, l, L, s, ln_scale=l**-0.5)
+
+
+def _mixln(x, l, L, s, rho):
+  post = l <= int(architectures.mixln_post_layers(L, rho))
+  return _post(x, l, L, s) if post else _pre(x, l, L, s)
+
+
+_LAYERS = {"post": _post, "pre": _pre, "deepnorm": _deepnorm, "sandwich": _sandwich, "lns": _lns}
+
+
+def mean_field(arch: str, d: int, L: int, n: int, d_ff: int | None = None,
+               mixln_rho: float = 0.25, correlated: bool = True) -> dict:
+  """Mean-field prediction of the hidden-state norms and the last-layer W2 gradient.
+
+  Example:
+    >>> round(float(mean_field("post", d=256, L=6, n=16)["last_layer_w2"]), 1)
+    36.8
+
+  Args:
+    arch: one of ``normtheory.ARCHS``.
+    d: width.
+    L: depth.
+    n: sequence length.
+    d_ff: FFN width (``None``: d).
+    mixln_rho: Mix-LN's fraction of leading Post-LN layers.
+    correlated: if False, reset the cross-position covariance to 0 after every
+      layer: the i.i.d.-token picture, to show what token correlation adds.
+
+  Returns:
+    dict of
+      ``sq_norm_per_d``: ``(L,)`` E||x_l||²/d of the state entering layer l
+        (compare ``GradNorms.sq_norm / d``);
+      ``correlation``: ``(L,)`` mean cross-position correlation <x_i,x_j>/||x||²
+        of the state entering layer l;
+      ``rel_update``: ``(L,)`` ``||x_{l+1} - x_l||/||x_l||`` (as in
+        :mod:`normtheory.depth_metrics`), from the overlap o of step 7;
+      ``cos_sim``: ``(L,)`` cosine between x_l and x_{l+1};
+      ``final_sq_norm_per_d``: E||x_{L+1}||²/d of the last layer's output;
+      ``last_layer_w2``: predicted mean ``||dLoss/dW2^L||_F`` (linear loss);
+      ``last_layer_w2_sq``: its predicted mean square.
+  """
+  arch_fn = (lambda x, l, L, s: _mixln(x, l, L, s, mixln_rho)) if arch == "mixln" else _LAYERS.get(arch)
+  if arch_fn is None:
+    architectures.get(arch)  # raises with the list of known names
+  shape = _Shape(d, n, d if d_ff is None else d_ff)
+  q, c = 1.0, 0.0  # Gaussian inputs
+  sq_L, corr_L, update_L, cos_L = (np.empty(L) for _ in range(4))
+  for l in range(1, L + 1):
+    sq_L[l - 1], corr_L[l - 1] = q, c / q
+    out = arch_fn(Stream(q, c, q), l, L, shape)
+    update_L[l - 1] = math.sqrt(max(out.x.q - 2 * out.x.o + q, 0.0) / q)
+    cos_L[l - 1] = out.x.o / math.sqrt(q * out.x.q)
+    q, c = out.x.q, (out.x.c if correlated else 0.0)
+  grad_lns = out.grad_lns + ((q,) if architectures.get(arch).final_ln else ())
+  delta_sq = (d - 1 - len(grad_lns)) / (n**2 * float(np.prod(grad_lns)))
+  w2_sq = n * out.hidden_per_d * d * delta_sq
+  return {
+      "sq_norm_per_d": sq_L,
+      "correlation": corr_L,
+      "rel_update": update_L,
+      "cos_sim": cos_L,
+      "final_sq_norm_per_d": q,
+      "last_layer_w2": math.sqrt(w2_sq),
+      "last_layer_w2_sq": w2_sq,
+  }
+
+
+def predict_last_layer_w2(arch: str, d: int, L: int, n: int, d_ff: int | None = None) -> float:
+  """Predicted mean ``||dLoss/dW2^L||_F`` at init, linear loss (see :func:`mean_field`).
+
+  Post-LN: ``sqrt(d (d-2) / (3n))``, flat in L. Pre-LN: ``sqrt(d (d-2) / (2 n q_{L+1}))``
+  with ``q_{L+1} -> 3L/2`` as tokens correlate, so the Post/Pre ratio grows like sqrt(L).
+  """
+  return mean_field(arch, d, L, n, d_ff)["last_layer_w2"]
