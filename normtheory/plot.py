@@ -1,0 +1,391 @@
+"""Paper-style figures of the results store: each function takes tidy frames, returns a Figure.
+
+The figures use :class:`matplotlib.figure.Figure` directly (no pyplot state), so
+they work under any backend: saved headless by ``experiments/make_figures.py`` and
+shown inline in a notebook. Every arch keeps one colour, marker and line style
+(Okabe–Ito colours; markers and dashes keep the figures readable in grayscale).
+
+References:
+  Xiong et al. 2020, "On Layer Normalization in the Transformer Architecture":
+    Theorem 1 (last-layer bounds), Lemma 2 (hidden-state growth), Fig. 3
+    (gradient norm per layer, Post-LN vs Pre-LN).
+"""
+
+from __future__ import annotations
+
+import pathlib
+import zlib
+
+import numpy as np
+import pandas as pd
+from matplotlib import ticker
+from matplotlib.figure import Figure
+
+from normtheory import fit
+
+ARCH_STYLES = {
+    "post": {"color": "#0072B2", "marker": "o", "linestyle": "-"},
+    "pre": {"color": "#D55E00", "marker": "s", "linestyle": "--"},
+    "deepnorm": {"color": "#009E73", "marker": "^", "linestyle": "-."},
+    "sandwich": {"color": "#CC79A7", "marker": "D", "linestyle": ":"},
+    "lns": {"color": "#E69F00", "marker": "v", "linestyle": (0, (5, 1))},
+    "mixln": {"color": "#56B4E9", "marker": "P", "linestyle": (0, (3, 1, 1, 1, 1, 1))},
+}
+ARCH_LABELS = {"post": "Post-LN", "pre": "Pre-LN", "deepnorm": "DeepNorm", "sandwich": "Sandwich-LN",
+               "lns": "LN-Scaling", "mixln": "Mix-LN"}
+_EXTRA_MARKERS = ("X", "*", "h", "p", "<", ">")
+_DEPTH_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+_DEPTH_DASHES = ("-", "--", "-.", ":")
+GRAD_LABEL = r"$\Vert\partial\mathcal{L}/\partial W_2^{(L)}\Vert_F$"
+CAPTIONS = {
+    "last_layer_vs_depth": (
+        "Last-layer gradient norm ||dLoss/dW2^(L)||_F vs depth L (log-log), mean over seeds with a 5-95% band. "
+        "Dotted: free power-law fit C d^alpha L^-gamma. Gray: Theorem 1's shapes scaled by the envelope "
+        "max g/shape (Post C d sqrt(ln d), Pre C d sqrt(ln d / L))."),
+    "layer_profile": (
+        "Gradient norm ||dLoss/dW2^(l)||_F vs layer index l for several depths L (mean over seeds), "
+        "one panel per architecture; analogue of Xiong et al. Fig. 3(a,b)."),
+    "width_scaling": (
+        "Last-layer gradient norm vs width d (log-log) at one depth, mean with a 5-95% band; dotted: free "
+        "power-law fit; gray dashed: d sqrt(ln d) through the first architecture's points."),
+    "hidden_norms": (
+        "E||x_l||^2 / d of the hidden state entering layer l (the output of l-1 layers; x_1 is the input). "
+        "Shaded: Lemma 2's Pre-LN bounds 1 + (l-1)/2 <= . <= 1 + 3(l-1)/2. Dashed: Lemma 2's Post-LN "
+        "E||x5||^2/d = 3/2, the FFN residual sum before the layer's final LayerNorm; the Post-LN state "
+        "entering a layer is a LayerNorm output, so its value is 1."),
+    "ratio": (
+        "Post-LN / Pre-LN ratio of the last-layer gradient norm vs L (log-log), one line per width; gray "
+        "dashed: c sqrt(L); dotted: Lemma 2 law sqrt(1 + cL)/a fitted by curve_fit."),
+}
+
+
+def arch_style(arch: str) -> dict:
+  """Colour, marker and line style of an arch, fixed across figures (gray for unknown names)."""
+  if arch in ARCH_STYLES:
+    return ARCH_STYLES[arch]
+  k = zlib.crc32(arch.encode())
+  return {"color": "0.35", "marker": _EXTRA_MARKERS[k % len(_EXTRA_MARKERS)], "linestyle": _DEPTH_DASHES[k % 4]}
+
+
+def _label(arch: str) -> str:
+  return ARCH_LABELS.get(arch, arch)
+
+
+def _archs(frame: pd.DataFrame) -> list[str]:
+  return sorted(frame["arch"].unique(), key=fit._order)
+
+
+def _pick(frame: pd.DataFrame, loss: str | None, n: int | None) -> pd.DataFrame:
+  """Rows of one loss and sequence length (default: first loss alphabetically, largest n)."""
+  loss = sorted(frame["loss"].unique())[0] if loss is None else loss
+  rows = frame[frame["loss"] == loss]
+  n = rows["n"].max() if n is None else n
+  rows = rows[rows["n"] == n]
+  if rows.empty:
+    raise ValueError(f"no rows with loss={loss!r} and n={n!r}")
+  return rows
+
+
+def _fits_series(fits: dict, arch: str, loss: str, n: int) -> dict | None:
+  for s in fits["series"]:
+    if (s["arch"], s["loss"], s["n"]) == (arch, loss, n):
+      return s
+  return None
+
+
+def _power_law(series: dict, d, L):
+  """The series' free fit C d^α L^(−γ) (α, γ = 0 where the grid did not vary)."""
+  p = series["power_law"]
+  alpha = p["alpha"]["value"] if "alpha" in p else 0.0
+  gamma = p["gamma"]["value"] if "gamma" in p else 0.0
+  return p["C"]["value"] * np.asarray(d, float) ** alpha * np.asarray(L, float) ** -gamma
+
+
+def _theorem_shape(arch: str, d, L):
+  """Theorem 1's shape: d√ln d for Post, d√(ln d / L) for the others (Pre)."""
+  L = np.asarray(L, float)
+  return d * np.sqrt(np.log(d) / (np.ones_like(L) if arch == "post" else L))
+
+
+def _tick_label(y: float, _=None) -> str:
+  """``%g`` of log-axis ticks whose leading digit is 1, 2 or 5; others unlabelled."""
+  if y <= 0:
+    return ""
+  lead = round(y / 10 ** np.floor(np.log10(y)), 6)
+  return f"{y:g}" if lead in (1, 2, 5) else ""
+
+
+def _log_ticks(ax, x_values=None) -> None:
+  """Log axes with plain numbers: x ticks at the grid's values, y ticks without 10^k notation."""
+  if x_values is not None:
+    ax.set_xticks(sorted(set(x_values)), labels=[f"{v:g}" for v in sorted(set(x_values))])
+    ax.xaxis.set_minor_locator(ticker.NullLocator())
+  ax.yaxis.set_major_formatter(ticker.FuncFormatter(_tick_label))
+  ax.yaxis.set_minor_formatter(ticker.FuncFormatter(_tick_label))
+
+
+def _band(ax, x, stats: pd.DataFrame, style: dict, label: str) -> None:
+  """Mean line with markers and a 5–95% band over seeds."""
+  ax.fill_between(x, stats["q05"], stats["q95"], color=style["color"], alpha=0.18, linewidth=0)
+  ax.plot(x, stats["mean"], color=style["color"], marker=style["marker"], linestyle=style["linestyle"],
+          markersize=5, label=label)
+
+
+def _last_layer(grad: pd.DataFrame, param: str, loss: str | None, n: int | None) -> pd.DataFrame:
+  return fit.summarize(fit.select(_pick(grad, loss, n), param))
+
+
+def _ensure_fits(grad: pd.DataFrame, fits: dict | None, param: str) -> dict:
+  return fit.fit_frame(grad, n_boot=200, param=param) if fits is None else fits
+
+
+def fig_last_layer_vs_depth(
+    grad: pd.DataFrame, fits: dict | None = None, param: str = "W2", loss: str | None = None, n: int | None = None
+) -> Figure:
+  """Last-layer gradient norm vs L, one panel per d, one line per arch, fits and Theorem 1 overlaid.
+
+  Args:
+    grad: tidy gradient table (columns ``GRAD_COLUMNS``).
+    fits: :func:`normtheory.fit.fit_frame` of ``grad`` (computed with 200 resamples if None).
+    param: the weight ("W2" for Theorem 1).
+    loss, n: which loss and sequence length to show (default: first loss, largest n).
+
+  Returns:
+    The Figure.
+  """
+  fits = _ensure_fits(grad, fits, param)
+  stats = _last_layer(grad, param, loss, n)
+  ds = sorted(stats["d"].unique())
+  fig = Figure(figsize=(3.6 * len(ds), 3.4), layout="constrained")
+  axes = fig.subplots(1, len(ds), squeeze=False, sharey=True)[0]
+  for ax, d in zip(axes, ds):
+    for arch in _archs(stats):
+      st = stats[(stats["arch"] == arch) & (stats["d"] == d)].sort_values("L")
+      style = arch_style(arch)
+      _band(ax, st["L"], st, style, _label(arch))
+      series = _fits_series(fits, arch, st["loss"].iloc[0], st["n"].iloc[0])
+      L_grid = np.geomspace(st["L"].min(), st["L"].max(), 50)
+      if series is not None and len(st) > 1:
+        ax.plot(L_grid, _power_law(series, d, L_grid), color=style["color"], linestyle=":", linewidth=1)
+      if series is not None and arch in fit.THEORY_GAMMA:
+        C = series["envelope"]["max"]["value"]
+        ax.plot(L_grid, C * _theorem_shape(arch, d, L_grid), color="0.45", linestyle=style["linestyle"],
+                linewidth=1, label=rf"Thm 1 {_label(arch)}: $C\,{_shape_tex(arch)}$" if d == ds[0] else None)
+    ax.set(xscale="log", yscale="log", xlabel="depth $L$", title=f"$d = {d}$")
+    _log_ticks(ax, stats["L"])
+  axes[0].set_ylabel(GRAD_LABEL)
+  axes[0].plot([], [], color="k", linestyle=":", linewidth=1, label=r"fit $C\,d^{\alpha}L^{-\gamma}$")
+  axes[0].legend(fontsize=7)
+  return fig
+
+
+def _shape_tex(arch: str) -> str:
+  return r"d\sqrt{\ln d}" if arch == "post" else r"d\sqrt{\ln d/L}"
+
+
+def _spread(values, k: int) -> list:
+  """Up to k values spread over the sorted unique values (first and last included)."""
+  values = sorted(set(values))
+  if len(values) <= k:
+    return values
+  return [values[i] for i in sorted({round(j * (len(values) - 1) / (k - 1)) for j in range(k)})]
+
+
+def fig_layer_profile(
+    grad: pd.DataFrame,
+    param: str = "W2",
+    d: int | None = None,
+    depths: list[int] | None = None,
+    loss: str | None = None,
+    n: int | None = None,
+) -> Figure:
+  """Gradient norm vs layer index for several L, one panel per arch (Xiong et al. Fig. 3(a,b)).
+
+  Args:
+    grad: tidy gradient table.
+    param: the weight.
+    d: width to show (default the largest).
+    depths: depths to show (default up to 4 spread over the grid).
+    loss, n: which loss and sequence length (default: first loss, largest n).
+
+  Returns:
+    The Figure.
+  """
+  rows = _pick(grad, loss, n)
+  rows = rows[(rows["param"] == param) & (rows["d"] == (rows["d"].max() if d is None else d))]
+  stats = fit.summarize(rows)
+  depths = _spread(stats["L"], 4) if depths is None else depths
+  archs = _archs(stats)
+  fig = Figure(figsize=(3.6 * len(archs), 3.4), layout="constrained")
+  axes = fig.subplots(1, len(archs), squeeze=False, sharey=True)[0]
+  shades = np.linspace(0.0, 0.6, len(depths))
+  for ax, arch in zip(axes, archs):
+    color = arch_style(arch)["color"]
+    for k, (L, shade) in enumerate(zip(depths, shades)):
+      st = stats[(stats["arch"] == arch) & (stats["L"] == L)].sort_values("layer")
+      mixed = tuple(np.array(_hex(color)) * (1 - shade) + shade)
+      ax.plot(st["layer"], st["mean"], color=mixed, marker=_DEPTH_MARKERS[k % 8], markersize=4,
+              linestyle=_DEPTH_DASHES[k % 4], label=f"$L = {L}$")
+    ax.set(yscale="log", xlabel="layer $l$", title=f"{_label(arch)}, $d = {int(stats['d'].iloc[0])}$")
+    _log_ticks(ax)
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+    ax.legend(fontsize=7)
+  axes[0].set_ylabel(rf"mean $\Vert\partial\mathcal{{L}}/\partial {_tex_param(param)}^{{(l)}}\Vert_F$")
+  return fig
+
+
+def _hex(color: str) -> tuple[float, float, float]:
+  if not color.startswith("#"):
+    return (float(color),) * 3
+  return tuple(int(color[i:i + 2], 16) / 255 for i in (1, 3, 5))
+
+
+def _tex_param(param: str) -> str:
+  return {"W_Q": "W_Q", "W_K": "W_K", "W_V": "W_V", "W_O": "W_O", "W1": "W_1", "W2": "W_2"}.get(param, param)
+
+
+def fig_width_scaling(
+    grad: pd.DataFrame,
+    fits: dict | None = None,
+    param: str = "W2",
+    L: int | None = None,
+    loss: str | None = None,
+    n: int | None = None,
+) -> Figure:
+  """Last-layer gradient norm vs d (log-log) at one depth, with d√ln d and the free fit.
+
+  Args:
+    grad: tidy gradient table.
+    fits: :func:`normtheory.fit.fit_frame` of ``grad`` (computed if None).
+    param: the weight.
+    L: depth to show (default the largest depth every arch has).
+    loss, n: which loss and sequence length.
+
+  Returns:
+    The Figure.
+  """
+  fits = _ensure_fits(grad, fits, param)
+  stats = _last_layer(grad, param, loss, n)
+  if L is None:
+    L = max(set.intersection(*(set(g["L"]) for _, g in stats.groupby("arch"))))
+  stats = stats[stats["L"] == L]
+  fig = Figure(figsize=(4.2, 3.4), layout="constrained")
+  ax = fig.subplots()
+  for arch in _archs(stats):
+    st = stats[stats["arch"] == arch].sort_values("d")
+    style = arch_style(arch)
+    _band(ax, st["d"], st, style, _label(arch))
+    series = _fits_series(fits, arch, st["loss"].iloc[0], st["n"].iloc[0])
+    if series is not None and len(st) > 1:
+      d_grid = np.geomspace(st["d"].min(), st["d"].max(), 50)
+      ax.plot(d_grid, _power_law(series, d_grid, L), color=style["color"], linestyle=":", linewidth=1)
+  first = stats[stats["arch"] == _archs(stats)[0]].sort_values("d")
+  d_grid = np.geomspace(first["d"].min(), first["d"].max(), 50)
+  shape = lambda d: d * np.sqrt(np.log(d))  # noqa: E731
+  k = np.exp(np.mean(np.log(first["mean"]) - np.log(shape(first["d"].to_numpy(float)))))
+  ax.plot(d_grid, k * shape(d_grid), color="0.45", linestyle="--", linewidth=1, label=r"$\propto d\sqrt{\ln d}$")
+  ax.plot([], [], color="k", linestyle=":", linewidth=1, label=r"fit $C\,d^{\alpha}L^{-\gamma}$")
+  ax.set(xscale="log", yscale="log", xlabel="width $d$", ylabel=GRAD_LABEL, title=f"$L = {L}$")
+  _log_ticks(ax, stats["d"])
+  ax.legend(fontsize=7)
+  return fig
+
+
+def fig_hidden_norms(hidden: pd.DataFrame, d: int | None = None, loss: str | None = None, n: int | None = None) -> Figure:
+  """``E||x_l||²/d`` of the state entering layer l vs l, with Lemma 2's bounds.
+
+  The state entering layer l is the output of l−1 layers, so Lemma 2's Pre-LN bound
+  ``(1 + l/2) d ≤ E||x_{l+1}||² ≤ (1 + 3l/2) d`` reads ``1 + (l−1)/2 ≤ · ≤ 1 + 3(l−1)/2``
+  here. Each arch is drawn from its deepest model at width ``d``.
+
+  Args:
+    hidden: tidy hidden-norm table (columns ``HIDDEN_COLUMNS``).
+    d: width (default the largest).
+    loss, n: which loss and sequence length.
+
+  Returns:
+    The Figure.
+  """
+  rows = _pick(hidden, loss, n)
+  rows = rows[rows["d"] == (rows["d"].max() if d is None else d)]
+  rows = rows[rows["L"] == rows.groupby("arch")["L"].transform("max")].assign(ratio=lambda f: f["sq_norm"] / f["d"])
+  stats = fit.summarize(rows.drop(columns="sq_norm"), value="ratio")
+  fig = Figure(figsize=(4.6, 3.6), layout="constrained")
+  ax = fig.subplots()
+  l_grid = np.arange(1, stats["layer"].max() + 1)
+  ax.fill_between(l_grid, 1 + (l_grid - 1) / 2, 1 + 3 * (l_grid - 1) / 2, facecolor="0.85", edgecolor="0.6",
+                  hatch="//", linewidth=0, label=r"Lemma 2 Pre-LN: $1+\frac{l-1}{2}\leq\cdot\leq 1+\frac{3(l-1)}{2}$")
+  ax.axhline(1.5, color="0.3", linestyle="--", linewidth=1, label=r"Lemma 2 Post-LN $E\Vert x_5\Vert^2/d = 3/2$")
+  for arch in _archs(stats):
+    st = stats[stats["arch"] == arch].sort_values("layer")
+    _band(ax, st["layer"], st, arch_style(arch), _label(arch))
+  ax.set(xlabel=r"layer $l$ (state $x_l$ entering it = output of $l-1$ layers)",
+         ylabel=r"$E\Vert x_l\Vert^2/d$", title=f"$d = {int(stats['d'].iloc[0])}$")
+  ax.legend(fontsize=7)
+  return fig
+
+
+def fig_ratio(
+    grad: pd.DataFrame, fits: dict | None = None, param: str = "W2", loss: str | None = None, n: int | None = None
+) -> Figure:
+  """Post/Pre ratio of the last-layer gradient norm vs L, with √L and the Lemma 2 law.
+
+  Args:
+    grad: tidy gradient table with both "post" and "pre".
+    fits: :func:`normtheory.fit.fit_frame` of ``grad`` (computed if None).
+    param: the weight.
+    loss, n: which loss and sequence length.
+
+  Returns:
+    The Figure.
+  """
+  fits = _ensure_fits(grad, fits, param)
+  rows = _pick(grad, loss, n)
+  key = (rows["loss"].iloc[0], int(rows["n"].iloc[0]))
+  matches = [r for r in fits["ratios"] if (r["loss"], r["n"]) == key]
+  if not matches:
+    raise ValueError(f"no post/pre ratio fit for loss={key[0]!r}, n={key[1]} (needs both archs and >= 2 depths)")
+  ratio = matches[0]
+  cells = pd.DataFrame(ratio["cells"])
+  fig = Figure(figsize=(4.2, 3.4), layout="constrained")
+  ax = fig.subplots()
+  for k, (d, st) in enumerate(cells.groupby("d")):
+    st = st.sort_values("L")
+    ax.plot(st["L"], st["ratio"], color=str(0.6 * k / max(cells["d"].nunique() - 1, 1)),
+            marker=_DEPTH_MARKERS[k % 8], linestyle="none", label=f"$d = {d}$")
+  L_grid = np.geomspace(cells["L"].min(), cells["L"].max(), 50)
+  scale = np.exp(np.mean(np.log(cells["ratio"]) - 0.5 * np.log(cells["L"])))
+  ax.plot(L_grid, scale * np.sqrt(L_grid), color="0.45", linestyle="--", linewidth=1, label=r"$\propto\sqrt{L}$")
+  a, c = ratio["lemma2"]["a"]["value"], ratio["lemma2"]["c"]["value"]
+  if a is not None and c is not None:
+    ax.plot(L_grid, 1 / fit.lemma2_law(L_grid, a, c), color="k", linestyle=":", linewidth=1.2,
+            label=rf"Lemma 2: $\sqrt{{1+cL}}/a$, $c = {c:.2f}$")
+  ax.set(xscale="log", yscale="log", xlabel="depth $L$",
+         ylabel=r"$g_L^{\rm Post}/g_L^{\rm Pre}$ of $W_2$" if param == "W2" else "Post/Pre ratio")
+  _log_ticks(ax, cells["L"])
+  ax.legend(fontsize=7)
+  return fig
+
+
+def figures(grad: pd.DataFrame, hidden: pd.DataFrame, fits: dict | None = None) -> dict[str, Figure]:
+  """Every figure that the data allow, keyed as in ``CAPTIONS`` (ratio only with post and pre)."""
+  fits = _ensure_fits(grad, fits, "W2")
+  out = {
+      "last_layer_vs_depth": fig_last_layer_vs_depth(grad, fits),
+      "layer_profile": fig_layer_profile(grad),
+      "width_scaling": fig_width_scaling(grad, fits),
+      "hidden_norms": fig_hidden_norms(hidden),
+  }
+  if fits["ratios"]:
+    out["ratio"] = fig_ratio(grad, fits)
+  return out
+
+
+def save(fig: Figure, out_dir, name: str, dpi: int = 200) -> list[pathlib.Path]:
+  """Write ``out_dir/name.png`` (at ``dpi``) and ``out_dir/name.pdf``; returns the paths."""
+  out_dir = pathlib.Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  paths = [out_dir / f"{name}.png", out_dir / f"{name}.pdf"]
+  for path in paths:
+    fig.savefig(path, dpi=dpi)
+  return paths
