@@ -58,8 +58,10 @@ CI_LEVEL = 0.95
 
 def _read(results_dir, filename: str, columns: tuple[str, ...]) -> pd.DataFrame:
   path = pathlib.Path(results_dir) / filename
+  if not path.parent.is_dir():
+    raise FileNotFoundError(f"no results directory {path.parent}")
   if not path.is_file():
-    raise FileNotFoundError(f"no {path}: not a normtheory results directory")
+    raise FileNotFoundError(f"missing {path} (the sweep writes it)")
   frame = pd.read_csv(path)
   if tuple(frame.columns) != columns:
     raise ValueError(f"{path} has columns {','.join(frame.columns)}; expected {','.join(columns)}")

@@ -38,22 +38,22 @@ _DEPTH_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 _DEPTH_DASHES = ("-", "--", "-.", ":")
 GRAD_LABEL = r"$\Vert\partial\mathcal{L}/\partial W_2^{(L)}\Vert_F$"
 CAPTIONS = {
-    "last_layer_vs_depth": (
+    "fig_last_layer_vs_depth": (
         "Last-layer gradient norm ||dLoss/dW2^(L)||_F vs depth L (log-log), mean over seeds with a 5-95% band. "
         "Dotted: free power-law fit C d^alpha L^-gamma. Gray: Theorem 1's shapes scaled by the envelope "
         "max g/shape (Post C d sqrt(ln d), Pre C d sqrt(ln d / L))."),
-    "layer_profile": (
+    "fig_layer_profile": (
         "Gradient norm ||dLoss/dW2^(l)||_F vs layer index l for several depths L (mean over seeds), "
         "one panel per architecture; analogue of Xiong et al. Fig. 3(a,b)."),
-    "width_scaling": (
+    "fig_width_scaling": (
         "Last-layer gradient norm vs width d (log-log) at one depth, mean with a 5-95% band; dotted: free "
         "power-law fit; gray dashed: d sqrt(ln d) through the first architecture's points."),
-    "hidden_norms": (
+    "fig_hidden_norms": (
         "E||x_l||^2 / d of the hidden state entering layer l (the output of l-1 layers; x_1 is the input). "
         "Shaded: Lemma 2's Pre-LN bounds 1 + (l-1)/2 <= . <= 1 + 3(l-1)/2. Dashed: Lemma 2's Post-LN "
         "E||x5||^2/d = 3/2, the FFN residual sum before the layer's final LayerNorm; the Post-LN state "
         "entering a layer is a LayerNorm output, so its value is 1."),
-    "ratio": (
+    "fig_ratio": (
         "Post-LN / Pre-LN ratio of the last-layer gradient norm vs L (log-log), one line per width; gray "
         "dashed: c sqrt(L); dotted: Lemma 2 law sqrt(1 + cL)/a fitted by curve_fit."),
 }
@@ -291,6 +291,15 @@ def fig_width_scaling(
   return fig
 
 
+def pre_ln_bounds(layer):
+  """Lemma 2's Pre-LN bounds on ``E||x_l||²/d`` for the state entering layer l (l−1 layers done).
+
+  ``(1 + k/2) d ≤ E||x_{k+1}||² ≤ (1 + 3k/2) d`` with k = l − 1; layer 1 gets (1, 1).
+  """
+  k = np.asarray(layer, float) - 1
+  return 1 + k / 2, 1 + 3 * k / 2
+
+
 def fig_hidden_norms(hidden: pd.DataFrame, d: int | None = None, loss: str | None = None, n: int | None = None) -> Figure:
   """``E||x_l||²/d`` of the state entering layer l vs l, with Lemma 2's bounds.
 
@@ -313,7 +322,7 @@ def fig_hidden_norms(hidden: pd.DataFrame, d: int | None = None, loss: str | Non
   fig = Figure(figsize=(4.6, 3.6), layout="constrained")
   ax = fig.subplots()
   l_grid = np.arange(1, stats["layer"].max() + 1)
-  ax.fill_between(l_grid, 1 + (l_grid - 1) / 2, 1 + 3 * (l_grid - 1) / 2, facecolor="0.85", edgecolor="0.6",
+  ax.fill_between(l_grid, *pre_ln_bounds(l_grid), facecolor="0.85", edgecolor="0.6",
                   hatch="//", linewidth=0, label=r"Lemma 2 Pre-LN: $1+\frac{l-1}{2}\leq\cdot\leq 1+\frac{3(l-1)}{2}$")
   ax.axhline(1.5, color="0.3", linestyle="--", linewidth=1, label=r"Lemma 2 Post-LN $E\Vert x_5\Vert^2/d = 3/2$")
   for arch in _archs(stats):
@@ -368,16 +377,16 @@ def fig_ratio(
 
 
 def figures(grad: pd.DataFrame, hidden: pd.DataFrame, fits: dict | None = None) -> dict[str, Figure]:
-  """Every figure that the data allow, keyed as in ``CAPTIONS`` (ratio only with post and pre)."""
+  """Every figure that the data allow, keyed by function name as in ``CAPTIONS`` (fig_ratio needs post and pre)."""
   fits = _ensure_fits(grad, fits, "W2")
   out = {
-      "last_layer_vs_depth": fig_last_layer_vs_depth(grad, fits),
-      "layer_profile": fig_layer_profile(grad),
-      "width_scaling": fig_width_scaling(grad, fits),
-      "hidden_norms": fig_hidden_norms(hidden),
+      "fig_last_layer_vs_depth": fig_last_layer_vs_depth(grad, fits),
+      "fig_layer_profile": fig_layer_profile(grad),
+      "fig_width_scaling": fig_width_scaling(grad, fits),
+      "fig_hidden_norms": fig_hidden_norms(hidden),
   }
   if fits["ratios"]:
-    out["ratio"] = fig_ratio(grad, fits)
+    out["fig_ratio"] = fig_ratio(grad, fits)
   return out
 
 
