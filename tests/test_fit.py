@@ -142,8 +142,8 @@ def test_summarize_gives_seed_statistics_per_cell():
 
 
 def test_fit_store_rejects_missing_or_malformed_store(tmp_path):
-  """A missing grad_norms.csv raises FileNotFoundError; wrong columns raise ValueError naming them."""
-  with pytest.raises(FileNotFoundError, match="grad_norms.csv"):
+  """A missing results directory raises FileNotFoundError; wrong columns raise ValueError naming them."""
+  with pytest.raises(FileNotFoundError, match="no results directory"):
     fit.fit_store(tmp_path / "nowhere")
   pd.DataFrame({"a": [1]}).to_csv(tmp_path / "grad_norms.csv", index=False)
   with pytest.raises(ValueError, match="expected arch,loss"):
