@@ -114,7 +114,7 @@ def _cells(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]
   """(d_C, L_C, per-seed values per cell) of one series, cells sorted by (d, L)."""
   if rows.duplicated(["d", "L", "seed"]).any():
     raise ValueError("several rows share (d, L, seed) within a series (e.g. several d_ff); filter the frame first")
-  groups = sorted(rows.groupby(["d", "L"])["grad_norm"], key=lambda kv: kv[0])
+  groups = list(rows.groupby(["d", "L"], sort=True)["grad_norm"])
   d_C = np.array([k[0] for k, _ in groups], dtype=np.float64)
   L_C = np.array([k[1] for k, _ in groups], dtype=np.float64)
   return d_C, L_C, [v.to_numpy(np.float64) for _, v in groups]
@@ -166,9 +166,9 @@ def _loglinear(
   return out
 
 
-def _axes(d_C: np.ndarray, L_C: np.ndarray, ln_C: bool = True) -> dict[str, np.ndarray]:
+def _axes(d_C: np.ndarray, L_C: np.ndarray) -> dict[str, np.ndarray]:
   """Regressors that vary on the grid: intercept, ln d (if ≥2 widths), −ln L (if ≥2 depths)."""
-  cols = {"ln_C": np.ones_like(d_C)} if ln_C else {}
+  cols = {"ln_C": np.ones_like(d_C)}
   if np.unique(d_C).size > 1:
     cols["alpha"] = np.log(d_C)
   if np.unique(L_C).size > 1:
@@ -282,7 +282,8 @@ def series_checks(arch: str, d_C: np.ndarray, bound: dict, power: dict, envelope
 # --------------------------------------------------------------------- drivers
 
 
-def _order(arch: str) -> tuple[int, str]:
+def arch_key(arch: str) -> tuple[int, str]:
+  """Sort key of arch names: the library's order (post, pre, ...), then others alphabetically."""
   return (ARCHS.index(arch) if arch in ARCHS else len(ARCHS), arch)
 
 
@@ -312,8 +313,11 @@ def fit_frame(
   rows = select(frame, param, layer)
   if rows.empty:
     raise ValueError(f"no rows with param={param!r} at layer {'L' if layer is None else layer}")
+  if not (rows["grad_norm"] > 0).all():
+    raise ValueError(f"log-log fits need positive norms; {param} has zeros (W_Q, W_K are zero at init)")
+  theorem = param == "W2" and layer is None  # Theorem 1 speaks of the last layer's W2 only
   series, boots = [], {}
-  keys = sorted(rows.groupby(list(SERIES_KEYS)).groups, key=lambda k: (_order(k[0]), *k[1:]))
+  keys = sorted(rows.groupby(list(SERIES_KEYS)).groups, key=lambda k: (arch_key(k[0]), *k[1:]))
   for arch, loss, n in keys:
     part = rows[(rows["arch"] == arch) & (rows["loss"] == loss) & (rows["n"] == n)]
     d_C, L_C, values = _cells(part)
@@ -334,19 +338,21 @@ def fit_frame(
         "bound_shape": bound,
         "power_law": power,
         "envelope": envelope,
-        "checks": series_checks(arch, d_C, bound, power, envelope),
+        "checks": series_checks(arch, d_C, bound, power, envelope) if theorem else [],
     })
   ratios = [
-      _ratio_entry(loss, n, boots["post", loss, n], boots["pre", loss, n])
+      _ratio_entry(loss, n, boots["post", loss, n], boots["pre", loss, n], theorem)
       for arch, loss, n in keys
       if arch == "post" and ("pre", loss, n) in boots
   ]
-  meta = {"param": param, "layer": "L" if layer is None else int(layer), "n_boot": n_boot, "seed": seed, "ci": CI_LEVEL}
+  meta = {"param": param, "layer": "L" if layer is None else int(layer), "n_boot": n_boot, "seed": seed,
+          "ci": CI_LEVEL, "theorem": theorem}
   return {"meta": meta, "series": series, "ratios": [r for r in ratios if r is not None]}
 
 
-def _ratio_entry(loss: str, n: int, post: tuple, pre: tuple) -> dict | None:
-  """Lemma 2 law and √L exponent of Post vs Pre on the cells both have (None if < 2 depths)."""
+def _ratio_entry(loss: str, n: int, post: tuple, pre: tuple, theorem: bool) -> dict | None:
+  """Lemma 2 law and √L exponent of Post vs Pre on the cells both have (None if < 2 depths);
+  checks against the theory only when ``theorem`` (last layer's W2)."""
   cells = sorted(set(zip(post[0], post[1])) & set(zip(pre[0], pre[1])))
   if len({L for _, L in cells}) < 2:
     return None
@@ -358,8 +364,8 @@ def _ratio_entry(loss: str, n: int, post: tuple, pre: tuple) -> dict | None:
   lemma2 = lemma2_fit(L_C, pre_C, post_C, pre_BxC, post_BxC)
   power = power_law_fit(d_C, L_C, r_C, r_BxC)
   beta = _negate(power["gamma"])
-  checks = [_check("beta of g_post/g_pre ~ L^beta", beta, 0.5, 0.5, "0.5 (sqrt L)")]
-  if lemma2["c"]["value"] is not None and lemma2["c"]["ci"] is not None:
+  checks = [_check("beta of g_post/g_pre ~ L^beta", beta, 0.5, 0.5, "0.5 (sqrt L)")] if theorem else []
+  if theorem and lemma2["c"]["value"] is not None and lemma2["c"]["ci"] is not None:
     checks.append(_check("c of Lemma 2 law", lemma2["c"], *LEMMA2_C, "[0.5, 1.5] (Lemma 2)"))
   return {
       "loss": loss,
@@ -411,9 +417,9 @@ def _grid(cells: list[dict]) -> str:
 
 def _check_line(check: dict) -> str:
   if check["holds"]:
-    return f"  holds:  {check['name']} = {_fmt(check)}; theorem's {check['expected']} is inside the CI."
+    return f"  holds:  {check['name']} = {_fmt(check)}; the CI meets the theorem's {check['expected']}."
   return (
-      f"  MISSES: {check['name']} = {_fmt(check)}; theorem's {check['expected']} is outside the CI"
+      f"  MISSES: {check['name']} = {_fmt(check)}; the CI excludes the theorem's {check['expected']}"
       f" by {check['miss']:.3g}."
   )
 
@@ -422,8 +428,9 @@ def report(fits: dict) -> str:
   """Plain-text verdict of :func:`fit_frame`'s result, one block per series and per Post/Pre pair."""
   meta = fits["meta"]
   layer = "the last layer L" if meta["layer"] == "L" else f"layer {meta['layer']}"
+  title = "Theorem 1 on the grid" if meta["theorem"] else "Descriptive fits (Theorem 1 concerns W2 at layer L)"
   lines = [
-      f"Theorem 1 on the grid: ||dLoss/d{meta['param']}|| at {layer}; "
+      f"{title}: ||dLoss/d{meta['param']}|| at {layer}; "
       f"{100 * meta['ci']:.0f}% bootstrap CIs over seeds ({meta['n_boot']} resamples, seed {meta['seed']})."
   ]
   for s in fits["series"]:
@@ -436,7 +443,7 @@ def report(fits: dict) -> str:
                  f"R^2 = {_r2_text(p['r2'])}")
     slopes = [f"slope in ln {k[-1]} = {_fmt(e[k])}" for k in ("slope_ln_L", "slope_ln_d") if k in e]
     lines.append(f"  envelope max g/({e['shape']}) = {_fmt(e['max'])}" + ("; " + ", ".join(slopes) if slopes else ""))
-    if not s["checks"]:
+    if meta["theorem"] and not s["checks"]:
       lines.append(f"  no Theorem 1 exponent for {s['arch']}; the fits above are descriptive.")
     lines.extend(_check_line(c) for c in s["checks"])
     if s["checks"]:

@@ -18,7 +18,7 @@ import zlib
 
 import numpy as np
 import pandas as pd
-from matplotlib import ticker
+from matplotlib import colors, ticker
 from matplotlib.figure import Figure
 
 from normtheory import fit
@@ -72,7 +72,7 @@ def _label(arch: str) -> str:
 
 
 def _archs(frame: pd.DataFrame) -> list[str]:
-  return sorted(frame["arch"].unique(), key=fit._order)
+  return sorted(frame["arch"].unique(), key=fit.arch_key)
 
 
 def _pick(frame: pd.DataFrame, loss: str | None, n: int | None) -> pd.DataFrame:
@@ -118,7 +118,8 @@ def _tick_label(y: float, _=None) -> str:
 def _log_ticks(ax, x_values=None) -> None:
   """Log axes with plain numbers: x ticks at the grid's values, y ticks without 10^k notation."""
   if x_values is not None:
-    ax.set_xticks(sorted(set(x_values)), labels=[f"{v:g}" for v in sorted(set(x_values))])
+    ticks = _spread(x_values, 8)
+    ax.set_xticks(ticks, labels=[f"{v:g}" for v in ticks])
     ax.xaxis.set_minor_locator(ticker.NullLocator())
   ax.yaxis.set_major_formatter(ticker.FuncFormatter(_tick_label))
   ax.yaxis.set_minor_formatter(ticker.FuncFormatter(_tick_label))
@@ -161,6 +162,8 @@ def fig_last_layer_vs_depth(
   for ax, d in zip(axes, ds):
     for arch in _archs(stats):
       st = stats[(stats["arch"] == arch) & (stats["d"] == d)].sort_values("L")
+      if st.empty:
+        continue
       style = arch_style(arch)
       _band(ax, st["L"], st, style, _label(arch))
       series = _fits_series(fits, arch, st["loss"].iloc[0], st["n"].iloc[0])
@@ -223,7 +226,7 @@ def fig_layer_profile(
     color = arch_style(arch)["color"]
     for k, (L, shade) in enumerate(zip(depths, shades)):
       st = stats[(stats["arch"] == arch) & (stats["L"] == L)].sort_values("layer")
-      mixed = tuple(np.array(_hex(color)) * (1 - shade) + shade)
+      mixed = tuple(np.array(colors.to_rgb(color)) * (1 - shade) + shade)
       ax.plot(st["layer"], st["mean"], color=mixed, marker=_DEPTH_MARKERS[k % 8], markersize=4,
               linestyle=_DEPTH_DASHES[k % 4], label=f"$L = {L}$")
     ax.set(yscale="log", xlabel="layer $l$", title=f"{_label(arch)}, $d = {int(stats['d'].iloc[0])}$")
@@ -234,14 +237,8 @@ def fig_layer_profile(
   return fig
 
 
-def _hex(color: str) -> tuple[float, float, float]:
-  if not color.startswith("#"):
-    return (float(color),) * 3
-  return tuple(int(color[i:i + 2], 16) / 255 for i in (1, 3, 5))
-
-
 def _tex_param(param: str) -> str:
-  return {"W_Q": "W_Q", "W_K": "W_K", "W_V": "W_V", "W_O": "W_O", "W1": "W_1", "W2": "W_2"}.get(param, param)
+  return {"W1": "W_1", "W2": "W_2"}.get(param, param)
 
 
 def fig_width_scaling(
@@ -334,6 +331,12 @@ def fig_hidden_norms(hidden: pd.DataFrame, d: int | None = None, loss: str | Non
   return fig
 
 
+def _ratio_fits(fits: dict, rows: pd.DataFrame) -> dict | None:
+  """The fits' Post/Pre ratio entry for the loss and n of ``rows`` (None if absent)."""
+  key = (rows["loss"].iloc[0], int(rows["n"].iloc[0]))
+  return next((r for r in fits["ratios"] if (r["loss"], r["n"]) == key), None)
+
+
 def fig_ratio(
     grad: pd.DataFrame, fits: dict | None = None, param: str = "W2", loss: str | None = None, n: int | None = None
 ) -> Figure:
@@ -349,12 +352,9 @@ def fig_ratio(
     The Figure.
   """
   fits = _ensure_fits(grad, fits, param)
-  rows = _pick(grad, loss, n)
-  key = (rows["loss"].iloc[0], int(rows["n"].iloc[0]))
-  matches = [r for r in fits["ratios"] if (r["loss"], r["n"]) == key]
-  if not matches:
-    raise ValueError(f"no post/pre ratio fit for loss={key[0]!r}, n={key[1]} (needs both archs and >= 2 depths)")
-  ratio = matches[0]
+  ratio = _ratio_fits(fits, _pick(grad, loss, n))
+  if ratio is None:
+    raise ValueError("no post/pre ratio fit for this loss and n (needs both archs and >= 2 depths)")
   cells = pd.DataFrame(ratio["cells"])
   fig = Figure(figsize=(4.2, 3.4), layout="constrained")
   ax = fig.subplots()
@@ -385,7 +385,7 @@ def figures(grad: pd.DataFrame, hidden: pd.DataFrame, fits: dict | None = None) 
       "fig_width_scaling": fig_width_scaling(grad, fits),
       "fig_hidden_norms": fig_hidden_norms(hidden),
   }
-  if fits["ratios"]:
+  if _ratio_fits(fits, _pick(grad, None, None)) is not None:
     out["fig_ratio"] = fig_ratio(grad, fits)
   return out
 

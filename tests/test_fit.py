@@ -148,3 +148,14 @@ def test_fit_store_rejects_missing_or_malformed_store(tmp_path):
   pd.DataFrame({"a": [1]}).to_csv(tmp_path / "grad_norms.csv", index=False)
   with pytest.raises(ValueError, match="expected arch,loss"):
     fit.fit_store(tmp_path)
+
+
+def test_other_layer_or_param_is_fitted_without_theorem_checks():
+  """layer/param arguments fit any layer's weight; only the last layer's W2 is checked against Theorem 1."""
+  frame = synthetic(lambda d, L: d * L**-0.5)
+  frame = pd.concat([frame, frame[frame["L"] > 1].assign(layer=1, grad_norm=lambda f: f["grad_norm"] * 2)])
+  fits = fit.fit_frame(frame, n_boot=20, param="W2", layer=1)
+  assert fits["meta"]["layer"] == 1 and series(fits, "pre")["checks"] == []
+  assert fit.report(fits).startswith("Descriptive fits")
+  with pytest.raises(ValueError, match="positive norms"):
+    fit.fit_frame(frame.assign(grad_norm=0.0), n_boot=20)
