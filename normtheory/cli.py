@@ -1,0 +1,151 @@
+"""The sweep command line: ``python experiments/grad_scaling.py --d 512 --L 6..96``.
+
+Parses and validates every flag before anything is written (bad input: exit
+status 2 and one line on stderr), prints the expanded grid, measures the missing
+cells with a progress bar, appends them to the results store, and ends with a
+summary table and the fits against Theorem 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from importlib import metadata
+
+import jax
+from tqdm import tqdm
+
+from normtheory import fit, grid, store, sweep
+from normtheory.config import ARCHS, LOSSES, Config
+from normtheory.measure import as_key
+
+PRNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
+
+
+class UsageError(ValueError):
+  """A bad command line; its message is printed as the one stderr line."""
+
+
+class _Parser(argparse.ArgumentParser):
+  def error(self, message):
+    raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+  p = _Parser(prog="grad_scaling.py", description=__doc__.splitlines()[0])
+  p.add_argument("--d", default="64,128", help="widths: N | A,B | A..B (doubling) | A..B:S | A..B*F")
+  p.add_argument("--L", default="6..24", help="depths, same grammar as --d")
+  p.add_argument("--arch", default="post,pre", help=f"comma list of {', '.join(ARCHS)}")
+  p.add_argument("--loss", default="linear", help=f"comma list of {', '.join(LOSSES)}")
+  p.add_argument("--seeds", type=int, default=8, help="samples per cell (seeds 0..seeds-1)")
+  p.add_argument("--n", type=int, default=16, help="sequence length")
+  p.add_argument("--d-ff", type=int, default=None, help="FFN width (default: d)")
+  p.add_argument("--eps", type=float, default=1e-6, help="LayerNorm epsilon")
+  p.add_argument("--vocab", type=int, default=1000, help="vocabulary of the xent loss")
+  p.add_argument("--seed", type=int, default=0, help="base PRNG seed")
+  p.add_argument("--prng", default="threefry2x32", help=f"JAX PRNG implementation: {', '.join(PRNG_IMPLS)}")
+  p.add_argument("--dtype", default="float32", help="float32 | float64")
+  p.add_argument("--chunk", type=int, default=None, help="seeds per compiled call (default: from free memory)")
+  p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of the fits")
+  p.add_argument("--out", default="results/grad_scaling", help="results directory")
+  p.add_argument("--quiet", action="store_true", help="no progress bar or tables")
+  return p
+
+
+def _choices(flag: str, text: str, allowed) -> list[str]:
+  values = [v.strip() for v in text.split(",") if v.strip()]
+  bad = [v for v in values if v not in allowed]
+  if not values or bad:
+    raise UsageError(f"{flag}: unknown {bad[0] if bad else 'empty value'!r}; choose from {', '.join(allowed)}")
+  return list(dict.fromkeys(values))
+
+
+def _at_least(flag: str, value, minimum) -> None:
+  if value is not None and value < minimum:
+    raise UsageError(f"{flag} must be >= {minimum}, got {value}")
+
+
+def parse(argv: list[str]) -> tuple[argparse.Namespace, dict]:
+  """Parse and validate ``argv``; returns the namespace and the expanded grid."""
+  args = build_parser().parse_args(argv)
+  try:
+    widths = grid.parse_grid(args.d, "--d", minimum=2)
+    depths = grid.parse_grid(args.L, "--L", minimum=1)
+  except ValueError as e:
+    raise UsageError(str(e)) from None
+  archs = _choices("--arch", args.arch, ARCHS)
+  losses = _choices("--loss", args.loss, LOSSES)
+  _choices("--prng", args.prng, PRNG_IMPLS)
+  _choices("--dtype", args.dtype, ("float32", "float64"))
+  for flag, value, minimum in [("--seeds", args.seeds, 1), ("--n", args.n, 1), ("--d-ff", args.d_ff, 1),
+                               ("--chunk", args.chunk, 1), ("--vocab", args.vocab, 2), ("--n-boot", args.n_boot, 1),
+                               ("--eps", args.eps, 0), ("--seed", args.seed, 0)]:
+    _at_least(flag, value, minimum)
+  try:
+    store.check_writable(args.out)
+  except store.StoreError as e:
+    raise UsageError(str(e)) from None
+  return args, {"arch": archs, "loss": losses, "d": widths, "L": depths}
+
+
+def default_chunk(args, grid_axes) -> int:
+  """Seeds per call so that one call's buffers use at most a quarter of the free memory."""
+  try:
+    free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+  except (ValueError, OSError):
+    return args.seeds
+  d, L = max(grid_axes["d"]), max(grid_axes["L"])
+  d_ff = args.d_ff or d
+  itemsize = 8 if args.dtype == "float64" else 4
+  per_seed = itemsize * (8 * d * max(d, d_ff) + 4 * (L + 2) * args.n * d + args.vocab * d)
+  return max(1, min(args.seeds, int(free // 4 // per_seed)))
+
+
+def run_info(argv: list[str]) -> dict:
+  device = jax.devices()[0]
+  return {
+      "argv": argv,
+      "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+      "python": platform.python_version(),
+      "versions": {pkg: metadata.version(pkg) for pkg in ("normtheory", "jax", "jaxlib", "flax", "numpy", "pandas")},
+      "backend": jax.default_backend(),
+      "device_kind": device.device_kind,
+      "device_count": jax.device_count(),
+  }
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = sys.argv[1:] if argv is None else argv
+  try:
+    args, axes = parse(argv)
+    settings = {"dtype": args.dtype, "eps": args.eps, "base_seed": args.seed, "prng": args.prng, "vocab": args.vocab}
+    results = store.ResultsStore(args.out, settings)
+    base = Config(n=args.n, d_ff=args.d_ff, eps=args.eps, vocab=args.vocab, dtype=args.dtype)
+  except (UsageError, store.StoreError, ValueError) as e:
+    print(f"grad_scaling.py: error: {e}", file=sys.stderr)
+    return 2
+  say = (lambda *a: None) if args.quiet else print
+  say("grid: " + "  ".join(f"{k}={','.join(map(str, v))}" for k, v in axes.items()) + f"  seeds={args.seeds}  n={args.n}")
+  passes, complete = sweep.plan(base, axes["arch"], axes["loss"], axes["d"], axes["L"], args.seeds, results.stored_seeds())
+  total = len(axes["arch"]) * len(axes["loss"]) * len(axes["d"]) * len(axes["L"])
+  say(f"{total} cells: {complete} already stored in {args.out}, {total - complete} to measure")
+  chunk = args.chunk or default_chunk(args, axes)
+  key = as_key(jax.random.key(args.seed, impl=args.prng))
+  start = time.perf_counter()
+  if passes:
+    results.start_run(run_info(argv) | {"chunk": chunk})
+    with tqdm(total=total, initial=complete, unit="cell", disable=args.quiet) as bar:
+      sweep.run(passes, results, key, chunk, bar.update)
+  say(f"measured in {time.perf_counter() - start:.1f} s")
+  if not args.quiet:
+    wanted = {(a, lo, d, L) for a in axes["arch"] for lo in axes["loss"] for d in axes["d"] for L in axes["L"]}
+    table = sweep.summary_table(results.grad)
+    table = table[[idx[:3] in {w[:3] for w in wanted} for idx in table.index]]
+    say("last-layer ||dL/dW2||, mean ± std over seeds:")
+    say(table[[L for L in axes["L"] if L in table.columns]].to_string())
+  fits = fit.write_fits(args.out, n_boot=args.n_boot)
+  say(fit.report(fits))
+  return 0

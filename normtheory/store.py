@@ -1,0 +1,139 @@
+"""The results store: tidy CSVs plus meta.json, written atomically, resumable.
+
+Layout of a store directory (the contract other tools read):
+
+* ``grad_norms.csv``: ``arch,loss,d,L,n,d_ff,seed,layer,param,grad_norm``
+* ``hidden_norms.csv``: ``arch,loss,d,L,n,d_ff,seed,layer,sq_norm``
+* ``meta.json``: the store's fixed settings (dtype, eps, base seed, PRNG, ...), one
+  entry per run (argv, package versions, JAX backend and device kind) and one per
+  measured pass (its cells, seeds and wall time).
+
+A *cell* is (arch, loss, d, L, n, d_ff); settings that are not CSV columns are
+fixed per store, so two runs with a different dtype or base seed cannot mix rows
+that nobody could tell apart. Every write replaces a file by ``os.replace`` of a
+complete temporary file (hidden norms first, grad norms last, meta.json after),
+so a crash or Ctrl-C leaves either the old or the new file, never a partial row,
+and a (cell, seed) counts as stored only once its grad-norm rows are in place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from normtheory.measure import GRAD_COLUMNS, HIDDEN_COLUMNS, GradNorms
+
+CELL_COLUMNS = ["arch", "loss", "d", "L", "n", "d_ff"]
+GRAD_FILE, HIDDEN_FILE, META_FILE = "grad_norms.csv", "hidden_norms.csv", "meta.json"
+
+
+class StoreError(ValueError):
+  """The store cannot be used as asked (settings differ, directory unwritable, ...)."""
+
+
+def _atomic_write(path: Path, text: str) -> None:
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+  try:
+    with os.fdopen(fd, "w") as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    Path(tmp).unlink(missing_ok=True)
+    raise
+
+
+def check_writable(out_dir: str | os.PathLike) -> None:
+  """Raise StoreError unless ``out_dir`` exists as a writable directory or can be created."""
+  path = Path(out_dir).resolve()
+  probe = path
+  while not probe.exists():
+    probe = probe.parent
+  if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+    raise StoreError(f"--out {out_dir}: not a writable directory")
+
+
+def read_table(out_dir: str | os.PathLike, name: str = GRAD_FILE) -> pd.DataFrame:
+  """One of the store's CSVs as a DataFrame (empty, with the right columns, if absent)."""
+  path = Path(out_dir) / name
+  columns = list(GRAD_COLUMNS if name == GRAD_FILE else HIDDEN_COLUMNS)
+  if not path.exists():
+    return pd.DataFrame(columns=columns)
+  frame = pd.read_csv(path)
+  if list(frame.columns) != columns:
+    raise StoreError(f"{path}: header is {','.join(frame.columns)}, expected {','.join(columns)}")
+  return frame
+
+
+class ResultsStore:
+  """A results directory with fixed settings, opened for appending.
+
+  Args:
+    out_dir: the directory (created on the first write).
+    settings: the store-level settings of this run; must equal those already stored.
+  """
+
+  def __init__(self, out_dir: str | os.PathLike, settings: dict):
+    self.path = Path(out_dir)
+    self.settings = dict(settings)
+    meta_path = self.path / META_FILE
+    self.meta = json.loads(meta_path.read_text()) if meta_path.exists() else {"settings": self.settings, "runs": [], "passes": []}
+    if self.meta["settings"] != self.settings:
+      diff = {k: (self.meta["settings"].get(k), v) for k, v in self.settings.items() if self.meta["settings"].get(k) != v}
+      raise StoreError(f"--out {out_dir} holds results with other settings (stored, asked): {diff}; use another --out")
+    self.grad = read_table(self.path, GRAD_FILE)
+    self.hidden = read_table(self.path, HIDDEN_FILE)
+
+  def stored_seeds(self) -> dict[tuple, set[int]]:
+    """cell tuple -> the seeds whose grad-norm rows are stored."""
+    if self.grad.empty:
+      return {}
+    pairs = self.grad[[*CELL_COLUMNS, "seed"]].drop_duplicates()
+    out: dict[tuple, set[int]] = {}
+    for row in pairs.itertuples(index=False):
+      out.setdefault(tuple(row[:-1]), set()).add(int(row[-1]))
+    return out
+
+  def start_run(self, run_info: dict) -> None:
+    """Record one invocation (argv, versions, backend) in meta.json."""
+    self.meta["runs"].append(run_info)
+    self._write_meta()
+
+  def append(self, results: list[GradNorms], wall_time_s: float) -> None:
+    """Add measured cells (replacing any rows with the same cell and seed) and record the pass."""
+    grad_new = pd.concat([r.to_frame() for r in results], ignore_index=True)
+    hidden_new = pd.concat([r.hidden_frame() for r in results], ignore_index=True)
+    self.path.mkdir(parents=True, exist_ok=True)
+    self.hidden = _replace_rows(self.hidden, hidden_new)
+    _atomic_write(self.path / HIDDEN_FILE, self.hidden.to_csv(index=False))
+    self.grad = _replace_rows(self.grad, grad_new)
+    _atomic_write(self.path / GRAD_FILE, self.grad.to_csv(index=False))
+    self.meta["passes"].append({
+        "cells": [dict(zip(CELL_COLUMNS, _cell(r))) | {"seeds": [int(s) for s in r.seeds]} for r in results],
+        "wall_time_s": round(wall_time_s, 4),
+    })
+    self._write_meta()
+
+  def _write_meta(self) -> None:
+    self.path.mkdir(parents=True, exist_ok=True)
+    _atomic_write(self.path / META_FILE, json.dumps(self.meta, indent=1) + "\n")
+
+
+def _cell(result: GradNorms) -> tuple:
+  c = result.config
+  return (c.arch, c.loss, c.d, c.L, c.n, c.d_ff)
+
+
+def _replace_rows(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
+  """``old`` without the (cell, seed) pairs present in ``new``, then ``new``."""
+  if old.empty:
+    return new.reset_index(drop=True)
+  keys = [*CELL_COLUMNS, "seed"]
+  incoming = pd.MultiIndex.from_frame(new[keys].drop_duplicates())
+  keep = ~pd.MultiIndex.from_frame(old[keys]).isin(incoming)
+  return pd.concat([old[keep], new], ignore_index=True)

@@ -1,0 +1,153 @@
+"""Effective-depth metrics: hand-computed values, ablation of an identity layer, the
+Pre-LN ~l^(-1/2) decay, and the exponent fit on synthetic data.
+
+References:
+  Su 2022, kexue.fm/archives/9009 (the effective-depth argument); Xiong et al. 2020, Table 1.
+"""
+
+import doctest
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+
+import normtheory as nt
+from normtheory import architectures, depth_metrics, sampling, theory
+
+THETA_L = np.array([0.1, 0.2, 0.3])
+SCALE_L = np.array([1.0, 2.0, 0.5])
+
+
+def _rotate_and_scale(x_nxd, l):
+  """Layer l of a 2-d toy stack: rotate every row by THETA_L[l-1], scale by SCALE_L[l-1]."""
+  theta, scale = jnp.asarray(THETA_L)[l - 1], jnp.asarray(SCALE_L)[l - 1]
+  rot = jnp.array([[jnp.cos(theta), jnp.sin(theta)], [-jnp.sin(theta), jnp.cos(theta)]])
+  return scale * x_nxd @ rot
+
+
+def test_stack_metrics_equal_hand_computed_values():
+  """Rotation by theta and scaling by s: rel_update = sqrt(s² - 2 s cos theta + 1),
+  cos_sim = cos theta, and removing a layer rotates the output back by theta: angle theta/pi."""
+  x_nxd = jnp.array([[1.0, 0.0], [0.3, -2.0]])
+  got = depth_metrics.stack_metrics(_rotate_and_scale, lambda x: x, x_nxd, 3)
+  np.testing.assert_allclose(got["rel_update"], np.sqrt(SCALE_L**2 - 2 * SCALE_L * np.cos(THETA_L) + 1), rtol=1e-5)
+  np.testing.assert_allclose(got["cos_sim"], np.cos(THETA_L), rtol=1e-5)
+  np.testing.assert_allclose(got["removal_angle"], THETA_L / np.pi, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["post", "pre", "deepnorm"])
+def test_depth_metrics_match_a_python_loop(arch):
+  """depth_metrics (scan, vmap over seeds and removed layers, jit) equals a float64 numpy
+  recomputation from a plain loop over arch.layer with the engine's keys; tolerance 1e-4."""
+  cfg = nt.Config(arch=arch, d=8, L=3, n=4)
+  model = architectures.get(arch)
+  frame = depth_metrics.depth_metrics(cfg, seeds=[0, 3], key=7)
+  assert list(frame.columns) == list(depth_metrics.COLUMNS)
+  for seed_key, seed in zip(sampling.seed_keys(jax.random.key(7), [0, 3]), [0, 3]):
+    p_key = sampling.params_key(seed_key)
+    x0, _ = sampling.inputs(cfg, sampling.data_key(seed_key))
+
+    def run(skip=None):
+      x, xs = x0, [np.asarray(x0, np.float64)]
+      for l in range(1, cfg.L + 1):
+        if l != skip:
+          x = model.layer(sampling.layer_params(cfg, p_key, l, model.weight_scale(cfg.L)), x, l, cfg.L, cfg)
+        xs.append(np.asarray(x, np.float64))
+      return xs, np.asarray(model.final(x, cfg.eps), np.float64).ravel()
+
+    xs, full = run()
+    cos = lambda a, b: np.vdot(a.ravel(), b.ravel()) / np.linalg.norm(a) / np.linalg.norm(b)
+    expected = {
+        "rel_update": [np.linalg.norm(xs[l] - xs[l - 1]) / np.linalg.norm(xs[l - 1]) for l in range(1, 4)],
+        "cos_sim": [cos(xs[l - 1], xs[l]) for l in range(1, 4)],
+        "removal_angle": [np.arccos(np.clip(cos(run(l)[1], full), -1, 1)) / np.pi for l in range(1, 4)],
+    }
+    rows = frame[frame["seed"] == seed]
+    for name, values in expected.items():
+      got = rows[rows["metric"] == name].sort_values("layer")["value"].to_numpy()
+      np.testing.assert_allclose(got, values, rtol=1e-4, atol=1e-4, err_msg=name)
+
+
+def test_removing_an_identity_layer_gives_angle_zero():
+  """A Pre-LN layer with W_V = W2 = 0 is exactly the identity: removing it changes nothing
+  (angle exactly 0, rel_update 0, cos_sim 1), while removing any other layer does."""
+  cfg = nt.Config(arch="pre", d=16, L=4, n=4)
+  seed_key = jax.random.key(0)
+  p_key = sampling.params_key(seed_key)
+  x_nxd, _ = sampling.inputs(cfg, sampling.data_key(seed_key))
+
+  def layer(x, l):
+    p = sampling.layer_params(cfg, p_key, l)
+    keep = (l != 2).astype(x.dtype)
+    p = {**p, "W_V": keep * p["W_V"], "W2": keep * p["W2"]}
+    return architectures.pre_ln_layer(p, x, l, cfg.L, cfg)
+
+  got = jax.jit(lambda x: depth_metrics.stack_metrics(layer, lambda y: y, x, cfg.L))(x_nxd)
+  assert float(got["removal_angle"][1]) == 0.0
+  assert float(got["rel_update"][1]) == 0.0
+  assert float(got["cos_sim"][1]) == pytest.approx(1.0, abs=1e-6)
+  assert (np.delete(np.asarray(got["removal_angle"]), 1) > 1e-3).all()
+
+
+@pytest.fixture(scope="module")
+def frames():
+  """Metrics of Pre-LN and Post-LN at d=64, L=24, n=16, 4 seeds."""
+  return {arch: depth_metrics.depth_metrics(nt.Config(arch=arch, d=64, L=24, n=16), seeds=4) for arch in ("pre", "post")}
+
+
+def _seed_mean(frame, metric):
+  return frame[frame["metric"] == metric].groupby("layer")["value"].mean().to_numpy()
+
+
+def test_pre_ln_updates_shrink_like_inverse_sqrt_depth(frames):
+  """Pre-LN: rel_update decreases with l (every 4-layer block below the one before),
+  the fit gives kappa with a CI inside (0.35, 0.65), later layers matter less when removed,
+  and the mean field's sqrt((A_l + 1/2)/q_l) matches every layer within 10%."""
+  update_L = _seed_mean(frames["pre"], "rel_update")
+  assert (np.diff(update_L.reshape(6, 4).mean(1)) < 0).all()
+  fit = depth_metrics.fit_update_exponent(frames["pre"], "pre", n_boot=200)
+  assert 0.35 < fit["ci"][0] <= fit["kappa"] <= fit["ci"][1] < 0.65
+  assert fit["r2"] > 0.9
+  removal_L = _seed_mean(frames["pre"], "removal_angle")
+  assert removal_L[-4:].mean() < 0.5 * removal_L[:4].mean()
+  predicted = theory.mean_field("pre", 64, 24, 16)
+  np.testing.assert_allclose(update_L, predicted["rel_update"], rtol=0.10)
+  np.testing.assert_allclose(_seed_mean(frames["pre"], "cos_sim"), predicted["cos_sim"], rtol=0.05)
+
+
+def test_post_ln_updates_do_not_shrink(frames):
+  """Post-LN renormalises every layer: rel_update is flat past the first layers (|kappa| < 0.1
+  over l >= 4, mean field within 10%), and the last layer matters most when removed."""
+  fit = depth_metrics.fit_update_exponent(frames["post"], "post", min_layer=4, n_boot=200)
+  assert abs(fit["kappa"]) < 0.1
+  np.testing.assert_allclose(_seed_mean(frames["post"], "rel_update"), theory.mean_field("post", 64, 24, 16)["rel_update"], rtol=0.10)
+  removal_L = _seed_mean(frames["post"], "removal_angle")
+  assert removal_L[-1] == removal_L.max()
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.05])
+def test_fit_recovers_a_known_exponent(noise):
+  """Synthetic rel_update = 2 l^(-0.37) times log-normal noise (16 seeds, 40 layers): exact
+  data give kappa = 0.37 and r² = 1; noisy data give a 95% CI that contains 0.37."""
+  rng = np.random.default_rng(0)
+  seed_S, layer_L = np.arange(16), np.arange(1, 41)
+  value_SxL = 2 * layer_L ** -0.37 * np.exp(noise * rng.standard_normal((16, 40)))
+  frame = pd.DataFrame({
+      "arch": "pre", "loss": "linear", "d": 64, "L": 40, "n": 16, "d_ff": 64,
+      "seed": np.repeat(seed_S, 40), "layer": np.tile(layer_L, 16),
+      "metric": "rel_update", "value": value_SxL.ravel(),
+  })
+  fit = depth_metrics.fit_update_exponent(frame, "pre", n_boot=500)
+  if noise == 0.0:
+    assert fit["kappa"] == pytest.approx(0.37, abs=1e-9) and fit["r2"] == pytest.approx(1.0)
+  else:
+    assert fit["ci"][0] < 0.37 < fit["ci"][1]
+    assert fit["ci"][1] - fit["ci"][0] < 0.05
+  with pytest.raises(ValueError, match="several configurations"):
+    depth_metrics.fit_update_exponent(pd.concat([frame, frame.assign(L=41)]), "pre")
+
+
+def test_docstring_examples():
+  assert doctest.testmod(depth_metrics).failed == 0
