@@ -171,8 +171,10 @@ def fit_update_exponent(frame: pd.DataFrame, arch: str = "pre", metric: str = "r
   The point estimate is the log-log least-squares slope of the seed-mean curve;
   the CI is the percentile interval of that slope over seeds resampled with
   replacement. The effective-depth argument predicts kappa = 1/2 for Pre-LN's
-  rel_update (and the mean-field theory, ``theory.mean_field(...)["rel_update"]``,
-  approaches it from below as l grows); Post-LN gives kappa ≈ 0.
+  rel_update at large l; at finite depth the mean-field curve
+  ``theory.mean_field(...)["rel_update"]`` gives the value to expect (at d=64, L=48:
+  0.48 over layers 1-48, 0.54 over 8-48, because the stream grows slower than 3/2
+  per layer at first). Post-LN gives kappa ≈ 0.
 
   Args:
     frame: a :func:`depth_metrics` table (one configuration per arch).

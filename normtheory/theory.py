@@ -92,6 +92,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -190,6 +191,7 @@ class Stream(NamedTuple):
     return Stream(self.q + other.q, self.c + other.c, self.o + other.o)
 
   def scale(self, a: float) -> Stream:
+    """The state multiplied by a."""
     return Stream(a * a * self.q, a * a * self.c, a * self.o)
 
 
@@ -295,9 +297,8 @@ def mean_field(arch: str, d: int, L: int, n: int, d_ff: int | None = None,
       ``last_layer_w2``: predicted mean ``||dLoss/dW2^L||_F`` (linear loss);
       ``last_layer_w2_sq``: its predicted mean square.
   """
-  arch_fn = (lambda x, l, L, s: _mixln(x, l, L, s, mixln_rho)) if arch == "mixln" else _LAYERS.get(arch)
-  if arch_fn is None:
-    architectures.get(arch)  # raises with the list of known names
+  final_ln = architectures.get(arch).final_ln  # ValueError listing the known names
+  arch_fn = functools.partial(_mixln, rho=mixln_rho) if arch == "mixln" else _LAYERS[arch]
   shape = _Shape(d, n, d if d_ff is None else d_ff)
   q, c = 1.0, 0.0  # Gaussian inputs
   sq_L, corr_L, update_L, cos_L = (np.empty(L) for _ in range(4))
@@ -307,7 +308,7 @@ def mean_field(arch: str, d: int, L: int, n: int, d_ff: int | None = None,
     update_L[l - 1] = math.sqrt(max(out.x.q - 2 * out.x.o + q, 0.0) / q)
     cos_L[l - 1] = out.x.o / math.sqrt(q * out.x.q)
     q, c = out.x.q, (out.x.c if correlated else 0.0)
-  grad_lns = out.grad_lns + ((q,) if architectures.get(arch).final_ln else ())
+  grad_lns = out.grad_lns + ((q,) if final_ln else ())
   delta_sq = (d - 1 - len(grad_lns)) / (n**2 * float(np.prod(grad_lns)))
   w2_sq = n * out.hidden_per_d * d * delta_sq
   return {

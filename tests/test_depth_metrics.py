@@ -103,8 +103,9 @@ def _seed_mean(frame, metric):
 
 def test_pre_ln_updates_shrink_like_inverse_sqrt_depth(frames):
   """Pre-LN: rel_update decreases with l (every 4-layer block below the one before),
-  the fit gives kappa with a CI inside (0.35, 0.65), later layers matter less when removed,
-  and the mean field's sqrt((A_l + 1/2)/q_l) matches every layer within 10%."""
+  the fit gives kappa with a CI inside (0.35, 0.65) and within 0.05 of the mean-field curve's,
+  later layers matter less when removed, and the mean field's sqrt((A_l + 1/2)/q_l) matches
+  every layer within 10%."""
   update_L = _seed_mean(frames["pre"], "rel_update")
   assert (np.diff(update_L.reshape(6, 4).mean(1)) < 0).all()
   fit = depth_metrics.fit_update_exponent(frames["pre"], "pre", n_boot=200)
@@ -114,6 +115,9 @@ def test_pre_ln_updates_shrink_like_inverse_sqrt_depth(frames):
   assert removal_L[-4:].mean() < 0.5 * removal_L[:4].mean()
   predicted = theory.mean_field("pre", 64, 24, 16)
   np.testing.assert_allclose(update_L, predicted["rel_update"], rtol=0.10)
+  layer_L = np.arange(1, 25)
+  kappa_mean_field = -np.polyfit(np.log(layer_L), np.log(predicted["rel_update"]), 1)[0]
+  assert abs(fit["kappa"] - kappa_mean_field) < 0.05
   np.testing.assert_allclose(_seed_mean(frames["pre"], "cos_sim"), predicted["cos_sim"], rtol=0.05)
 
 
