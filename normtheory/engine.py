@@ -67,124 +67,166 @@ def _gram_sq_norm(a_nxi: jax.Array, delta_kxnxo: jax.Array) -> jax.Array:
 
 
 @functools.lru_cache(maxsize=None)
-def _steps(width_cfg: Config):
-  """Jitted forward, loss and backward steps for every model sharing ``width_cfg``
-  (a Config whose L is ignored: the steps take l and L as traced integers)."""
-  arch = architectures.get(width_cfg.arch)
+def _steps(width_cfg: Config, arch_names: tuple[str, ...]):
+  """Jitted forward, loss and backward steps for models sharing ``width_cfg`` (whose
+  arch and L are ignored: the steps take l and L as traced integers), one state per
+  architecture in ``arch_names``, all reading the same weights (one draw per layer)."""
+  archs = {name: architectures.get(name) for name in arch_names}
+  weight_scale = archs[arch_names[0]].weight_scale  # equal for every arch of a shared pass
   loss_fn = LOSS_FUNCTIONS[width_cfg.loss]
   eps = width_cfg.eps
   out_widths = {name: fan_out for name, (_, fan_out) in sampling.weight_shapes(width_cfg).items()}
 
   def params(p_key, l, L):
-    return sampling.layer_params(width_cfg, p_key, l, arch.weight_scale(L))
+    return sampling.layer_params(width_cfg, p_key, l, weight_scale(L))
 
-  def forward_one(p_key, x_nxd, l, L):
-    taps = Taps()
-    x_next = arch.layer(params(p_key, l, L), x_nxd, l, L, width_cfg, taps)
-    ln_jac_k = jnp.stack([ln_jacobian_norm(z, eps).mean() for z in taps.ln_inputs])
-    return x_next, (x_nxd**2).sum(-1).mean(), ln_jac_k
+  def forward_one(p_key, x, l, L):
+    p = params(p_key, l, L)
+    out = {}
+    for name, arch in archs.items():
+      taps = Taps()
+      x_next = arch.layer(p, x[name], l, L, width_cfg, taps)
+      ln_jac_k = jnp.stack([ln_jacobian_norm(z, eps).mean() for z in taps.ln_inputs])
+      out[name] = (x_next, (x[name] ** 2).sum(-1).mean(), ln_jac_k)
+    return out
 
-  def loss_one(p_key, d_key, x_nxd):
+  def loss_one(p_key, d_key, x):
     _, target = sampling.inputs(width_cfg, d_key)
     head = sampling.head_params(width_cfg, p_key)
-    return jax.value_and_grad(lambda x: loss_fn(arch.final(x, eps), target, head))(x_nxd)
+    return {
+        name: jax.value_and_grad(lambda x_nxd: loss_fn(arch.final(x_nxd, eps), target, head))(x[name])
+        for name, arch in archs.items()
+    }
 
-  def backward_one(p_key, x_nxd, ct_kxnxd, l, L):
+  def backward_one(p_key, x, ct, l, L):
     p = params(p_key, l, L)
-    zeros = {name: jnp.zeros((x_nxd.shape[0], out_widths[name]), x_nxd.dtype) for name in PARAM_NAMES}
+    n = x[arch_names[0]].shape[0]
+    zeros = {name: jnp.zeros((n, out_widths[name]), p["W2"].dtype) for name in PARAM_NAMES}
+    out = {}
+    for name, arch in archs.items():
 
-    def tapped(x, z):
-      taps = Taps(z)
-      return arch.layer(p, x, l, L, width_cfg, taps), taps.inputs
+      def tapped(x_nxd, z, arch=arch):
+        taps = Taps(z)
+        return arch.layer(p, x_nxd, l, L, width_cfg, taps), taps.inputs
 
-    _, vjp, inputs = jax.vjp(tapped, x_nxd, zeros, has_aux=True)
-    ct_x_kxnxd, deltas = jax.vmap(vjp)(ct_kxnxd)
-    sq = {name: _gram_sq_norm(inputs[name], deltas[name]) for name in PARAM_NAMES}
-    return ct_x_kxnxd, sq
+      _, vjp, inputs = jax.vjp(tapped, x[name], zeros, has_aux=True)
+      ct_x_kxnxd, deltas = jax.vmap(vjp)(ct[name])
+      out[name] = (ct_x_kxnxd, {w: _gram_sq_norm(inputs[w], deltas[w]) for w in PARAM_NAMES})
+    return out
 
-  def forward(p_keys_S, x_SxNxD, l, L):
-    return jax.lax.map(lambda a: forward_one(*a, l, L), (p_keys_S, x_SxNxD))
+  # lax.map, not vmap, over seeds: each seed runs the same per-seed program whatever
+  # the chunk size, so chunking is bit-exact (a vmapped reduction is not).
+  def forward(p_keys_S, x_S, l, L):
+    return jax.lax.map(lambda a: forward_one(*a, l, L), (p_keys_S, x_S))
 
-  def loss(p_keys_S, d_keys_S, x_SxNxD):
-    return jax.lax.map(lambda a: loss_one(*a), (p_keys_S, d_keys_S, x_SxNxD))
+  def loss(p_keys_S, d_keys_S, x_S):
+    return jax.lax.map(lambda a: loss_one(*a), (p_keys_S, d_keys_S, x_S))
 
-  def backward(p_keys_S, x_SxNxD, ct_KxSxNxD, l, L):
-    ct_SxKxNxD, sq = jax.lax.map(
-        lambda a: backward_one(*a, l, L), (p_keys_S, x_SxNxD, ct_KxSxNxD.swapaxes(0, 1))
-    )
-    return ct_SxKxNxD.swapaxes(0, 1), jax.tree.map(lambda v: v.T, sq)
+  def backward(p_keys_S, x_S, ct_K_S, l, L):
+    swap = lambda t: jax.tree.map(lambda v: v.swapaxes(0, 1), t)
+    out = jax.lax.map(lambda a: backward_one(*a, l, L), (p_keys_S, x_S, swap(ct_K_S)))
+    return {name: (swap(ct_S_K), swap(sq_S_K)) for name, (ct_S_K, sq_S_K) in out.items()}
 
   return jax.jit(forward), jax.jit(loss), jax.jit(backward)
 
 
-def _measure_chunk(cfg: Config, depths: tuple[int, ...], keys_S: jax.Array) -> dict[int, DepthResult]:
-  """All depths of one shared forward pass, for one chunk of seeds."""
-  forward, loss_and_ct, backward = _steps(dataclasses.replace(cfg, L=1))
+def _measure_chunk(
+    cfg: Config, arch_names: tuple[str, ...], depths: tuple[int, ...], keys_S: jax.Array
+) -> dict[str, dict[int, DepthResult]]:
+  """All depths and architectures of one shared forward pass, for one chunk of seeds."""
+  forward, loss_and_ct, backward = _steps(dataclasses.replace(cfg, arch=arch_names[0], L=1), arch_names)
   p_keys = jax.vmap(sampling.params_key)(keys_S)
   d_keys = jax.vmap(sampling.data_key)(keys_S)
   L_max = max(depths)
   L_arg = jnp.int32(L_max)  # only read by depth-dependent architectures (one depth per pass)
-  x_SxNxD = jax.vmap(lambda k: sampling.inputs(cfg, k)[0])(d_keys)
-  xs, sq_norms, ln_jacs = [x_SxNxD], [], []
+  x0_SxNxD = jax.vmap(lambda k: sampling.inputs(cfg, k)[0])(d_keys)
+  x = {name: x0_SxNxD for name in arch_names}
+  xs, stats = [x], []
   for l in range(1, L_max + 1):
-    x_SxNxD, sq_S, ln_jac_Sxk = forward(p_keys, x_SxNxD, jnp.int32(l), L_arg)
-    xs.append(x_SxNxD)
-    sq_norms.append(sq_S)
-    ln_jacs.append(ln_jac_Sxk)
+    out = forward(p_keys, x, jnp.int32(l), L_arg)
+    x = {name: o[0] for name, o in out.items()}
+    xs.append(x)
+    stats.append({name: (np.asarray(o[1]), np.asarray(o[2])) for name, o in out.items()})
 
-  losses, active, ct_KxSxNxD = {}, [], None
-  grad_sq = {name: [] for name in PARAM_NAMES}  # per layer, from the top: (K, S)
+  losses, active, ct = {}, [], None  # ct: arch -> (K, S, n, d), one cotangent per active depth
+  grad_sq = []  # per layer, from the top: arch -> param -> (K, S)
   for l in range(L_max, 0, -1):
     if l in depths:
-      losses[l], ct_SxNxD = loss_and_ct(p_keys, d_keys, xs[l])
-      new = ct_SxNxD[None]
-      ct_KxSxNxD = new if ct_KxSxNxD is None else jnp.concatenate([ct_KxSxNxD, new])
+      losses[l] = loss_and_ct(p_keys, d_keys, xs[l])
+      new = {name: v[1][None] for name, v in losses[l].items()}
+      ct = new if ct is None else {name: jnp.concatenate([ct[name], new[name]]) for name in arch_names}
       active.append(l)
-    ct_KxSxNxD, sq = backward(p_keys, xs[l - 1], ct_KxSxNxD, jnp.int32(l), L_arg)
-    for name in PARAM_NAMES:
-      grad_sq[name].append(np.asarray(sq[name]))
+    out = backward(p_keys, xs[l - 1], ct, jnp.int32(l), L_arg)
+    ct = {name: o[0] for name, o in out.items()}
+    grad_sq.append({name: jax.tree.map(np.asarray, o[1]) for name, o in out.items()})
 
-  sq_norms_SxL = np.stack([np.asarray(s) for s in sq_norms], axis=1)
-  ln_jac_SxLxk = np.stack([np.asarray(j) for j in ln_jacs], axis=1)
-  results = {}
-  for k, L in enumerate(active):
-    # grad_sq[name][i] belongs to layer L_max - i and holds the depths active then.
-    norms = {
-        name: np.sqrt(np.stack([grad_sq[name][L_max - l][k] for l in range(1, L + 1)], axis=1))
-        for name in PARAM_NAMES
-    }
-    results[L] = DepthResult(norms, sq_norms_SxL[:, :L], ln_jac_SxLxk[:, :L], np.asarray(losses[L]))
+  results = {name: {} for name in arch_names}
+  for name in arch_names:
+    sq_norms_SxL = np.stack([s[name][0] for s in stats], axis=1)
+    ln_jac_SxLxk = np.stack([s[name][1] for s in stats], axis=1)
+    for k, L in enumerate(active):
+      # grad_sq[i] belongs to layer L_max - i and holds the depths active then, in order.
+      norms = {
+          w: np.sqrt(np.stack([grad_sq[L_max - l][name][w][k] for l in range(1, L + 1)], axis=1))
+          for w in PARAM_NAMES
+      }
+      results[name][L] = DepthResult(
+          norms, sq_norms_SxL[:, :L], ln_jac_SxLxk[:, :L], np.asarray(losses[L][name][0])
+      )
   return results
 
 
-def measure_depths(
-    cfg: Config, depths, seeds_S: np.ndarray, base_key: jax.Array, chunk: int | None = None
-) -> dict[int, DepthResult]:
-  """Exact per-layer gradient norms of ``cfg`` at each depth in ``depths``.
+def passes_for(arch_names, depths) -> list[tuple[tuple[str, ...], tuple[int, ...]]]:
+  """How to group (archs, depths) into shared passes: every depth-independent
+  architecture in one pass over all depths; each depth-dependent one alone, per depth."""
+  depths = tuple(sorted({int(L) for L in depths}))
+  shared = tuple(a for a in arch_names if not architectures.get(a).depends_on_depth)
+  passes = [(shared, depths)] if shared else []
+  for a in arch_names:
+    if architectures.get(a).depends_on_depth:
+      passes.extend(((a,), (L,)) for L in depths)
+  return passes
+
+
+def measure_archs(
+    cfg: Config, arch_names, depths, seeds_S: np.ndarray, base_key: jax.Array, chunk: int | None = None
+) -> dict[str, dict[int, DepthResult]]:
+  """Exact per-layer gradient norms of ``cfg`` for several architectures and depths.
+
+  Architectures whose layers do not depend on L share one forward and one backward
+  pass, and each layer's weights are drawn once for all of them (same keys, so the
+  same weights, as the architectures get when measured one at a time).
 
   Args:
-    cfg: the model; its L is replaced by each of ``depths``.
+    cfg: the model; its arch and L are replaced by each of ``arch_names`` and ``depths``.
+    arch_names: architectures to measure.
     depths: the depths to measure.
     seeds_S: seed indices; seed s uses key ``fold_in(base_key, s)``.
     base_key: the base PRNG key.
     chunk: seeds per compiled call (``None``: all at once). Results do not depend on it.
 
   Returns:
-    depth -> :class:`DepthResult` with seeds in the order of ``seeds_S``.
+    arch -> depth -> :class:`DepthResult`, seeds in the order of ``seeds_S``.
   """
-  depths = tuple(sorted({int(L) for L in depths}))
-  arch = architectures.get(cfg.arch)
+  arch_names = tuple(dict.fromkeys(arch_names))
   seeds_S = np.asarray(seeds_S)
   chunk = len(seeds_S) if chunk is None else int(chunk)
-  passes = [(L,) for L in depths] if arch.depends_on_depth else [depths]
+  parts = {name: {} for name in arch_names}
   with jax.enable_x64(cfg.dtype == "float64"):
-    parts = {L: [] for L in depths}
     for start in range(0, len(seeds_S), chunk):
       keys_S = sampling.seed_keys(base_key, seeds_S[start : start + chunk])
-      for pass_depths in passes:
-        for L, result in _measure_chunk(cfg, pass_depths, keys_S).items():
-          parts[L].append(result)
-  return {L: _concat(results) for L, results in parts.items()}
+      for pass_archs, pass_depths in passes_for(arch_names, depths):
+        for name, by_depth in _measure_chunk(cfg, pass_archs, pass_depths, keys_S).items():
+          for L, result in by_depth.items():
+            parts[name].setdefault(L, []).append(result)
+  return {name: {L: _concat(rs) for L, rs in sorted(by_depth.items())} for name, by_depth in parts.items()}
+
+
+def measure_depths(
+    cfg: Config, depths, seeds_S: np.ndarray, base_key: jax.Array, chunk: int | None = None
+) -> dict[int, DepthResult]:
+  """:func:`measure_archs` for the one architecture ``cfg.arch``: depth -> DepthResult."""
+  return measure_archs(cfg, (cfg.arch,), depths, seeds_S, base_key, chunk)[cfg.arch]
 
 
 def _concat(results: list[DepthResult]) -> DepthResult:

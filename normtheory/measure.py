@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import pandas as pd
 
-from normtheory import engine, reference
+from normtheory import engine, prng, reference
 from normtheory.config import PARAM_NAMES, Config
 
 GRAD_COLUMNS = ("arch", "loss", "d", "L", "n", "d_ff", "seed", "layer", "param", "grad_norm")
@@ -90,9 +90,9 @@ class GradNorms:
 
 
 def as_key(key) -> jax.Array:
-  """A PRNG key from an int seed or an existing key."""
+  """A PRNG key from an int seed (with ``prng.DEFAULT_PRNG``) or an existing key."""
   if isinstance(key, (int, np.integer)):
-    return jax.random.key(int(key))
+    return prng.make_key(int(key), prng.DEFAULT_PRNG)
   return key
 
 
@@ -112,7 +112,8 @@ def grad_norms(
   Args:
     cfg: the model (:class:`normtheory.Config`).
     seeds: number of samples (indices 0..seeds-1) or explicit seed indices.
-    key: base PRNG key or int seed; sample s draws everything from ``fold_in(key, s)``.
+    key: base PRNG key, or an int seed for a ``prng.DEFAULT_PRNG`` (Philox) key; sample s
+      draws everything from ``fold_in(key, s)``.
     chunk: seeds per compiled call (memory knob; results do not depend on it).
     method: "engine" (memory flat in depth, :mod:`normtheory.engine`) or
       "reference" (``jax.grad`` of the full NNX parameter pytree).
