@@ -19,6 +19,10 @@ L d×d gradients. This engine computes the same numbers with memory flat in dept
   layer's weights once for all of them.
 * **One compilation per shape, reused across depths.** The steps take the layer
   index and L as traced integers, and Python drives the loop over layers.
+* **Seeds over devices.** Every step is a ``shard_map`` over a one-axis mesh of the
+  local devices; each device runs ``lax.map`` over its seeds, so a seed's numbers
+  do not depend on the chunk size or the number of devices (padding seeds, added
+  when the count does not divide, are dropped).
 
 References:
   Xiong et al. 2020, Section 3.3 (the measured quantity, ``||dLoss/dW2^L||_F``);
@@ -34,6 +38,8 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 from normtheory import architectures, sampling
 from normtheory.config import PARAM_NAMES, Config
@@ -115,7 +121,7 @@ def _steps(width_cfg: Config, arch_names: tuple[str, ...]):
     return out
 
   # lax.map, not vmap, over seeds: each seed runs the same per-seed program whatever
-  # the chunk size, so chunking is bit-exact (a vmapped reduction is not).
+  # the chunk size or device count, so both are bit-exact (a vmapped reduction is not).
   def forward(p_keys_S, x_S, l, L):
     return jax.lax.map(lambda a: forward_one(*a, l, L), (p_keys_S, x_S))
 
@@ -127,7 +133,28 @@ def _steps(width_cfg: Config, arch_names: tuple[str, ...]):
     out = jax.lax.map(lambda a: backward_one(*a, l, L), (p_keys_S, x_S, swap(ct_K_S)))
     return {name: (swap(ct_S_K), swap(sq_S_K)) for name, (ct_S_K, sq_S_K) in out.items()}
 
-  return jax.jit(forward), jax.jit(loss), jax.jit(backward)
+  # Seeds are sharded over every local device; each runs lax.map over its own seeds.
+  # Nothing crosses devices, so replication checking is off: with it, the VJP of the
+  # device-invariant zero perturbations would sum their cotangents over devices.
+  mesh = seed_mesh()
+  seeds, seeds_2nd, rep = P(SEED_AXIS), P(None, SEED_AXIS), P()
+
+  def shard(f, in_specs, out_specs):
+    return jax.jit(jax.shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False))
+
+  return (
+      shard(forward, (seeds, seeds, rep, rep), seeds),
+      shard(loss, (seeds, seeds, seeds), seeds),
+      shard(backward, (seeds, seeds, seeds_2nd, rep, rep), seeds_2nd),
+  )
+
+
+SEED_AXIS = "seeds"
+
+
+def seed_mesh() -> Mesh:
+  """A one-axis mesh over this process's devices; seeds are split along it."""
+  return Mesh(np.array(jax.local_devices()), (SEED_AXIS,))
 
 
 def _measure_chunk(
@@ -135,6 +162,9 @@ def _measure_chunk(
 ) -> dict[str, dict[int, DepthResult]]:
   """All depths and architectures of one shared forward pass, for one chunk of seeds."""
   forward, loss_and_ct, backward = _steps(dataclasses.replace(cfg, arch=arch_names[0], L=1), arch_names)
+  S = keys_S.shape[0]
+  padded = -(-S // jax.local_device_count()) * jax.local_device_count()
+  keys_S = jnp.concatenate([keys_S, jnp.repeat(keys_S[-1:], padded - S)])  # padding rows are dropped below
   p_keys = jax.vmap(sampling.params_key)(keys_S)
   d_keys = jax.vmap(sampling.data_key)(keys_S)
   L_max = max(depths)
@@ -146,7 +176,7 @@ def _measure_chunk(
     out = forward(p_keys, x, jnp.int32(l), L_arg)
     x = {name: o[0] for name, o in out.items()}
     xs.append(x)
-    stats.append({name: (np.asarray(o[1]), np.asarray(o[2])) for name, o in out.items()})
+    stats.append({name: (np.asarray(o[1])[:S], np.asarray(o[2])[:S]) for name, o in out.items()})
 
   losses, active, ct = {}, [], None  # ct: arch -> (K, S, n, d), one cotangent per active depth
   grad_sq = []  # per layer, from the top: arch -> param -> (K, S)
@@ -158,7 +188,7 @@ def _measure_chunk(
       active.append(l)
     out = backward(p_keys, xs[l - 1], ct, jnp.int32(l), L_arg)
     ct = {name: o[0] for name, o in out.items()}
-    grad_sq.append({name: jax.tree.map(np.asarray, o[1]) for name, o in out.items()})
+    grad_sq.append({name: jax.tree.map(lambda v: np.asarray(v)[:, :S], o[1]) for name, o in out.items()})
 
   results = {name: {} for name in arch_names}
   for name in arch_names:
@@ -171,7 +201,7 @@ def _measure_chunk(
           for w in PARAM_NAMES
       }
       results[name][L] = DepthResult(
-          norms, sq_norms_SxL[:, :L], ln_jac_SxLxk[:, :L], np.asarray(losses[L][name][0])
+          norms, sq_norms_SxL[:, :L], ln_jac_SxLxk[:, :L], np.asarray(losses[L][name][0])[:S]
       )
   return results
 
