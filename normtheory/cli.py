@@ -3,7 +3,11 @@
 Parses and validates every flag before anything is written (bad input: exit
 status 2 and one line on stderr), prints the expanded grid, measures the missing
 cells with a progress bar, appends them to the results store, and ends with a
-summary table and the fits against Theorem 1.
+summary table and the fits against Theorem 1. With ``--depth-metrics`` every
+measured cell also gets the effective-depth metrics of its samples
+(``depth_metrics.csv``) and the fits add the exponent of ``rel_update ∝ l^-kappa``.
+A cell counts as stored once its gradient norms are, so depth metrics are computed
+only for cells that a run measures: to add them to a finished grid, use a new --out.
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--dtype", default="float32", help="float32 | float64")
   p.add_argument("--chunk", type=int, default=None, help="seeds per compiled call (default: from free memory)")
   p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of the fits")
+  p.add_argument("--depth-metrics", action="store_true",
+                 help="also store per-layer effective-depth metrics of every measured cell (L+1 forward passes per cell)")
   p.add_argument("--out", default="results/grad_scaling", help="results directory")
   p.add_argument("--quiet", action="store_true", help="no progress bar or tables")
   return p
@@ -138,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
   if passes:
     results.start_run(run_info(argv) | {"chunk": chunk})
     with tqdm(total=total, initial=complete, unit="cell", disable=args.quiet) as bar:
-      sweep.run(passes, results, key, chunk, bar.update)
+      sweep.run(passes, results, key, chunk, bar.update, depth=args.depth_metrics)
   say(f"measured in {time.perf_counter() - start:.1f} s")
   if not args.quiet:
     wanted = {(a, lo, d, L) for a in axes["arch"] for lo in axes["loss"] for d in axes["d"] for L in axes["L"]}

@@ -15,6 +15,12 @@ and per (loss, n) with both Post and Pre:
 * Lemma 2 depth law ``g_pre / g_post = a / √(1 + c L)`` (Lemma 2 puts c in [½, 3/2]);
 * ratio exponent ``g_post / g_pre ∝ L^β`` (Theorem 1: β = ½, the √L gap).
 
+A store with ``DIR/depth_metrics.csv`` also gets, per model, the effective-depth
+exponent κ of ``rel_update ∝ l^(−κ)`` over its layers
+(:func:`normtheory.depth_metrics.fit_update_exponent`; the argument predicts κ = ½
+for Pre-LN, 0 for Post-LN) next to the mean-field predictor's κ
+(:func:`normtheory.theory.mean_field`) on the same layers.
+
 Point estimates fit the per-cell means over seeds. Every fitted number carries a
 95% percentile-bootstrap CI: each resample draws seeds with replacement within
 every cell, averages, and refits. R² is that of the point fit, on ln g (ratio
@@ -27,6 +33,8 @@ Example:
 References:
   Xiong et al. 2020, "On Layer Normalization in the Transformer Architecture",
     Theorem 1 (the two bounds) and Lemma 2 (growth of the Pre-LN residual stream).
+  Su 2022, "Why is Pre Norm worse than Post Norm?" (kexue.fm/archives/9009): the
+    effective-depth argument.
   Efron & Tibshirani 1993, "An Introduction to the Bootstrap", Ch. 13 (percentile CIs).
 """
 
@@ -42,13 +50,15 @@ import numpy as np
 import pandas as pd
 from scipy import optimize
 
+from normtheory import depth_metrics, theory
 from normtheory.config import ARCHS
-from normtheory.measure import GRAD_COLUMNS, HIDDEN_COLUMNS
+from normtheory.store import CELL_COLUMNS, DEPTH_FILE, GRAD_FILE, HIDDEN_FILE, TABLE_COLUMNS
 
 SERIES_KEYS = ("arch", "loss", "n")
 THEORY_GAMMA = {"post": 0.0, "pre": 0.5}  # Theorem 1's depth exponents
 THEORY_SHAPE = {"post": "d sqrt(ln d)", "pre": "d sqrt(ln d / L)"}
 LEMMA2_C = (0.5, 1.5)  # (1 + L/2) <= E||x_{L+1}||^2 / d <= (1 + 3L/2)
+EFFECTIVE_DEPTH_KAPPA = {"post": 0.0, "pre": 0.5}  # rel_update ∝ l^-kappa (effective-depth argument)
 QUANTILES = {"q05": 0.05, "q95": 0.95, "q99": 0.99}
 CI_LEVEL = 0.95
 
@@ -56,7 +66,9 @@ CI_LEVEL = 0.95
 # ---------------------------------------------------------------------- reading
 
 
-def _read(results_dir, filename: str, columns: tuple[str, ...]) -> pd.DataFrame:
+def _read(results_dir, filename: str) -> pd.DataFrame:
+  """A store CSV (a key of ``store.TABLE_COLUMNS``), its header checked."""
+  columns = tuple(TABLE_COLUMNS[filename])
   path = pathlib.Path(results_dir) / filename
   if not path.parent.is_dir():
     raise FileNotFoundError(f"no results directory {path.parent}")
@@ -70,12 +82,19 @@ def _read(results_dir, filename: str, columns: tuple[str, ...]) -> pd.DataFrame:
 
 def read_grad_norms(results_dir) -> pd.DataFrame:
   """``DIR/grad_norms.csv`` as a frame; FileNotFoundError / ValueError if absent or malformed."""
-  return _read(results_dir, "grad_norms.csv", GRAD_COLUMNS)
+  return _read(results_dir, GRAD_FILE)
 
 
 def read_hidden_norms(results_dir) -> pd.DataFrame:
   """``DIR/hidden_norms.csv`` as a frame; FileNotFoundError / ValueError if absent or malformed."""
-  return _read(results_dir, "hidden_norms.csv", HIDDEN_COLUMNS)
+  return _read(results_dir, HIDDEN_FILE)
+
+
+def read_depth_metrics(results_dir) -> pd.DataFrame | None:
+  """``DIR/depth_metrics.csv`` as a frame, or None if the store has none (runs without depth metrics)."""
+  if not (pathlib.Path(results_dir) / DEPTH_FILE).is_file():
+    return None
+  return _read(results_dir, DEPTH_FILE)
 
 
 # -------------------------------------------------------------------- summaries
@@ -378,10 +397,48 @@ def _ratio_entry(loss: str, n: int, post: tuple, pre: tuple, theorem: bool) -> d
   }
 
 
+def effective_depth_fits(frame: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> list[dict]:
+  """``rel_update ∝ l^(−κ)`` over the layers of every model in a depth-metric table.
+
+  Args:
+    frame: tidy depth-metric table (columns ``depth_metrics.COLUMNS``).
+    n_boot: bootstrap resamples (over seeds) per model.
+    seed: seed of the bootstrap generator.
+
+  Returns:
+    One entry per model with at least two layers, sorted by arch then cell: its cell
+    columns, ``n_seeds``, ``kappa`` (``{"value", "ci"}``), ``r2``, ``kappa_mean_field``
+    (the same fit of :func:`normtheory.theory.mean_field`'s curve) and ``expected``
+    (the effective-depth argument's κ: ½ for Pre-LN, 0 for Post-LN, else None).
+  """
+  metric = "rel_update"
+  rows = frame[(frame["metric"] == metric) & (frame["L"] >= 2)]
+  out = []
+  for cell, part in rows.groupby(CELL_COLUMNS, sort=False):
+    arch, _, d, L, n, d_ff = cell
+    f = depth_metrics.fit_update_exponent(part, arch, metric, n_boot=n_boot, key=seed)
+    layer_L = np.arange(1, L + 1)
+    mean_field_L = theory.mean_field(arch, int(d), int(L), int(n), int(d_ff))[metric]
+    out.append({
+        **{k: (v if isinstance(v, str) else int(v)) for k, v in zip(CELL_COLUMNS, cell)},
+        "metric": metric,
+        "n_seeds": int(part["seed"].nunique()),
+        "kappa": {"value": f["kappa"], "ci": list(f["ci"])},
+        "r2": f["r2"],
+        "kappa_mean_field": float(-np.polyfit(np.log(layer_L), np.log(mean_field_L), 1)[0]),
+        "expected": EFFECTIVE_DEPTH_KAPPA.get(arch),
+    })
+  return sorted(out, key=lambda e: (arch_key(e["arch"]), *(e[k] for k in CELL_COLUMNS[1:])))
+
+
 def fit_store(results_dir, n_boot: int = 1000, seed: int = 0, param: str = "W2", layer: int | None = None) -> dict:
-  """:func:`fit_frame` of ``DIR/grad_norms.csv`` (same arguments and result)."""
+  """:func:`fit_frame` of ``DIR/grad_norms.csv`` (same arguments and result), plus
+  ``effective_depth`` (:func:`effective_depth_fits`) if the store has ``depth_metrics.csv``."""
   fits = fit_frame(read_grad_norms(results_dir), n_boot=n_boot, seed=seed, param=param, layer=layer)
   fits["meta"]["results_dir"] = str(results_dir)
+  depth = read_depth_metrics(results_dir)
+  if depth is not None:
+    fits["effective_depth"] = effective_depth_fits(depth, n_boot=n_boot, seed=seed)
   return fits
 
 
@@ -455,7 +512,21 @@ def report(fits: dict) -> str:
     lines.append(f"post vs pre (loss={r['loss']}, n={r['n']}): g_pre/g_post = a/sqrt(1 + c L): "
                  f"a = {_fmt(lem['a'])}, c = {_fmt(lem['c'])}, R^2 = {_r2_text(lem['r2'])}")
     lines.extend(_check_line(c) for c in r["checks"])
+  lines.extend(_effective_depth_lines(fits.get("effective_depth", [])))
   return "\n".join(lines)
+
+
+def _effective_depth_lines(entries: list[dict]) -> list[str]:
+  if not entries:
+    return []
+  lines = [f"Effective depth: {entries[0]['metric']} ∝ l^-kappa over layers 1..L, 95% bootstrap CI over seeds "
+           "(the argument predicts kappa = 1/2 for pre, 0 for post):"]
+  for e in entries:
+    expected = "" if e["expected"] is None else f"; argument {e['expected']:g}"
+    lines.append(f"  {e['arch']} (loss={e['loss']}, d={e['d']}, n={e['n']}, L={e['L']}, {e['n_seeds']} seeds): "
+                 f"kappa = {_fmt(e['kappa'])}, R^2 = {_r2_text(e['r2'])}; mean field {e['kappa_mean_field']:.3g}"
+                 f"{expected}")
+  return lines
 
 
 def _r2_text(r2: float | None) -> str:

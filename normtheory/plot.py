@@ -4,11 +4,17 @@ The figures use :class:`matplotlib.figure.Figure` directly (no pyplot state), so
 they work under any backend: saved headless by ``experiments/make_figures.py`` and
 shown inline in a notebook. Every arch keeps one colour, marker and line style
 (Okabe–Ito colours; markers and dashes keep the figures readable in grayscale).
+Predictions of the mean-field model (:func:`normtheory.theory.mean_field`) are drawn
+as thick translucent lines in the arch's colour, for the archs it knows: hidden
+norms and effective-depth metrics always, the last-layer W2 gradient only for the
+``linear`` loss (the one it predicts).
 
 References:
   Xiong et al. 2020, "On Layer Normalization in the Transformer Architecture":
     Theorem 1 (last-layer bounds), Lemma 2 (hidden-state growth), Fig. 3
     (gradient norm per layer, Post-LN vs Pre-LN).
+  Su 2022, "Why is Pre Norm worse than Post Norm?" (kexue.fm/archives/9009): the
+    effective-depth argument (Pre-LN's layer l changes the stream by ~l^(-1/2)).
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ import pandas as pd
 from matplotlib import colors, ticker
 from matplotlib.figure import Figure
 
-from normtheory import fit
+from normtheory import fit, theory
+from normtheory.config import ARCHS
 
 ARCH_STYLES = {
     "post": {"color": "#0072B2", "marker": "o", "linestyle": "-"},
@@ -37,11 +44,18 @@ _EXTRA_MARKERS = ("X", "*", "h", "p", "<", ">")
 _DEPTH_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 _DEPTH_DASHES = ("-", "--", "-.", ":")
 GRAD_LABEL = r"$\Vert\partial\mathcal{L}/\partial W_2^{(L)}\Vert_F$"
+MEAN_FIELD_STYLE = {"linestyle": "-", "linewidth": 3.0, "alpha": 0.3}
+DEPTH_METRIC_LABELS = {
+    "rel_update": r"$\Vert x_{l+1}-x_l\Vert/\Vert x_l\Vert$",
+    "cos_sim": r"$\cos(x_l, x_{l+1})$",
+    "removal_angle": r"angle(output, output without layer $l$)$/\pi$",
+}
 CAPTIONS = {
     "fig_last_layer_vs_depth": (
         "Last-layer gradient norm ||dLoss/dW2^(L)||_F vs depth L (log-log), mean over seeds with a 5-95% band. "
         "Dotted: free power-law fit C d^alpha L^-gamma. Gray: Theorem 1's shapes scaled by the envelope "
-        "max g/shape (Post C d sqrt(ln d), Pre C d sqrt(ln d / L))."),
+        "max g/shape (Post C d sqrt(ln d), Pre C d sqrt(ln d / L)). Thick translucent (linear loss only): "
+        "the mean-field prediction (normtheory.theory.mean_field)."),
     "fig_layer_profile": (
         "Gradient norm ||dLoss/dW2^(l)||_F vs layer index l for several depths L (mean over seeds), "
         "one panel per architecture; analogue of Xiong et al. Fig. 3(a,b)."),
@@ -52,10 +66,20 @@ CAPTIONS = {
         "E||x_l||^2 / d of the hidden state entering layer l (the output of l-1 layers; x_1 is the input). "
         "Shaded: Lemma 2's Pre-LN bounds 1 + (l-1)/2 <= . <= 1 + 3(l-1)/2. Dashed: Lemma 2's Post-LN "
         "E||x5||^2/d = 3/2, the FFN residual sum before the layer's final LayerNorm; the Post-LN state "
-        "entering a layer is a LayerNorm output, so its value is 1."),
+        "entering a layer is a LayerNorm output, so its value is 1. Thick translucent: the mean-field "
+        "prediction of E||x_l||^2/d per arch (token correlation drives Pre-LN towards the upper bound)."),
     "fig_ratio": (
         "Post-LN / Pre-LN ratio of the last-layer gradient norm vs L (log-log), one line per width; gray "
         "dashed: c sqrt(L); dotted: Lemma 2 law sqrt(1 + cL)/a fitted by curve_fit."),
+    "fig_arch_comparison": (
+        "||dLoss/dW2||_F of the last layer (l = L, left) and of the first layer (l = 1, right) vs depth L "
+        "(log-log) for every architecture at one width, mean over seeds with a 5-95% band. Thick translucent "
+        "(left, linear loss only): the mean-field prediction of the last layer."),
+    "fig_depth_metrics": (
+        "Effective depth at init, per layer vs l/L (log x) for every architecture at its deepest L: relative "
+        "update ||x_{l+1} - x_l||/||x_l||, cosine of x_l and x_{l+1}, and the angle/pi between the final "
+        "representations with and without layer l; mean over seeds with a 5-95% band. Thick translucent: "
+        "mean-field prediction; gray dashed: l^(-1/2) through Pre-LN's curve (the effective-depth argument)."),
 }
 
 
@@ -132,6 +156,30 @@ def _band(ax, x, stats: pd.DataFrame, style: dict, label: str) -> None:
           markersize=5, label=label)
 
 
+def _model(st: pd.DataFrame) -> dict[str, int]:
+  """``d, L, n, d_ff`` of the first row of a stats slice (keyword arguments of ``theory.mean_field``)."""
+  return {k: int(st[k].iloc[0]) for k in ("d", "L", "n", "d_ff")}
+
+
+def _mean_field_line(ax, x, y, arch: str) -> None:
+  """A mean-field prediction in the arch's colour (thick, translucent, no legend entry)."""
+  ax.plot(x, y, color=arch_style(arch)["color"], **MEAN_FIELD_STYLE)
+
+
+def _mean_field_legend(ax) -> None:
+  ax.plot([], [], color="0.3", **MEAN_FIELD_STYLE, label="mean field")
+
+
+def _mean_field_w2(ax, st: pd.DataFrame, arch: str, param: str) -> bool:
+  """Draw the mean-field last-layer W2 norm over st's depths (linear loss, known archs); whether drawn."""
+  if param != "W2" or arch not in ARCHS or st["loss"].iloc[0] != "linear":
+    return False
+  m = _model(st)
+  L_K = np.unique(np.geomspace(st["L"].min(), st["L"].max(), 40).round().astype(int))
+  _mean_field_line(ax, L_K, [theory.predict_last_layer_w2(arch, m["d"], int(L), m["n"], m["d_ff"]) for L in L_K], arch)
+  return True
+
+
 def _last_layer(grad: pd.DataFrame, param: str, loss: str | None, n: int | None) -> pd.DataFrame:
   return fit.summarize(fit.select(_pick(grad, loss, n), param))
 
@@ -159,6 +207,7 @@ def fig_last_layer_vs_depth(
   ds = sorted(stats["d"].unique())
   fig = Figure(figsize=(3.6 * len(ds), 3.4), layout="constrained")
   axes = fig.subplots(1, len(ds), squeeze=False, sharey=True)[0]
+  mean_field = False
   for ax, d in zip(axes, ds):
     for arch in _archs(stats):
       st = stats[(stats["arch"] == arch) & (stats["d"] == d)].sort_values("L")
@@ -166,6 +215,7 @@ def fig_last_layer_vs_depth(
         continue
       style = arch_style(arch)
       _band(ax, st["L"], st, style, _label(arch))
+      mean_field |= _mean_field_w2(ax, st, arch, param)
       series = _fits_series(fits, arch, st["loss"].iloc[0], st["n"].iloc[0])
       L_grid = np.geomspace(st["L"].min(), st["L"].max(), 50)
       if series is not None and len(st) > 1:
@@ -178,6 +228,8 @@ def fig_last_layer_vs_depth(
     _log_ticks(ax, stats["L"])
   axes[0].set_ylabel(GRAD_LABEL)
   axes[0].plot([], [], color="k", linestyle=":", linewidth=1, label=r"fit $C\,d^{\alpha}L^{-\gamma}$")
+  if mean_field:
+    _mean_field_legend(axes[0])
   axes[0].legend(fontsize=7)
   return fig
 
@@ -325,6 +377,10 @@ def fig_hidden_norms(hidden: pd.DataFrame, d: int | None = None, loss: str | Non
   for arch in _archs(stats):
     st = stats[stats["arch"] == arch].sort_values("layer")
     _band(ax, st["layer"], st, arch_style(arch), _label(arch))
+    if arch in ARCHS:
+      _mean_field_line(ax, st["layer"], theory.mean_field(arch, **_model(st))["sq_norm_per_d"][st["layer"] - 1], arch)
+  if set(_archs(stats)) & set(ARCHS):
+    _mean_field_legend(ax)
   ax.set(xlabel=r"layer $l$ (state $x_l$ entering it = output of $l-1$ layers)",
          ylabel=r"$E\Vert x_l\Vert^2/d$", title=f"$d = {int(stats['d'].iloc[0])}$")
   ax.legend(fontsize=7)
@@ -376,17 +432,110 @@ def fig_ratio(
   return fig
 
 
-def figures(grad: pd.DataFrame, hidden: pd.DataFrame, fits: dict | None = None) -> dict[str, Figure]:
-  """Every figure that the data allow, keyed by function name as in ``CAPTIONS`` (fig_ratio needs post and pre)."""
+def fig_arch_comparison(
+    grad: pd.DataFrame, param: str = "W2", d: int | None = None, loss: str | None = None, n: int | None = None
+) -> Figure:
+  """Last-layer and first-layer gradient norm vs L (log-log), one line per arch, at one width.
+
+  Post-LN keeps the last layer's gradient flat in L; Pre-LN shrinks it like
+  ~L^(-1/2) while its first layer keeps a larger gradient (Xiong et al. Fig. 3):
+  the two panels place every architecture between those behaviours.
+
+  Args:
+    grad: tidy gradient table.
+    param: the weight.
+    d: width to show (default the largest).
+    loss, n: which loss and sequence length (default: first loss, largest n).
+
+  Returns:
+    The Figure.
+  """
+  rows = _pick(grad, loss, n)
+  rows = rows[rows["d"] == (rows["d"].max() if d is None else d)]
+  fig = Figure(figsize=(7.6, 3.6), layout="constrained")
+  axes = fig.subplots(1, 2, sharey=True)
+  mean_field = False
+  for ax, layer, title in zip(axes, (None, 1), ("last layer $l = L$", "first layer $l = 1$")):
+    stats = fit.summarize(fit.select(rows, param, layer))
+    for arch in _archs(stats):
+      st = stats[stats["arch"] == arch].sort_values("L")
+      _band(ax, st["L"], st, arch_style(arch), _label(arch))
+      if layer is None:
+        mean_field |= _mean_field_w2(ax, st, arch, param)
+    ax.set(xscale="log", yscale="log", xlabel="depth $L$", title=title)
+    _log_ticks(ax, stats["L"])
+  axes[0].set_ylabel(rf"$\Vert\partial\mathcal{{L}}/\partial {_tex_param(param)}^{{(l)}}\Vert_F$")
+  if mean_field:
+    _mean_field_legend(axes[0])
+  axes[0].legend(fontsize=7)
+  fig.suptitle(f"$d = {int(rows['d'].iloc[0])}$, loss {rows['loss'].iloc[0]}", fontsize=9)
+  return fig
+
+
+def fig_depth_metrics(depth: pd.DataFrame, d: int | None = None, loss: str | None = None, n: int | None = None) -> Figure:
+  """Effective-depth metrics per layer vs l/L, one panel per metric, one line per arch.
+
+  Each arch is drawn from its deepest model at width ``d``, with the mean-field
+  prediction of rel_update and cos_sim, and ``l^(-1/2)`` through Pre-LN's relative
+  update (the effective-depth argument).
+
+  Args:
+    depth: tidy depth-metric table (columns ``depth_metrics.COLUMNS``).
+    d: width (default the largest).
+    loss, n: which loss and sequence length (default: first loss, largest n).
+
+  Returns:
+    The Figure.
+  """
+  rows = _pick(depth, loss, n)
+  rows = rows[rows["d"] == (rows["d"].max() if d is None else d)]
+  rows = rows[rows["L"] == rows.groupby("arch")["L"].transform("max")]
+  stats = fit.summarize(rows, value="value")
+  fig = Figure(figsize=(11.0, 3.6), layout="constrained")
+  axes = fig.subplots(1, len(DEPTH_METRIC_LABELS))
+  for ax, (metric, label) in zip(axes, DEPTH_METRIC_LABELS.items()):
+    for arch in _archs(stats):
+      st = stats[(stats["arch"] == arch) & (stats["metric"] == metric)].sort_values("layer")
+      L = _model(st)["L"]
+      _band(ax, st["layer"] / L, st, arch_style(arch), f"{_label(arch)} ($L = {L}$)")
+      if arch in ARCHS and metric in ("rel_update", "cos_sim"):
+        _mean_field_line(ax, st["layer"] / L, theory.mean_field(arch, **_model(st))[metric][st["layer"] - 1], arch)
+    pre = stats[(stats["arch"] == "pre") & (stats["metric"] == metric)]
+    if metric == "rel_update" and len(pre) > 1:
+      scale = np.exp(np.mean(np.log(pre["mean"]) + 0.5 * np.log(pre["layer"])))
+      ax.plot(pre["layer"] / pre["L"], scale * pre["layer"] ** -0.5, color="0.45", linestyle="--", linewidth=1,
+              label=r"$\propto l^{-1/2}$")
+    log_y = metric != "cos_sim"  # cos_sim lies near 1: a linear axis
+    ax.set(xscale="log", yscale="log" if log_y else "linear", xlabel="$l/L$", title=label)
+    for axis in (ax.xaxis, ax.yaxis) if log_y else (ax.xaxis,):
+      axis.set_major_formatter(ticker.FuncFormatter(_tick_label))
+      axis.set_minor_formatter(ticker.FuncFormatter(_tick_label))
+  if set(_archs(stats)) & set(ARCHS):
+    _mean_field_legend(axes[0])
+  axes[0].legend(fontsize=7)
+  fig.suptitle(f"$d = {int(stats['d'].iloc[0])}$, $n = {int(stats['n'].iloc[0])}$", fontsize=9)
+  return fig
+
+
+def figures(
+    grad: pd.DataFrame, hidden: pd.DataFrame, fits: dict | None = None, depth: pd.DataFrame | None = None
+) -> dict[str, Figure]:
+  """Every figure that the data allow, keyed by function name as in ``CAPTIONS``.
+
+  fig_ratio needs post and pre; fig_depth_metrics needs a depth-metric table ``depth``.
+  """
   fits = _ensure_fits(grad, fits, "W2")
   out = {
       "fig_last_layer_vs_depth": fig_last_layer_vs_depth(grad, fits),
       "fig_layer_profile": fig_layer_profile(grad),
       "fig_width_scaling": fig_width_scaling(grad, fits),
       "fig_hidden_norms": fig_hidden_norms(hidden),
+      "fig_arch_comparison": fig_arch_comparison(grad),
   }
   if _ratio_fits(fits, _pick(grad, None, None)) is not None:
     out["fig_ratio"] = fig_ratio(grad, fits)
+  if depth is not None and not depth.empty:
+    out["fig_depth_metrics"] = fig_depth_metrics(depth)
   return out
 
 

@@ -4,6 +4,8 @@ Layout of a store directory (the contract other tools read):
 
 * ``grad_norms.csv``: ``arch,loss,d,L,n,d_ff,seed,layer,param,grad_norm``
 * ``hidden_norms.csv``: ``arch,loss,d,L,n,d_ff,seed,layer,sq_norm``
+* ``depth_metrics.csv`` (only from runs with depth metrics):
+  ``arch,loss,d,L,n,d_ff,seed,layer,metric,value`` (:mod:`normtheory.depth_metrics`)
 * ``meta.json``: the store's fixed settings (dtype, eps, base seed, PRNG, ...), one
   entry per run (argv, package versions, JAX backend and device kind) and one per
   measured pass (its cells, seeds and wall time).
@@ -11,9 +13,12 @@ Layout of a store directory (the contract other tools read):
 A *cell* is (arch, loss, d, L, n, d_ff); settings that are not CSV columns are
 fixed per store, so two runs with a different dtype or base seed cannot mix rows
 that nobody could tell apart. Every write replaces a file by ``os.replace`` of a
-complete temporary file (hidden norms first, grad norms last, meta.json after),
-so a crash or Ctrl-C leaves either the old or the new file, never a partial row,
-and a (cell, seed) counts as stored only once its grad-norm rows are in place.
+complete temporary file (depth metrics and hidden norms first, grad norms last,
+meta.json after), so a crash or Ctrl-C leaves either the old or the new file, never
+a partial row, and a (cell, seed) counts as stored only once its grad-norm rows are
+in place. A remeasured pair replaces its rows in the files the pass writes; the
+samples of a (cell, seed) are fixed by the store's settings, so rows it keeps in
+the other files (depth metrics from an earlier run) still describe the same samples.
 """
 
 from __future__ import annotations
@@ -25,10 +30,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from normtheory import depth_metrics
 from normtheory.measure import GRAD_COLUMNS, HIDDEN_COLUMNS, GradNorms
 
 CELL_COLUMNS = ["arch", "loss", "d", "L", "n", "d_ff"]
-GRAD_FILE, HIDDEN_FILE, META_FILE = "grad_norms.csv", "hidden_norms.csv", "meta.json"
+GRAD_FILE, HIDDEN_FILE, DEPTH_FILE = "grad_norms.csv", "hidden_norms.csv", "depth_metrics.csv"
+META_FILE = "meta.json"
+TABLE_COLUMNS = {GRAD_FILE: GRAD_COLUMNS, HIDDEN_FILE: HIDDEN_COLUMNS, DEPTH_FILE: depth_metrics.COLUMNS}
 
 
 class StoreError(ValueError):
@@ -59,9 +67,9 @@ def check_writable(out_dir: str | os.PathLike) -> None:
 
 
 def read_table(out_dir: str | os.PathLike, name: str = GRAD_FILE) -> pd.DataFrame:
-  """One of the store's CSVs as a DataFrame (empty, with the right columns, if absent)."""
+  """One of the store's CSVs (a key of ``TABLE_COLUMNS``) as a DataFrame (empty, with the right columns, if absent)."""
   path = Path(out_dir) / name
-  columns = list(GRAD_COLUMNS if name == GRAD_FILE else HIDDEN_COLUMNS)
+  columns = list(TABLE_COLUMNS[name])
   if not path.exists():
     return pd.DataFrame(columns=columns)
   frame = pd.read_csv(path)
@@ -86,8 +94,12 @@ class ResultsStore:
     if self.meta["settings"] != self.settings:
       diff = {k: (self.meta["settings"].get(k), v) for k, v in self.settings.items() if self.meta["settings"].get(k) != v}
       raise StoreError(f"--out {out_dir} holds results with other settings (stored, asked): {diff}; use another --out")
-    self.grad = read_table(self.path, GRAD_FILE)
-    self.hidden = read_table(self.path, HIDDEN_FILE)
+    self.tables = {name: read_table(self.path, name) for name in TABLE_COLUMNS}
+
+  @property
+  def grad(self) -> pd.DataFrame:
+    """The stored grad-norm rows."""
+    return self.tables[GRAD_FILE]
 
   def stored_seeds(self) -> dict[tuple, set[int]]:
     """cell tuple -> the seeds whose grad-norm rows are stored."""
@@ -104,18 +116,24 @@ class ResultsStore:
     self.meta["runs"].append(run_info)
     self._write_meta()
 
-  def append(self, results: list[GradNorms], wall_time_s: float) -> None:
-    """Add measured cells (replacing any rows with the same cell and seed) and record the pass."""
-    grad_new = pd.concat([r.to_frame() for r in results], ignore_index=True)
-    hidden_new = pd.concat([r.hidden_frame() for r in results], ignore_index=True)
+  def append(self, results: list[GradNorms], wall_time_s: float, depth: pd.DataFrame | None = None) -> None:
+    """Add measured cells (replacing any rows with the same cell and seed) and record the pass.
+
+    Args:
+      results: one GradNorms per measured cell.
+      wall_time_s: the pass's wall time, for meta.json.
+      depth: the same cells' depth-metric rows (columns ``depth_metrics.COLUMNS``), if measured.
+    """
+    new = {} if depth is None else {DEPTH_FILE: [depth]}
+    new |= {HIDDEN_FILE: [r.hidden_frame() for r in results], GRAD_FILE: [r.to_frame() for r in results]}
     self.path.mkdir(parents=True, exist_ok=True)
-    self.hidden = _replace_rows(self.hidden, hidden_new)
-    _atomic_write(self.path / HIDDEN_FILE, self.hidden.to_csv(index=False))
-    self.grad = _replace_rows(self.grad, grad_new)
-    _atomic_write(self.path / GRAD_FILE, self.grad.to_csv(index=False))
+    for name, frames in new.items():  # grad norms last: they mark a (cell, seed) as stored
+      self.tables[name] = _replace_rows(self.tables[name], pd.concat(frames, ignore_index=True))
+      _atomic_write(self.path / name, self.tables[name].to_csv(index=False))
     self.meta["passes"].append({
         "cells": [dict(zip(CELL_COLUMNS, _cell(r))) | {"seeds": [int(s) for s in r.seeds]} for r in results],
         "wall_time_s": round(wall_time_s, 4),
+        "depth_metrics": depth is not None,
     })
     self._write_meta()
 

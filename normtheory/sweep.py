@@ -4,6 +4,9 @@ Cells that share (arch, loss, d) form one *pass*: the engine measures all their
 depths from one forward pass (:func:`normtheory.engine.measure_depths`). Only the
 (cell, seed) pairs missing from the store are measured, so an interrupted sweep
 resumes with the same command and a larger ``--seeds`` adds just the new seeds.
+With ``depth=True`` each pass also computes the effective-depth metrics
+(:func:`normtheory.depth_metrics.depth_metrics`) of its cells, on the same samples
+(same base key and seeds), and stores them with the gradient norms.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from normtheory import engine
+from normtheory import depth_metrics, engine
 from normtheory.config import Config
 from normtheory.measure import GradNorms
 from normtheory.store import CELL_COLUMNS, ResultsStore
@@ -69,14 +72,39 @@ def run_pass(p: Pass, base_key, chunk: int | None) -> list[GradNorms]:
   ]
 
 
+def pass_depth_metrics(p: Pass, base_key) -> pd.DataFrame:
+  """Effective-depth metrics of every cell of one pass, on the samples :func:`run_pass` measures.
+
+  Returns:
+    tidy frame, columns ``depth_metrics.COLUMNS``, one row per (depth, seed, layer, metric).
+  """
+  frames = [depth_metrics.depth_metrics(dataclasses.replace(p.base, L=L), p.seeds, base_key) for L in p.depths]
+  return pd.concat(frames, ignore_index=True)
+
+
 def run(
-    passes: list[Pass], store: ResultsStore, base_key, chunk: int | None, on_cells: Callable[[int], None] = lambda k: None
+    passes: list[Pass],
+    store: ResultsStore,
+    base_key,
+    chunk: int | None,
+    on_cells: Callable[[int], None] = lambda k: None,
+    depth: bool = False,
 ) -> None:
-  """Measure every pass and append it to the store; ``on_cells(k)`` after each pass of k cells."""
+  """Measure every pass and append it to the store; ``on_cells(k)`` after each pass of k cells.
+
+  Args:
+    passes: from :func:`plan`.
+    store: the results store to append to.
+    base_key: the base PRNG key (seed s samples from ``fold_in(base_key, s)``).
+    chunk: seeds per compiled engine call.
+    on_cells: progress callback.
+    depth: also compute and store the effective-depth metrics of every measured cell.
+  """
   for p in passes:
     start = time.perf_counter()
     results = run_pass(p, base_key, chunk)
-    store.append(results, time.perf_counter() - start)
+    metrics = pass_depth_metrics(p, base_key) if depth else None
+    store.append(results, time.perf_counter() - start, metrics)
     on_cells(len(p.depths))
 
 

@@ -159,3 +159,40 @@ def test_other_layer_or_param_is_fitted_without_theorem_checks():
   assert fit.report(fits).startswith("Descriptive fits")
   with pytest.raises(ValueError, match="positive norms"):
     fit.fit_frame(frame.assign(grad_norm=0.0), n_boot=20)
+
+
+def synthetic_depth(kappa=0.37, arch="pre", L=40, seeds=16, noise=0.05):
+  """A tidy depth-metric table whose rel_update is ``2 l^-kappa`` times lognormal noise per seed and layer."""
+  rng = np.random.default_rng(0)
+  layer_L = np.arange(1, L + 1)
+  value_SxL = 2 * layer_L**-kappa * np.exp(noise * rng.standard_normal((seeds, L)))
+  return pd.DataFrame({
+      "arch": arch, "loss": "linear", "d": 64, "L": L, "n": 16, "d_ff": 64,
+      "seed": np.repeat(np.arange(seeds), L), "layer": np.tile(layer_L, seeds),
+      "metric": "rel_update", "value": value_SxL.ravel(),
+  })
+
+
+def test_effective_depth_fits_recover_kappa_next_to_the_mean_field_and_the_argument():
+  """rel_update = 2 l^-0.37: kappa's CI contains 0.37; the entry carries the mean-field kappa of Pre-LN
+  at d=64, L=40, n=16 (between 0.4 and 0.6) and the argument's 1/2; a one-layer model is skipped."""
+  frame = pd.concat([synthetic_depth(), synthetic_depth(L=1)])
+  (entry,) = fit.effective_depth_fits(frame, n_boot=200)
+  assert (entry["arch"], entry["L"], entry["n_seeds"]) == ("pre", 40, 16)
+  assert inside(entry["kappa"], 0.37) and entry["expected"] == 0.5
+  assert 0.4 < entry["kappa_mean_field"] < 0.6
+  assert "pre (loss=linear, d=64, n=16, L=40, 16 seeds): kappa = 0.37" in fit.report({**fit.fit_frame(
+      synthetic(lambda d, L: d, ds=(64,), Ls=(1, 2)), n_boot=20), "effective_depth": [entry]})
+
+
+def test_write_fits_adds_effective_depth_only_for_stores_with_depth_metrics(tmp_path):
+  """write_fits: no depth_metrics.csv, no "effective_depth" key; with one (post and pre), one entry per
+  arch in fits.json, sorted post first, as strict JSON."""
+  synthetic(lambda d, L: 3.0 * d * L**-0.5, ds=(16, 32), Ls=(1, 4), seeds=4).to_csv(tmp_path / "grad_norms.csv", index=False)
+  assert "effective_depth" not in fit.write_fits(tmp_path, n_boot=20)
+  depth = pd.concat([synthetic_depth(arch="pre"), synthetic_depth(kappa=0.0, arch="post")])
+  depth.to_csv(tmp_path / "depth_metrics.csv", index=False)
+  written = fit.write_fits(tmp_path, n_boot=20)
+  assert [e["arch"] for e in written["effective_depth"]] == ["post", "pre"]
+  assert abs(written["effective_depth"][0]["kappa"]["value"]) < 0.02
+  assert json.loads((tmp_path / "fits.json").read_text()) == json.loads(json.dumps(written))

@@ -2,6 +2,7 @@
 
 References:
   Xiong et al. 2020, Theorem 1, Lemma 2 and Fig. 3 (what the figures show).
+  Su 2022, kexue.fm/archives/9009 (the effective-depth figure).
 """
 
 import importlib.util
@@ -18,7 +19,7 @@ import pytest  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 import normtheory as nt  # noqa: E402
-from normtheory import fit, plot  # noqa: E402
+from normtheory import depth_metrics, fit, plot, theory  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -47,10 +48,17 @@ def _make_figures():
   return module
 
 
-def test_every_figure_is_a_figure_and_saves_nonempty_png_at_200_dpi_and_pdf(store, tmp_path):
-  """All five figure functions return Figures; save writes a 200-dpi PNG and a PDF for each."""
+@pytest.fixture(scope="module")
+def depth():
+  """Depth metrics of pre at d=16, L=4, 2 seeds, n=4, and the same rows as an unknown arch "mine"."""
+  pre = depth_metrics.depth_metrics(nt.Config(arch="pre", d=16, L=4, n=4), 2)
+  return pd.concat([pre, pre.assign(arch="mine")], ignore_index=True)
+
+
+def test_every_figure_is_a_figure_and_saves_nonempty_png_at_200_dpi_and_pdf(store, depth, tmp_path):
+  """All seven figure functions return Figures; save writes a 200-dpi PNG and a PDF for each."""
   grad, hidden, _ = store
-  figs = plot.figures(grad, hidden, fit.fit_frame(grad, n_boot=50))
+  figs = plot.figures(grad, hidden, fit.fit_frame(grad, n_boot=50), depth)
   assert set(figs) == set(plot.CAPTIONS)
   for name, fig in figs.items():
     assert isinstance(fig, Figure)
@@ -68,7 +76,36 @@ def test_figures_accept_unknown_arch_names_without_theorem_overlays(store):
   assert fits["ratios"] == []
   assert plot.arch_style("mine") == plot.arch_style("mine") and plot.arch_style("mine")["color"] == "0.35"
   figs = plot.figures(grad, hidden.replace({"arch": {"pre": "mine"}}), fits)
-  assert "fig_ratio" not in figs and len(figs) == 4
+  assert "fig_ratio" not in figs and "fig_depth_metrics" not in figs and len(figs) == 5
+
+
+def _legend_texts(fig) -> set[str]:
+  return {t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()}
+
+
+def test_mean_field_overlay_only_where_the_predictor_applies(store, depth):
+  """The mean-field curves appear on the gradient figures for the linear loss only (the predictor's
+  loss), and always on the hidden norms and depth metrics, which do not depend on the loss."""
+  grad, hidden, _ = store
+  assert "mean field" in _legend_texts(plot.fig_last_layer_vs_depth(grad))
+  assert "mean field" in _legend_texts(plot.fig_arch_comparison(grad))
+  mse = grad.assign(loss="mse")
+  assert "mean field" not in _legend_texts(plot.fig_last_layer_vs_depth(mse))
+  assert "mean field" not in _legend_texts(plot.fig_arch_comparison(mse))
+  assert "mean field" in _legend_texts(plot.fig_hidden_norms(hidden.assign(loss="mse")))
+  assert "mean field" in _legend_texts(plot.fig_depth_metrics(depth))
+
+
+def test_mean_field_hidden_norms_follow_the_measurement(store):
+  """The overlay of fig_hidden_norms is theory.mean_field's sq_norm_per_d at each layer (Pre-LN, d=16,
+  L=4): it lies within 25% of the plotted seed means (d = 16 and 3 seeds; the mean field is exact as d -> inf)."""
+  _, hidden, _ = store
+  fig = plot.fig_hidden_norms(hidden)
+  color = plot.arch_style("pre")["color"]
+  lines = [ln for ln in fig.axes[0].get_lines() if ln.get_color() == color]
+  measured, predicted = (ln.get_ydata() for ln in lines)
+  np.testing.assert_allclose(predicted, theory.mean_field("pre", 16, 4, 4)["sq_norm_per_d"])
+  np.testing.assert_allclose(measured, predicted, rtol=0.25)
 
 
 def test_pre_ln_band_is_lemma2_shifted_by_one_layer():
@@ -79,12 +116,15 @@ def test_pre_ln_band_is_lemma2_shifted_by_one_layer():
 
 
 def test_make_figures_writes_every_figure_and_captions(store, tmp_path, capsys):
-  """make_figures.py on a real store writes PNG+PDF of each figure and captions.md, and prints the verdict."""
+  """make_figures.py on a real store without depth_metrics.csv writes PNG+PDF of every other figure and
+  captions.md, and prints the verdict without an effective-depth block."""
   _make_figures().main(["--results", str(store[2]), "--out", str(tmp_path), "--n-boot", "20"])
-  for name in plot.CAPTIONS:
+  for name in set(plot.CAPTIONS) - {"fig_depth_metrics"}:
     assert (tmp_path / f"{name}.png").stat().st_size > 0 and (tmp_path / f"{name}.pdf").stat().st_size > 0
+  assert not (tmp_path / "fig_depth_metrics.png").exists()
   assert "fig_ratio" in (tmp_path / "captions.md").read_text()
-  assert "Theorem 1 on the grid" in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert "Theorem 1 on the grid" in out and "Effective depth" not in out
 
 
 @pytest.mark.parametrize("missing", ["dir", "hidden_norms.csv"])
