@@ -22,11 +22,10 @@ from importlib import metadata
 import jax
 from tqdm import tqdm
 
-from normtheory import fit, grid, store, sweep
+from normtheory import distributed, fit, grid, prng, store, sweep
 from normtheory.config import ARCHS, LOSSES, Config
-from normtheory.measure import as_key
 
-PRNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
+DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "normtheory", "xla")
 
 
 class UsageError(ValueError):
@@ -50,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--eps", type=float, default=1e-6, help="LayerNorm epsilon")
   p.add_argument("--vocab", type=int, default=1000, help="vocabulary of the xent loss")
   p.add_argument("--seed", type=int, default=0, help="base PRNG seed")
-  p.add_argument("--prng", default="threefry2x32", help=f"JAX PRNG implementation: {', '.join(PRNG_IMPLS)}")
+  p.add_argument("--prng", default=prng.DEFAULT_PRNG, help=f"PRNG implementation: {', '.join(prng.PRNG_IMPLS)}")
   p.add_argument("--dtype", default="float32", help="float32 | float64")
   p.add_argument("--chunk", type=int, default=None, help="seeds per compiled call (default: from free memory)")
   p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of the fits")
@@ -58,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
                  help="also store per-layer effective-depth metrics of every measured cell (L+1 forward passes per cell)")
   p.add_argument("--out", default="results/grad_scaling", help="results directory")
   p.add_argument("--quiet", action="store_true", help="no progress bar or tables")
+  p.add_argument("--compile-cache", default=DEFAULT_CACHE,
+                 help="JAX persistent compilation cache directory, so a re-run compiles nothing ('none': off)")
+  p.add_argument("--distributed", action="store_true",
+                 help="multi-host: jax.distributed.initialize() from the environment; see normtheory.distributed")
   return p
 
 
@@ -84,7 +87,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, dict]:
     raise UsageError(str(e)) from None
   archs = _choices("--arch", args.arch, ARCHS)
   losses = _choices("--loss", args.loss, LOSSES)
-  _choices("--prng", args.prng, PRNG_IMPLS)
+  _choices("--prng", args.prng, prng.PRNG_IMPLS)
   _choices("--dtype", args.dtype, ("float32", "float64"))
   for flag, value, minimum in [("--seeds", args.seeds, 1), ("--n", args.n, 1), ("--d-ff", args.d_ff, 1),
                                ("--chunk", args.chunk, 1), ("--vocab", args.vocab, 2), ("--n-boot", args.n_boot, 1),
@@ -124,34 +127,58 @@ def run_info(argv: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+  """Run the sweep; returns the exit status (0 ok, 1 some cells failed, 2 bad input)."""
   argv = sys.argv[1:] if argv is None else argv
   try:
     args, axes = parse(argv)
     settings = {"dtype": args.dtype, "eps": args.eps, "base_seed": args.seed, "prng": args.prng, "vocab": args.vocab}
-    results = store.ResultsStore(args.out, settings)
+    main_store = store.ResultsStore(args.out, settings)
     base = Config(n=args.n, d_ff=args.d_ff, eps=args.eps, vocab=args.vocab, dtype=args.dtype)
   except (UsageError, store.StoreError, ValueError) as e:
     print(f"grad_scaling.py: error: {e}", file=sys.stderr)
     return 2
-  say = (lambda *a: None) if args.quiet else print
+  if args.compile_cache != "none":
+    jax.config.update("jax_compilation_cache_dir", args.compile_cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  if args.distributed:
+    distributed.initialize()
+  leader = jax.process_index() == 0
+  say = (lambda *a: None) if args.quiet or not leader else print
+  warn = lambda line: tqdm.write(f"grad_scaling.py: {line}", file=sys.stderr)
   say("grid: " + "  ".join(f"{k}={','.join(map(str, v))}" for k, v in axes.items()) + f"  seeds={args.seeds}  n={args.n}")
-  passes, complete = sweep.plan(base, axes["arch"], axes["loss"], axes["d"], axes["L"], args.seeds, results.stored_seeds())
+  seeds = distributed.my_seeds(args.seeds)
+  results = store.ResultsStore(distributed.part_dir(args.out), settings) if args.distributed else main_store
+  stored = main_store.stored_seeds()
+  for cell, cell_seeds in results.stored_seeds().items():
+    stored[cell] = stored.get(cell, set()) | cell_seeds
+  passes, complete = sweep.plan(base, axes["arch"], axes["loss"], axes["d"], axes["L"], seeds, stored)
   total = len(axes["arch"]) * len(axes["loss"]) * len(axes["d"]) * len(axes["L"])
   say(f"{total} cells: {complete} already stored in {args.out}, {total - complete} to measure")
   chunk = args.chunk or default_chunk(args, axes)
-  key = as_key(jax.random.key(args.seed, impl=args.prng))
+  key = prng.make_key(args.seed, args.prng)
   start = time.perf_counter()
+  failures = []
   if passes:
     results.start_run(run_info(argv) | {"chunk": chunk})
-    with tqdm(total=total, initial=complete, unit="cell", disable=args.quiet) as bar:
-      sweep.run(passes, results, key, chunk, bar.update, depth=args.depth_metrics)
+    with tqdm(total=total, initial=complete, unit="cell", disable=args.quiet or not leader) as bar:
+      failures = sweep.run(passes, results, key, chunk, bar.update, depth=args.depth_metrics, warn=warn)
+  if args.distributed:
+    distributed.barrier("normtheory-sweep-measured")
+    if not leader:
+      return 1 if failures else 0
+    main_store = distributed.merge_parts(args.out, settings)
   say(f"measured in {time.perf_counter() - start:.1f} s")
   if not args.quiet:
-    wanted = {(a, lo, d, L) for a in axes["arch"] for lo in axes["loss"] for d in axes["d"] for L in axes["L"]}
-    table = sweep.summary_table(results.grad)
-    table = table[[idx[:3] in {w[:3] for w in wanted} for idx in table.index]]
+    wanted = {(a, lo, d) for a in axes["arch"] for lo in axes["loss"] for d in axes["d"]}
+    table = sweep.summary_table(main_store.grad)
+    table = table[[idx[:3] in wanted for idx in table.index]]
     say("last-layer ||dL/dW2||, mean ± std over seeds:")
     say(table[[L for L in axes["L"] if L in table.columns]].to_string())
-  fits = fit.write_fits(args.out, n_boot=args.n_boot)
-  say(fit.report(fits))
+  if not main_store.grad.empty:
+    fits = fit.write_fits(args.out, n_boot=args.n_boot)
+    say(fit.report(fits))
+  if failures:
+    for f in failures:
+      warn(f"{len(f.cells)} cells not stored: {f.error.splitlines()[0]}")
+    return 1
   return 0

@@ -330,8 +330,10 @@ def fit_frame(
   if n_boot < 2:
     raise ValueError(f"n_boot must be >= 2, got {n_boot!r}")
   rows = select(frame, param, layer)
+  finite = np.isfinite(rows["grad_norm"].to_numpy(np.float64))
+  rows = rows[finite]  # NaN/inf rows are left out of every fit, and counted in meta
   if rows.empty:
-    raise ValueError(f"no rows with param={param!r} at layer {'L' if layer is None else layer}")
+    raise ValueError(f"no finite rows with param={param!r} at layer {'L' if layer is None else layer}")
   if not (rows["grad_norm"] > 0).all():
     raise ValueError(f"log-log fits need positive norms; {param} has zeros (W_Q, W_K are zero at init)")
   theorem = param == "W2" and layer is None  # Theorem 1 speaks of the last layer's W2 only
@@ -365,7 +367,7 @@ def fit_frame(
       if arch == "post" and ("pre", loss, n) in boots
   ]
   meta = {"param": param, "layer": "L" if layer is None else int(layer), "n_boot": n_boot, "seed": seed,
-          "ci": CI_LEVEL, "theorem": theorem}
+          "ci": CI_LEVEL, "theorem": theorem, "dropped_nonfinite": int((~finite).sum())}
   return {"meta": meta, "series": series, "ratios": [r for r in ratios if r is not None]}
 
 
@@ -490,6 +492,8 @@ def report(fits: dict) -> str:
       f"{title}: ||dLoss/d{meta['param']}|| at {layer}; "
       f"{100 * meta['ci']:.0f}% bootstrap CIs over seeds ({meta['n_boot']} resamples, seed {meta['seed']})."
   ]
+  if meta.get("dropped_nonfinite"):
+    lines.append(f"  WARNING: {meta['dropped_nonfinite']} non-finite values were left out of these fits.")
   for s in fits["series"]:
     b, p, e = s["bound_shape"], s["power_law"], s["envelope"]
     lines.append(f"{s['arch']} (loss={s['loss']}, n={s['n']}): {_grid(s['cells'])}")

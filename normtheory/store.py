@@ -137,6 +137,22 @@ class ResultsStore:
     })
     self._write_meta()
 
+  def absorb(self, other: "ResultsStore") -> None:
+    """Fold another store's rows (and its runs, passes and problems) into this one."""
+    self.path.mkdir(parents=True, exist_ok=True)
+    for name in (DEPTH_FILE, HIDDEN_FILE, GRAD_FILE):  # grad norms last: they mark a (cell, seed) as stored
+      if not other.tables[name].empty:
+        self.tables[name] = _replace_rows(self.tables[name], other.tables[name])
+        _atomic_write(self.path / name, self.tables[name].to_csv(index=False))
+    for key in ("runs", "passes", "problems"):
+      self.meta.setdefault(key, []).extend(other.meta.get(key, []))
+    self._write_meta()
+
+  def record_problem(self, problem: dict) -> None:
+    """Note a failed pass or non-finite values in meta.json (under "problems")."""
+    self.meta.setdefault("problems", []).append(problem)
+    self._write_meta()
+
   def _write_meta(self) -> None:
     self.path.mkdir(parents=True, exist_ok=True)
     _atomic_write(self.path / META_FILE, json.dumps(self.meta, indent=1) + "\n")

@@ -1,7 +1,8 @@
 """Run a grid of cells into a results store: plan, measure, append, summarise.
 
-Cells that share (arch, loss, d) form one *pass*: the engine measures all their
-depths from one forward pass (:func:`normtheory.engine.measure_depths`). Only the
+Cells that share (loss, d) form one *pass*: the engine measures all their
+architectures and depths from one forward pass per architecture, drawing each
+layer's weights once for all of them (:func:`normtheory.engine.measure_archs`). Only the
 (cell, seed) pairs missing from the store are measured, so an interrupted sweep
 resumes with the same command and a larger ``--seeds`` adds just the new seeds.
 With ``depth=True`` each pass also computes the effective-depth metrics
@@ -27,58 +28,107 @@ from normtheory.store import CELL_COLUMNS, ResultsStore
 
 @dataclasses.dataclass(frozen=True)
 class Pass:
-  """One engine call: a model family, the depths and the seeds to measure."""
+  """One engine call: a (loss, d) family, its architectures, depths and seeds.
 
-  base: Config  # the model with L replaced by each of ``depths``
+  The engine draws each layer's weights once for every depth-independent
+  architecture of the pass (:func:`normtheory.engine.measure_archs`).
+  """
+
+  base: Config  # the model with arch and L replaced by each of ``archs`` and ``depths``
+  archs: tuple[str, ...]
   depths: tuple[int, ...]
   seeds: tuple[int, ...]
+  cells: frozenset[tuple[str, int]]  # the (arch, L) cells to store: those missing a seed
+
+
+@dataclasses.dataclass
+class Failure:
+  """A pass that raised: its cells are not stored; the sweep goes on."""
+
+  cells: list[tuple]
+  error: str
 
 
 def plan(
-    base: Config, archs, losses, widths, depths, n_seeds: int, stored: dict[tuple, set[int]]
+    base: Config, archs, losses, widths, depths, seeds, stored: dict[tuple, set[int]]
 ) -> tuple[list[Pass], int]:
   """The passes needed to complete the grid, and the number of cells already complete.
 
   Args:
     base: a Config carrying the shared fields (n, eps, dtype, vocab, d_ff or None for d).
     archs, losses, widths, depths: the grid axes.
-    n_seeds: seeds 0..n_seeds-1 are wanted in every cell.
+    seeds: the seed indices wanted in every cell.
     stored: cell tuple -> stored seeds (``ResultsStore.stored_seeds``).
   """
-  wanted = set(range(n_seeds))
+  wanted = set(seeds)
   passes, complete = [], 0
   d_ff_given = base.d_ff if base.d_ff != base.d else None
-  for arch, loss, d in itertools.product(archs, losses, widths):
-    family = dataclasses.replace(base, arch=arch, loss=loss, d=d, d_ff=d_ff_given or d)
-    missing_depths, missing_seeds = [], set()
-    for L in depths:
+  for loss, d in itertools.product(losses, widths):
+    family = dataclasses.replace(base, loss=loss, d=d, d_ff=d_ff_given or d)
+    cells, seeds = set(), set()
+    for arch, L in itertools.product(archs, depths):
       missing = wanted - stored.get((arch, loss, d, L, family.n, family.d_ff), set())
       if missing:
-        missing_depths.append(L)
-        missing_seeds |= missing
+        cells.add((arch, L))
+        seeds |= missing
       else:
         complete += 1
-    if missing_depths:
-      passes.append(Pass(family, tuple(missing_depths), tuple(sorted(missing_seeds))))
+    if cells:
+      pass_archs = tuple(a for a in archs if any(c[0] == a for c in cells))
+      pass_depths = tuple(sorted({L for _, L in cells}))
+      passes.append(Pass(family, pass_archs, pass_depths, tuple(sorted(seeds)), frozenset(cells)))
   return passes, complete
 
 
-def run_pass(p: Pass, base_key, chunk: int | None) -> list[GradNorms]:
-  """Measure one pass; one GradNorms per depth."""
+def _out_of_memory(error: Exception) -> bool:
+  return isinstance(error, MemoryError) or "RESOURCE_EXHAUSTED" in str(error)
+
+
+def run_pass(p: Pass, base_key, chunk: int | None, warn: Callable[[str], None] = print) -> list[GradNorms]:
+  """Measure one pass; one GradNorms per cell of ``p.cells``.
+
+  An out-of-memory error halves the seed chunk and retries (saying so through
+  ``warn``) until a chunk of one seed fails too.
+  """
   seeds_S = np.asarray(p.seeds)
-  by_depth = engine.measure_depths(p.base, p.depths, seeds_S, base_key, chunk)
+  chunk = len(seeds_S) if chunk is None else min(chunk, len(seeds_S))
+  while True:
+    try:
+      by_arch = engine.measure_archs(p.base, p.archs, p.depths, seeds_S, base_key, chunk)
+      break
+    except Exception as error:  # noqa: BLE001 - only out-of-memory is retried
+      if not _out_of_memory(error) or chunk == 1:
+        raise
+      warn(f"out of memory with {chunk} seeds per call ({p.base.loss}, d={p.base.d}); retrying with {chunk // 2}")
+      chunk //= 2
   return [
-      GradNorms.from_depth_result(dataclasses.replace(p.base, L=L), seeds_S, by_depth[L]) for L in p.depths
+      GradNorms.from_depth_result(dataclasses.replace(p.base, arch=arch, L=L), seeds_S, by_arch[arch][L])
+      for arch in p.archs
+      for L in p.depths
+      if (arch, L) in p.cells
   ]
 
 
-def pass_depth_metrics(p: Pass, base_key) -> pd.DataFrame:
-  """Effective-depth metrics of every cell of one pass, on the samples :func:`run_pass` measures.
+def nonfinite(results: list[GradNorms]) -> list[str]:
+  """One line per cell with a NaN or inf grad norm or hidden-state norm: where, and how many."""
+  lines = []
+  for r in results:
+    c = r.config
+    bad = {name: int((~np.isfinite(g)).sum()) for name, g in r.grad_norm.items()}
+    bad["sq_norm"] = int((~np.isfinite(r.sq_norm)).sum())
+    bad = {k: v for k, v in bad.items() if v}
+    if bad:
+      lines.append(f"non-finite values in {c.arch} loss={c.loss} d={c.d} L={c.L}: " + ", ".join(f"{k} x{v}" for k, v in bad.items()))
+  return lines
+
+
+def pass_depth_metrics(results: list[GradNorms], base_key) -> pd.DataFrame:
+  """Effective-depth metrics of the measured cells, on the same samples (same base key and seeds).
 
   Returns:
-    tidy frame, columns ``depth_metrics.COLUMNS``, one row per (depth, seed, layer, metric).
+    tidy frame, columns ``depth_metrics.COLUMNS``, one row per (cell, seed, layer, metric).
   """
-  frames = [depth_metrics.depth_metrics(dataclasses.replace(p.base, L=L), p.seeds, base_key) for L in p.depths]
+  frames = [depth_metrics.depth_metrics(r.config, r.seeds, base_key) for r in results]
   return pd.concat(frames, ignore_index=True)
 
 
@@ -89,8 +139,13 @@ def run(
     chunk: int | None,
     on_cells: Callable[[int], None] = lambda k: None,
     depth: bool = False,
-) -> None:
+    warn: Callable[[str], None] = print,
+) -> list[Failure]:
   """Measure every pass and append it to the store; ``on_cells(k)`` after each pass of k cells.
+
+  A pass that raises is recorded and skipped, so every other pass is still
+  measured and stored; non-finite norms are stored as measured (never dropped or
+  averaged away), reported through ``warn`` and listed in meta.json.
 
   Args:
     passes: from :func:`plan`.
@@ -99,17 +154,35 @@ def run(
     chunk: seeds per compiled engine call.
     on_cells: progress callback.
     depth: also compute and store the effective-depth metrics of every measured cell.
+    warn: where warnings go (out-of-memory retries, non-finite values, failures).
+
+  Returns:
+    the passes that failed.
   """
+  failures = []
   for p in passes:
     start = time.perf_counter()
-    results = run_pass(p, base_key, chunk)
-    metrics = pass_depth_metrics(p, base_key) if depth else None
+    try:
+      results = run_pass(p, base_key, chunk, warn)
+      metrics = pass_depth_metrics(results, base_key) if depth else None
+    except Exception as error:  # noqa: BLE001 - reported, and the exit status says so
+      cells = sorted((arch, p.base.loss, p.base.d, L) for arch, L in p.cells)
+      failures.append(Failure(cells, f"{type(error).__name__}: {error}"))
+      warn(f"failed: {len(cells)} cells of loss={p.base.loss} d={p.base.d}: {failures[-1].error.splitlines()[0]}")
+      store.record_problem({"failed_cells": cells, "error": failures[-1].error})
+      continue
+    for line in nonfinite(results):
+      warn(line)
+      store.record_problem({"nonfinite": line})
     store.append(results, time.perf_counter() - start, metrics)
-    on_cells(len(p.depths))
+    on_cells(len(p.cells))
+  return failures
 
 
 def summary_table(grad: pd.DataFrame, cells: set[tuple] | None = None) -> pd.DataFrame:
   """Last-layer ||dL/dW2|| as "mean ± std" over seeds: one row per (arch, loss, d, n, d_ff), one column per L.
+
+  A cell with any NaN/inf value shows "NON-FINITE xk" instead of a mean.
 
   Args:
     grad: the store's grad-norm table.
@@ -118,6 +191,11 @@ def summary_table(grad: pd.DataFrame, cells: set[tuple] | None = None) -> pd.Dat
   last = grad[(grad["param"] == "W2") & (grad["layer"] == grad["L"])]
   if cells is not None:
     last = last[pd.MultiIndex.from_frame(last[CELL_COLUMNS]).isin(list(cells))]
-  stats = last.groupby(CELL_COLUMNS)["grad_norm"].agg(["mean", "std"]).reset_index()
-  stats["value"] = [f"{m:.4g} ± {s:.2g}" for m, s in zip(stats["mean"], stats["std"].fillna(0.0))]
+  last = last.assign(bad=~np.isfinite(last["grad_norm"]))
+  stats = last.groupby(CELL_COLUMNS).agg(mean=("grad_norm", "mean"), std=("grad_norm", "std"), bad=("bad", "sum"))
+  stats = stats.reset_index()
+  stats["value"] = [
+      f"NON-FINITE x{b}" if b else f"{m:.4g} ± {s:.2g}"
+      for m, s, b in zip(stats["mean"], stats["std"].fillna(0.0), stats["bad"])
+  ]
   return stats.pivot(index=["arch", "loss", "d", "n", "d_ff"], columns="L", values="value")

@@ -1,0 +1,162 @@
+"""The sweep CLI and its results store: contract, resume, atomicity, bad input."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import normtheory as nt
+from normtheory import cli, store
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "experiments" / "grad_scaling.py"
+TINY = ["--d", "8,16", "--L", "1..4", "--seeds", "3", "--n", "4", "--n-boot", "20", "--quiet"]
+
+
+def run_cli(*argv: str) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, str(SCRIPT), *argv], capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory):
+  out = tmp_path_factory.mktemp("store")
+  assert cli.main([*TINY, "--out", str(out)]) == 0
+  return out
+
+
+def test_store_has_the_contract_columns_and_every_row(tiny_store):
+  """grad_norms.csv / hidden_norms.csv have exactly the contract headers and one row per measurement."""
+  grad = pd.read_csv(tiny_store / "grad_norms.csv")
+  hidden = pd.read_csv(tiny_store / "hidden_norms.csv")
+  assert list(grad.columns) == "arch,loss,d,L,n,d_ff,seed,layer,param,grad_norm".split(",")
+  assert list(hidden.columns) == "arch,loss,d,L,n,d_ff,seed,layer,sq_norm".split(",")
+  cells = 2 * 2 * 3  # arch x d x L
+  assert len(grad) == 3 * 6 * 2 * 2 * (1 + 2 + 4)  # seeds x params x arch x d x sum(L)
+  assert len(hidden) == 3 * 2 * 2 * (1 + 2 + 4)
+  assert not grad.duplicated(["arch", "loss", "d", "L", "n", "d_ff", "seed", "layer", "param"]).any()
+  assert grad.groupby(["arch", "d", "L"]).ngroups == cells
+  meta = (tiny_store / "meta.json").read_text()
+  for word in ("argv", "versions", "backend", "device_kind", "wall_time_s", "philox4x32"):
+    assert word in meta
+  assert (tiny_store / "fits.json").exists()
+
+
+def test_cli_values_equal_the_library_api(tiny_store):
+  """A CLI run's CSV holds the values nt.grad_norms returns for the same seeds and base seed: the same
+  samples, equal to float32 rounding (the CLI's pass batches the cotangents of several depths)."""
+  grad = pd.read_csv(tiny_store / "grad_norms.csv")
+  for arch, d, L in [("post", 16, 4), ("pre", 8, 2)]:
+    api = nt.grad_norms(nt.Config(arch=arch, d=d, L=L, n=4), seeds=3, key=0).to_frame()
+    rows = grad[(grad.arch == arch) & (grad.d == d) & (grad.L == L)]
+    merged = rows.merge(api, on=["seed", "layer", "param"], suffixes=("_cli", "_api"))
+    assert len(merged) == len(api)
+    np.testing.assert_allclose(merged["grad_norm_cli"], merged["grad_norm_api"], rtol=2e-6, atol=1e-7)
+
+
+def test_rerun_measures_nothing_and_more_seeds_adds_only_new_ones(tiny_store, capsys):
+  """The same command again stores nothing new; --seeds 4 adds seed 3 only, leaving old rows untouched."""
+  before = (tiny_store / "grad_norms.csv").read_text()
+  assert cli.main([*[a for a in TINY if a != "--quiet"], "--out", str(tiny_store)]) == 0
+  assert "12 already stored" in capsys.readouterr().out
+  assert (tiny_store / "grad_norms.csv").read_text() == before
+  args = [*TINY, "--out", str(tiny_store)]
+  args[args.index("--seeds") + 1] = "4"
+  assert cli.main(args) == 0
+  grad = pd.read_csv(tiny_store / "grad_norms.csv")
+  assert sorted(grad.seed.unique()) == [0, 1, 2, 3]
+  old = pd.read_csv(pd.io.common.StringIO(before))
+  merged = old.merge(grad, on=list(old.columns[:-1]), suffixes=("_old", "_new"))
+  np.testing.assert_array_equal(merged.grad_norm_old, merged.grad_norm_new)
+
+
+def test_killed_sweep_resumes_without_duplicate_or_partial_rows(tmp_path):
+  """SIGKILL in the middle of a sweep, then the same command: every cell once, values as an uninterrupted run."""
+  out = tmp_path / "killed"
+  args = ["--d", "8,12,16,20", "--L", "1,2", "--seeds", "2", "--n", "4", "--n-boot", "10", "--out", str(out)]
+  proc = subprocess.Popen([sys.executable, str(SCRIPT), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while not (out / "grad_norms.csv").exists() and time.time() < deadline and proc.poll() is None:
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  partial = pd.read_csv(out / "grad_norms.csv")
+  assert partial.groupby(["arch", "d", "L"]).ngroups < 16, "the kill came too late to test anything"
+  assert run_cli(*args).returncode == 0
+  resumed = pd.read_csv(out / "grad_norms.csv")
+  keys = ["arch", "loss", "d", "L", "n", "d_ff", "seed", "layer", "param"]
+  assert not resumed.duplicated(keys).any()
+  assert resumed.groupby(["arch", "d", "L"]).ngroups == 16
+  assert cli.main([*args[:-1], str(tmp_path / "clean"), "--quiet"]) == 0
+  clean = pd.read_csv(tmp_path / "clean" / "grad_norms.csv")
+  merged = clean.merge(resumed, on=keys, suffixes=("_clean", "_resumed"))
+  assert len(merged) == len(clean) == len(resumed)
+  np.testing.assert_array_equal(merged.grad_norm_clean, merged.grad_norm_resumed)
+
+
+def test_failed_write_leaves_the_previous_file_intact(tmp_path, monkeypatch):
+  """An exception while writing a CSV (e.g. Ctrl-C) leaves the old file complete and no partial rows."""
+  target = tmp_path / "grad_norms.csv"
+  target.write_text("old\n")
+
+  class Interrupted(BaseException):
+    pass
+
+  def broken_fsync(fd):
+    raise Interrupted
+
+  monkeypatch.setattr(os, "fsync", broken_fsync)
+  with pytest.raises(Interrupted):
+    store._atomic_write(target, "new,rows\n" * 1000)
+  assert target.read_text() == "old\n"
+  assert os.listdir(tmp_path) == ["grad_norms.csv"]
+
+
+@pytest.mark.parametrize(
+    "flag_args, flag",
+    [
+        (["--L", "96..6"], "--L"),
+        (["--L", "0"], "--L"),
+        (["--L", "abc"], "--L"),
+        (["--d", "-4"], "--d"),
+        (["--d", "6..96:0"], "--d"),
+        (["--arch", "middle"], "--arch"),
+        (["--loss", "hinge"], "--loss"),
+        (["--seeds", "0"], "--seeds"),
+        (["--prng", "mt"], "--prng"),
+        (["--dtype", "int8"], "--dtype"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_naming_the_flag_and_writes_nothing(tmp_path, capsys, flag_args, flag):
+  """Each bad flag: exit status 2, exactly one stderr line naming the flag, no output directory created."""
+  out = tmp_path / "never"
+  assert cli.main([*flag_args, "--out", str(out)]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and flag in err[0], err
+  assert not out.exists()
+
+
+def test_unwritable_out_and_settings_mismatch_exit_2(tmp_path, tiny_store, capsys):
+  """--out that cannot be a directory (under a regular file), or a store made with other settings:
+  exit 2, one stderr line, nothing written."""
+  blocker = tmp_path / "a_file"
+  blocker.write_text("")
+  assert cli.main(["--out", str(blocker / "sub")]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "--out" in err[0]
+  assert blocker.read_text() == ""
+  before = sorted(os.listdir(tiny_store))
+  assert cli.main([*TINY, "--dtype", "float64", "--out", str(tiny_store)]) == 2
+  assert sorted(os.listdir(tiny_store)) == before
+
+
+def test_subprocess_exit_code_is_2_on_bad_input(tmp_path):
+  """The script itself (not just main) exits with status 2 and one stderr line."""
+  result = run_cli("--L", "96..6", "--out", str(tmp_path / "x"))
+  assert result.returncode == 2
+  assert len(result.stderr.strip().splitlines()) == 1 and "--L" in result.stderr
