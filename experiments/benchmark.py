@@ -2,6 +2,7 @@
 
   python experiments/benchmark.py            # d=512: reduced grid for the baseline, full grid for the engine
   python experiments/benchmark.py --big      # also d=1024, L=6..96 (peak memory vs depth)
+  python experiments/benchmark.py --devices 2  # also seeds sharded over 2 (forced CPU) devices
 
 Each measured path runs in a fresh child process (so its peak RSS is its own),
 one after another on this machine; the table prints wall time (compilation
@@ -29,7 +30,9 @@ def useful_flops(d: int, d_ff: int, n: int, depths, archs: int, seeds: int) -> f
   return per_layer * sum(depths) * archs * seeds
 
 
-def _child(path: str, d: int, depths: list[int], seeds: int, prng_name: str, queue) -> None:
+def _child(path: str, d: int, depths: list[int], seeds: int, prng_name: str, devices: int, queue) -> None:
+  if devices > 1:  # CPU: split the host into this many XLA devices (before jax is imported)
+    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
   import jax
   import numpy as np
 
@@ -49,10 +52,10 @@ def _child(path: str, d: int, depths: list[int], seeds: int, prng_name: str, que
   queue.put({"wall_s": wall, "peak_rss_gb": peak_gb, "devices": jax.device_count()})
 
 
-def run_path(path: str, d: int, depths: list[int], seeds: int, prng_name: str) -> dict:
+def run_path(path: str, d: int, depths: list[int], seeds: int, prng_name: str, devices: int = 1) -> dict:
   ctx = mp.get_context("spawn")
   queue = ctx.Queue()
-  proc = ctx.Process(target=_child, args=(path, d, depths, seeds, prng_name, queue))
+  proc = ctx.Process(target=_child, args=(path, d, depths, seeds, prng_name, devices, queue))
   proc.start()
   result = queue.get()
   proc.join()
@@ -94,6 +97,8 @@ def main() -> int:
   parser.add_argument("--baseline-L", default="6,12,24", help="depths for the straightforward path")
   parser.add_argument("--L", default="6,12,24,48,96", help="depths for the engine's full grid")
   parser.add_argument("--big", action="store_true", help="also d=1024 on the full grid")
+  parser.add_argument("--devices", type=int, default=1,
+                      help="also run the full grid with seeds sharded over this many devices (on CPU: forced host devices)")
   parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
   args = parser.parse_args()
   base_L = [int(v) for v in args.baseline_L.split(",")]
@@ -104,18 +109,18 @@ def main() -> int:
   from normtheory import prng
 
   peak = matmul_peak_gflops()
-  rates = {name: sampling_rate(name, args.d) for name in ("threefry2x32", "philox4x32", "rbg")}
-  runs = [
-      ("straightforward", "threefry2x32", args.d, base_L),
-      ("engine", "threefry2x32", args.d, base_L),
-      ("engine", prng.DEFAULT_PRNG, args.d, base_L),
-      ("engine", prng.DEFAULT_PRNG, args.d, full_L),
-  ]
+  rates = {name: sampling_rate(name, args.d) for name in prng.PRNG_IMPLS}
+  runs = [("straightforward", prng.DEFAULT_PRNG, args.d, base_L, 1)]
+  if base_L != full_L:
+    runs.append(("engine", prng.DEFAULT_PRNG, args.d, base_L, 1))
+  runs.append(("engine", prng.DEFAULT_PRNG, args.d, full_L, 1))
+  if args.devices > 1:
+    runs.append(("engine", prng.DEFAULT_PRNG, args.d, full_L, args.devices))
   if args.big:
-    runs.append(("engine", prng.DEFAULT_PRNG, 1024, full_L))
+    runs.append(("engine", prng.DEFAULT_PRNG, 1024, full_L, 1))
   rows = []
-  for path, prng_name, d, depths in runs:
-    r = run_path(path, d, depths, args.seeds, prng_name)
+  for path, prng_name, d, depths, devices in runs:
+    r = run_path(path, d, depths, args.seeds, prng_name, devices)
     r |= {"path": path, "prng": prng_name, "d": d, "L": ",".join(map(str, depths))}
     r["gflops"] = useful_flops(d, d, 16, depths, 2, args.seeds) / r["wall_s"] / 1e9
     rows.append(r)

@@ -186,9 +186,10 @@ def _measure_chunk(
       new = {name: v[1][None] for name, v in losses[l].items()}
       ct = new if ct is None else {name: jnp.concatenate([ct[name], new[name]]) for name in arch_names}
       active.append(l)
-    out = backward(p_keys, xs[l - 1], ct, jnp.int32(l), L_arg)
-    ct = {name: o[0] for name, o in out.items()}
-    grad_sq.append({name: jax.tree.map(lambda v: np.asarray(v)[:, :S], o[1]) for name, o in out.items()})
+    K = len(active)
+    out = backward(p_keys, xs[l - 1], _pad_depths(ct, 1 if K == 1 else len(depths)), jnp.int32(l), L_arg)
+    ct = {name: o[0][:K] for name, o in out.items()}
+    grad_sq.append({name: jax.tree.map(lambda v: np.asarray(v)[:K, :S], o[1]) for name, o in out.items()})
 
   results = {name: {} for name in arch_names}
   for name in arch_names:
@@ -204,6 +205,12 @@ def _measure_chunk(
           norms, sq_norms_SxL[:, :L], ln_jac_SxLxk[:, :L], np.asarray(losses[L][name][0])[:S]
       )
   return results
+
+
+def _pad_depths(ct: dict, K_pad: int) -> dict:
+  """Zero cotangents appended up to ``K_pad`` depths, so the backward step compiles for
+  two batch sizes (1 and all depths) instead of one per number of active depths."""
+  return {name: jnp.pad(v, [(0, K_pad - v.shape[0])] + [(0, 0)] * (v.ndim - 1)) for name, v in ct.items()}
 
 
 def passes_for(arch_names, depths) -> list[tuple[tuple[str, ...], tuple[int, ...]]]:

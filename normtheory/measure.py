@@ -112,8 +112,8 @@ def grad_norms(
   Args:
     cfg: the model (:class:`normtheory.Config`).
     seeds: number of samples (indices 0..seeds-1) or explicit seed indices.
-    key: base PRNG key, or an int seed for a ``prng.DEFAULT_PRNG`` (Philox) key; sample s
-      draws everything from ``fold_in(key, s)``.
+    key: base PRNG key, or an int seed for a ``prng.DEFAULT_PRNG`` key; sample s draws
+      everything from ``fold_in(key, s)``.
     chunk: seeds per compiled call (memory knob; results do not depend on it).
     method: "engine" (memory flat in depth, :mod:`normtheory.engine`) or
       "reference" (``jax.grad`` of the full NNX parameter pytree).

@@ -42,7 +42,7 @@ def test_store_has_the_contract_columns_and_every_row(tiny_store):
   assert not grad.duplicated(["arch", "loss", "d", "L", "n", "d_ff", "seed", "layer", "param"]).any()
   assert grad.groupby(["arch", "d", "L"]).ngroups == cells
   meta = (tiny_store / "meta.json").read_text()
-  for word in ("argv", "versions", "backend", "device_kind", "wall_time_s", "philox4x32"):
+  for word in ("argv", "versions", "backend", "device_kind", "wall_time_s", "threefry2x32"):
     assert word in meta
   assert (tiny_store / "fits.json").exists()
 

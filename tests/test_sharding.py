@@ -11,7 +11,7 @@ import sys, jax, numpy as np
 from normtheory import engine, prng
 from normtheory.config import Config
 assert jax.local_device_count() == int(sys.argv[2]), jax.devices()
-r = engine.measure_archs(Config(d=16, n=4), ("pre", "deepnorm"), [2, 3], np.arange(5), prng.make_key(0, "philox4x32"))
+r = engine.measure_archs(Config(d=16, n=4), ("pre", "deepnorm"), [2, 3], np.arange(5), prng.make_key(0, "threefry2x32"))
 np.save(sys.argv[1], np.stack([r[a][L].grad_norms[w][:, :2] for a in r for L in (2, 3) for w in ("W2", "W_V")]))
 """
 
