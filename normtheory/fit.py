@@ -242,7 +242,8 @@ def _lemma2_params(L_C: np.ndarray, r_C: np.ndarray) -> np.ndarray:
   slope, intercept = np.polyfit(L_C, 1.0 / r_C**2, 1)
   p0 = (1 / np.sqrt(intercept), max(slope / intercept, 1e-3)) if intercept > 0 else (r_C[0], 0.5)
   try:
-    return optimize.curve_fit(lemma2_law, L_C, r_C, p0=p0, bounds=([0.0, 0.0], [np.inf, np.inf]))[0]
+    bounds = ([0.0, 0.0], [np.inf, np.inf])
+    return optimize.curve_fit(lemma2_law, L_C, r_C, p0=p0, bounds=bounds, max_nfev=200)[0]
   except (RuntimeError, ValueError):
     return np.full(2, np.nan)
 
@@ -251,7 +252,10 @@ def lemma2_fit(L_C, pre_C, post_C, pre_BxC, post_BxC) -> dict:
   """``g_pre / g_post = a / √(1 + c L)`` by scipy curve_fit: a, c with CIs, R² on the ratio."""
   r_C, r_BxC = pre_C / post_C, pre_BxC / post_BxC
   a, c = _lemma2_params(L_C, r_C)
-  boot_Bx2 = np.stack([_lemma2_params(L_C, r) for r in r_BxC])
+  if np.isfinite(c):
+    boot_Bx2 = np.stack([_lemma2_params(L_C, r) for r in r_BxC])
+  else:  # the law does not fit the data itself: no CI to bootstrap
+    boot_Bx2 = np.full((len(r_BxC), 2), np.nan)
   r2 = _r2(r_C, lemma2_law(L_C, a, c)) if np.isfinite(c) else None
   return {"a": _ci(a, boot_Bx2[:, 0]), "c": _ci(c, boot_Bx2[:, 1]), "r2": r2}
 
