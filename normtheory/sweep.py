@@ -179,18 +179,15 @@ def run(
   return failures
 
 
-def summary_table(grad: pd.DataFrame, cells: set[tuple] | None = None) -> pd.DataFrame:
+def summary_table(grad: pd.DataFrame) -> pd.DataFrame:
   """Last-layer ||dL/dW2|| as "mean ± std" over seeds: one row per (arch, loss, d, n, d_ff), one column per L.
 
   A cell with any NaN/inf value shows "NON-FINITE xk" instead of a mean.
 
   Args:
     grad: the store's grad-norm table.
-    cells: restrict to these cell tuples (default: all).
   """
   last = grad[(grad["param"] == "W2") & (grad["layer"] == grad["L"])]
-  if cells is not None:
-    last = last[pd.MultiIndex.from_frame(last[CELL_COLUMNS]).isin(list(cells))]
   last = last.assign(bad=~np.isfinite(last["grad_norm"]))
   stats = last.groupby(CELL_COLUMNS).agg(mean=("grad_norm", "mean"), std=("grad_norm", "std"), bad=("bad", "sum"))
   stats = stats.reset_index()
