@@ -52,7 +52,7 @@ from scipy import optimize
 
 from normtheory import depth_metrics, theory
 from normtheory.config import ARCHS
-from normtheory.store import CELL_COLUMNS, DEPTH_FILE, GRAD_FILE, HIDDEN_FILE, TABLE_COLUMNS
+from normtheory.store import CELL_COLUMNS, DEPTH_FILE, GRAD_FILE, HIDDEN_FILE, read_table
 
 SERIES_KEYS = ("arch", "loss", "n")
 THEORY_GAMMA = {"post": 0.0, "pre": 0.5}  # Theorem 1's depth exponents
@@ -67,17 +67,13 @@ CI_LEVEL = 0.95
 
 
 def _read(results_dir, filename: str) -> pd.DataFrame:
-  """A store CSV (a key of ``store.TABLE_COLUMNS``), its header checked."""
-  columns = tuple(TABLE_COLUMNS[filename])
+  """A store CSV (a key of ``store.TABLE_COLUMNS``) that must exist, its header checked by the store."""
   path = pathlib.Path(results_dir) / filename
   if not path.parent.is_dir():
     raise FileNotFoundError(f"no results directory {path.parent}")
   if not path.is_file():
     raise FileNotFoundError(f"missing {path} (the sweep writes it)")
-  frame = pd.read_csv(path)
-  if tuple(frame.columns) != columns:
-    raise ValueError(f"{path} has columns {','.join(frame.columns)}; expected {','.join(columns)}")
-  return frame
+  return read_table(results_dir, filename)
 
 
 def read_grad_norms(results_dir) -> pd.DataFrame:
