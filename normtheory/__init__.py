@@ -8,7 +8,7 @@ References:
   Xiong et al. 2020, "On Layer Normalization in the Transformer Architecture".
 """
 
-from normtheory import depth_metrics, fit, theory
+from normtheory import depth_metrics, fit, schema, theory
 from normtheory.architectures import ARCHITECTURES
 from normtheory.config import ARCHS, LOSSES, PARAM_NAMES, Config
 from normtheory.measure import GRAD_COLUMNS, HIDDEN_COLUMNS, GradNorms, grad_norms
@@ -18,6 +18,7 @@ __all__ = [
     "ARCHS",
     "depth_metrics",
     "fit",
+    "schema",
     "theory",
     "Config",
     "GRAD_COLUMNS",

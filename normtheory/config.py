@@ -13,6 +13,8 @@ import dataclasses
 ARCHS = ("post", "pre", "deepnorm", "sandwich", "lns", "mixln")
 LOSSES = ("linear", "xent", "mse")
 DTYPES = ("float32", "float64")
+ATTENTIONS = ("uniform", "xavier")
+INPUTS = ("gaussian", "text")
 PARAM_NAMES = ("W_Q", "W_K", "W_V", "W_O", "W1", "W2")
 
 
@@ -45,6 +47,12 @@ class Config:
     vocab: vocabulary size V of the ``xent`` loss.
     dtype: "float32" or "float64" (the latter runs under ``jax.enable_x64``).
     mixln_rho: Mix-LN's fraction rho of leading Post-LN layers (floor(rho L) of them).
+    batch: input sequences per sample that share its weights; the loss is their mean.
+    attention: "uniform" (W_Q = W_K = 0, the theorem's assumption) or "xavier"
+      (W_Q, W_K drawn like the other weights).
+    heads: attention heads, each of width d / heads (must divide d).
+    inputs: "gaussian" (rows ~ N(0, I), the theorem's assumption) or "text".
+    tied: text inputs only: the read-out reuses the token embedding.
   """
 
   arch: str = "pre"  # LayerNorm placement, see normtheory.architectures.
@@ -57,6 +65,11 @@ class Config:
   vocab: int = 1000  # vocabulary of the xent read-out
   dtype: str = "float32"  # "float32" | "float64"
   mixln_rho: float = 0.25  # Mix-LN: fraction of leading Post-LN layers
+  batch: int = 1  # sequences per sample sharing its weights (loss = their mean)
+  attention: str = "uniform"  # "uniform" (W_Q = W_K = 0) | "xavier"
+  heads: int = 1  # attention heads of width d / heads
+  inputs: str = "gaussian"  # "gaussian" | "text"
+  tied: bool = False  # text inputs: read-out tied to the token embedding
 
   def __post_init__(self):
     _require_choice("arch", self.arch, ARCHS)
@@ -73,3 +86,11 @@ class Config:
     _require_choice("dtype", self.dtype, DTYPES)
     if not isinstance(self.mixln_rho, (int, float)) or not 0 <= self.mixln_rho <= 1:
       raise ValueError(f"mixln_rho must be a number in [0, 1], got {self.mixln_rho!r}")
+    _require_int("batch", self.batch, 1)
+    _require_choice("attention", self.attention, ATTENTIONS)
+    _require_int("heads", self.heads, 1)
+    if self.d % self.heads:
+      raise ValueError(f"heads must divide d; got heads={self.heads}, d={self.d}")
+    _require_choice("inputs", self.inputs, INPUTS)
+    if not isinstance(self.tied, bool) or (self.tied and self.inputs != "text"):
+      raise ValueError(f"tied must be a bool and needs inputs='text'; got tied={self.tied!r}, inputs={self.inputs!r}")

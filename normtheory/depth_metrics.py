@@ -44,12 +44,12 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from normtheory import architectures, sampling
+from normtheory import architectures, sampling, schema
 from normtheory.config import Config
 from normtheory.measure import as_key, seed_indices
 
 METRICS = ("rel_update", "cos_sim", "removal_angle")
-COLUMNS = ("arch", "loss", "d", "L", "n", "d_ff", "seed", "layer", "metric", "value")
+COLUMNS = schema.DEPTH_COLUMNS
 
 
 def _unit(x: jax.Array) -> jax.Array:
@@ -126,7 +126,7 @@ def depth_metrics(cfg: Config, seeds: int | Sequence[int] = 8, key=0) -> pd.Data
   Example:
     >>> f = depth_metrics(Config(arch="pre", d=16, L=3), seeds=2)
     >>> f.shape  # seeds × layers × metrics rows
-    (18, 10)
+    (18, 14)
 
   Args:
     cfg: the model.
@@ -141,18 +141,9 @@ def depth_metrics(cfg: Config, seeds: int | Sequence[int] = 8, key=0) -> pd.Data
     keys_S = sampling.seed_keys(as_key(key), seeds_S)
     values = jax.jit(jax.vmap(lambda k: sample_metrics(cfg, k)))(keys_S)
     values = {name: np.asarray(v, np.float64) for name, v in values.items()}
-  S, L = len(seeds_S), cfg.L
-  frames = [
-      pd.DataFrame({
-          "arch": cfg.arch, "loss": cfg.loss, "d": cfg.d, "L": L, "n": cfg.n, "d_ff": cfg.d_ff,
-          "seed": np.repeat(seeds_S, L),
-          "layer": np.tile(np.arange(1, L + 1), S),
-          "metric": name,
-          "value": values[name].reshape(-1),
-      })
-      for name in METRICS
-  ]
-  return pd.concat(frames, ignore_index=True)[list(COLUMNS)]
+  layers_L = np.arange(1, cfg.L + 1)
+  return schema.tidy_frame(schema.DEPTH_FILE, schema.cell_of(cfg), seeds_S, layers_L,
+                           {name: values[name] for name in METRICS}, "metric")
 
 
 def _loglog_fit(layer_K: np.ndarray, value_K: np.ndarray) -> tuple[float, float]:

@@ -41,9 +41,7 @@ References:
 from __future__ import annotations
 
 import json
-import os
 import pathlib
-import tempfile
 import zlib
 
 import numpy as np
@@ -52,7 +50,7 @@ from scipy import optimize
 
 from normtheory import depth_metrics, theory
 from normtheory.config import ARCHS
-from normtheory.store import CELL_COLUMNS, DEPTH_FILE, GRAD_FILE, HIDDEN_FILE, read_table
+from normtheory.schema import CELL_COLUMNS, DEPTH_FILE, FITS_FILE, GRAD_FILE, HIDDEN_FILE, atomic_write, read_table
 
 SERIES_KEYS = ("arch", "loss", "n")
 THEORY_GAMMA = {"post": 0.0, "pre": 0.5}  # Theorem 1's depth exponents
@@ -67,7 +65,7 @@ CI_LEVEL = 0.95
 
 
 def _read(results_dir, filename: str) -> pd.DataFrame:
-  """A store CSV (a key of ``store.TABLE_COLUMNS``) that must exist, its header checked by the store."""
+  """A store CSV (a key of ``schema.TABLES``) that must exist, its header checked by the schema."""
   path = pathlib.Path(results_dir) / filename
   if not path.parent.is_dir():
     raise FileNotFoundError(f"no results directory {path.parent}")
@@ -416,13 +414,14 @@ def effective_depth_fits(frame: pd.DataFrame, n_boot: int = 1000, seed: int = 0)
   metric = "rel_update"
   rows = frame[(frame["metric"] == metric) & (frame["L"] >= 2)]
   out = []
-  for cell, part in rows.groupby(CELL_COLUMNS, sort=False):
-    arch, _, d, L, n, d_ff = cell
+  for cell, part in rows.groupby(list(CELL_COLUMNS), sort=False):
+    cell = dict(zip(CELL_COLUMNS, cell))
+    arch, d, L, n, d_ff = (cell[k] for k in ("arch", "d", "L", "n", "d_ff"))
     f = depth_metrics.fit_update_exponent(part, arch, metric, n_boot=n_boot, key=seed)
     layer_L = np.arange(1, L + 1)
     mean_field_L = theory.mean_field(arch, int(d), int(L), int(n), int(d_ff))[metric]
     out.append({
-        **{k: (v if isinstance(v, str) else int(v)) for k, v in zip(CELL_COLUMNS, cell)},
+        **{k: (v if isinstance(v, str) else int(v)) for k, v in cell.items()},
         "metric": metric,
         "n_seeds": int(part["seed"].nunique()),
         "kappa": {"value": f["kappa"], "ci": list(f["ci"])},
@@ -449,10 +448,7 @@ def write_fits(
 ) -> dict:
   """Fit the store and write ``DIR/fits.json`` atomically; returns the fits dict."""
   fits = fit_store(results_dir, n_boot=n_boot, seed=seed, param=param, layer=layer)
-  path = pathlib.Path(results_dir) / "fits.json"
-  with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
-    json.dump(fits, f, indent=1, allow_nan=False)
-  os.replace(f.name, path)
+  atomic_write(pathlib.Path(results_dir) / FITS_FILE, json.dumps(fits, indent=1, allow_nan=False))
   return fits
 
 

@@ -19,11 +19,10 @@ import jax
 import numpy as np
 import pandas as pd
 
-from normtheory import engine, prng, reference
+from normtheory import engine, prng, reference, schema
 from normtheory.config import PARAM_NAMES, Config
+from normtheory.schema import GRAD_COLUMNS, HIDDEN_COLUMNS
 
-GRAD_COLUMNS = ("arch", "loss", "d", "L", "n", "d_ff", "seed", "layer", "param", "grad_norm")
-HIDDEN_COLUMNS = ("arch", "loss", "d", "L", "n", "d_ff", "seed", "layer", "sq_norm")
 METHODS = ("engine", "reference")
 
 
@@ -51,35 +50,16 @@ class GradNorms:
   def from_depth_result(cls, cfg: Config, seeds_S: np.ndarray, result: engine.DepthResult) -> GradNorms:
     return cls(cfg, np.asarray(seeds_S), result.grad_norms, result.sq_norms, result.ln_jacobian, result.loss)
 
-  def _keys(self) -> dict:
-    c = self.config
-    return {"arch": c.arch, "loss": c.loss, "d": c.d, "L": c.L, "n": c.n, "d_ff": c.d_ff}
-
   def to_frame(self) -> pd.DataFrame:
     """Tidy table, one row per (seed, layer, param), columns ``GRAD_COLUMNS``."""
-    S, L = self.sq_norm.shape
-    frames = []
-    for name in PARAM_NAMES:
-      frames.append(
-          pd.DataFrame({
-              **self._keys(),
-              "seed": np.repeat(self.seeds, L),
-              "layer": np.tile(np.arange(1, L + 1), S),
-              "param": name,
-              "grad_norm": self.grad_norm[name].reshape(-1).astype(np.float64),
-          })
-      )
-    return pd.concat(frames, ignore_index=True)[list(GRAD_COLUMNS)]
+    layers_L = np.arange(1, self.sq_norm.shape[1] + 1)
+    return schema.tidy_frame(schema.GRAD_FILE, schema.cell_of(self.config), self.seeds, layers_L,
+                             {name: self.grad_norm[name] for name in PARAM_NAMES}, "param")
 
   def hidden_frame(self) -> pd.DataFrame:
     """Tidy table of ``||x_l||²/n``, one row per (seed, layer), columns ``HIDDEN_COLUMNS``."""
-    S, L = self.sq_norm.shape
-    return pd.DataFrame({
-        **self._keys(),
-        "seed": np.repeat(self.seeds, L),
-        "layer": np.tile(np.arange(1, L + 1), S),
-        "sq_norm": self.sq_norm.reshape(-1).astype(np.float64),
-    })[list(HIDDEN_COLUMNS)]
+    layers_L = np.arange(1, self.sq_norm.shape[1] + 1)
+    return schema.tidy_frame(schema.HIDDEN_FILE, schema.cell_of(self.config), self.seeds, layers_L, self.sq_norm)
 
   def __repr__(self) -> str:
     c = self.config

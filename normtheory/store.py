@@ -1,16 +1,17 @@
 """The results store: tidy CSVs plus meta.json, written atomically, resumable.
 
-Layout of a store directory (the contract other tools read):
+Layout of a store directory (the contract other tools read; columns in
+:mod:`normtheory.schema`, where ``CELL`` is ``arch,loss,d,L,n,d_ff,batch,attention,heads,inputs``):
 
-* ``grad_norms.csv``: ``arch,loss,d,L,n,d_ff,seed,layer,param,grad_norm``
-* ``hidden_norms.csv``: ``arch,loss,d,L,n,d_ff,seed,layer,sq_norm``
+* ``grad_norms.csv``: ``CELL,seed,layer,param,grad_norm``
+* ``hidden_norms.csv``: ``CELL,seed,layer,sq_norm``
 * ``depth_metrics.csv`` (only from runs with depth metrics):
-  ``arch,loss,d,L,n,d_ff,seed,layer,metric,value`` (:mod:`normtheory.depth_metrics`)
+  ``CELL,seed,layer,metric,value`` (:mod:`normtheory.depth_metrics`)
 * ``meta.json``: the store's fixed settings (dtype, eps, base seed, PRNG, ...), one
   entry per run (argv, package versions, JAX backend and device kind) and one per
   measured pass (its cells, seeds and wall time).
 
-A *cell* is (arch, loss, d, L, n, d_ff); settings that are not CSV columns are
+A *cell* is one value of the cell columns; settings that are not CSV columns are
 fixed per store, so two runs with a different dtype or base seed cannot mix rows
 that nobody could tell apart. Every write replaces a file by ``os.replace`` of a
 complete temporary file (depth metrics and hidden norms first, grad norms last,
@@ -25,35 +26,22 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
-from normtheory import depth_metrics
-from normtheory.measure import GRAD_COLUMNS, HIDDEN_COLUMNS, GradNorms
-
-CELL_COLUMNS = ["arch", "loss", "d", "L", "n", "d_ff"]
-GRAD_FILE, HIDDEN_FILE, DEPTH_FILE = "grad_norms.csv", "hidden_norms.csv", "depth_metrics.csv"
-META_FILE = "meta.json"
-TABLE_COLUMNS = {GRAD_FILE: GRAD_COLUMNS, HIDDEN_FILE: HIDDEN_COLUMNS, DEPTH_FILE: depth_metrics.COLUMNS}
-
-
-class StoreError(ValueError):
-  """The store cannot be used as asked (settings differ, directory unwritable, ...)."""
-
-
-def _atomic_write(path: Path, text: str) -> None:
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    Path(tmp).unlink(missing_ok=True)
-    raise
+from normtheory.schema import (
+    CELL_COLUMNS,
+    DEPTH_FILE,
+    GRAD_FILE,
+    HIDDEN_FILE,
+    META_FILE,
+    TABLES,
+    StoreError,
+    atomic_write,
+    cell_key,
+    read_table,
+)
 
 
 def check_writable(out_dir: str | os.PathLike) -> None:
@@ -64,18 +52,6 @@ def check_writable(out_dir: str | os.PathLike) -> None:
     probe = probe.parent
   if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
     raise StoreError(f"--out {out_dir}: not a writable directory")
-
-
-def read_table(out_dir: str | os.PathLike, name: str = GRAD_FILE) -> pd.DataFrame:
-  """One of the store's CSVs (a key of ``TABLE_COLUMNS``) as a DataFrame (empty, with the right columns, if absent)."""
-  path = Path(out_dir) / name
-  columns = list(TABLE_COLUMNS[name])
-  if not path.exists():
-    return pd.DataFrame(columns=columns)
-  frame = pd.read_csv(path)
-  if list(frame.columns) != columns:
-    raise StoreError(f"{path}: header is {','.join(frame.columns)}, expected {','.join(columns)}")
-  return frame
 
 
 class ResultsStore:
@@ -94,7 +70,7 @@ class ResultsStore:
     if self.meta["settings"] != self.settings:
       diff = {k: (self.meta["settings"].get(k), v) for k, v in self.settings.items() if self.meta["settings"].get(k) != v}
       raise StoreError(f"--out {out_dir} holds results with other settings (stored, asked): {diff}; use another --out")
-    self.tables = {name: read_table(self.path, name) for name in TABLE_COLUMNS}
+    self.tables = {name: read_table(self.path, name) for name in TABLES}
 
   @property
   def grad(self) -> pd.DataFrame:
@@ -116,11 +92,11 @@ class ResultsStore:
     self.meta["runs"].append(run_info)
     self._write_meta()
 
-  def append(self, results: list[GradNorms], wall_time_s: float, depth: pd.DataFrame | None = None) -> None:
+  def append(self, results: list, wall_time_s: float, depth: pd.DataFrame | None = None) -> None:
     """Add measured cells (replacing any rows with the same cell and seed) and record the pass.
 
     Args:
-      results: one GradNorms per measured cell.
+      results: one :class:`normtheory.GradNorms` per measured cell.
       wall_time_s: the pass's wall time, for meta.json.
       depth: the same cells' depth-metric rows (columns ``depth_metrics.COLUMNS``), if measured.
     """
@@ -129,9 +105,9 @@ class ResultsStore:
     self.path.mkdir(parents=True, exist_ok=True)
     for name, frames in new.items():  # grad norms last: they mark a (cell, seed) as stored
       self.tables[name] = _replace_rows(self.tables[name], pd.concat(frames, ignore_index=True))
-      _atomic_write(self.path / name, self.tables[name].to_csv(index=False))
+      atomic_write(self.path / name, self.tables[name].to_csv(index=False))
     self.meta["passes"].append({
-        "cells": [dict(zip(CELL_COLUMNS, _cell(r))) | {"seeds": [int(s) for s in r.seeds]} for r in results],
+        "cells": [dict(zip(CELL_COLUMNS, cell_key(r.config))) | {"seeds": [int(s) for s in r.seeds]} for r in results],
         "wall_time_s": round(wall_time_s, 4),
         "depth_metrics": depth is not None,
     })
@@ -143,7 +119,7 @@ class ResultsStore:
     for name in (DEPTH_FILE, HIDDEN_FILE, GRAD_FILE):  # grad norms last: they mark a (cell, seed) as stored
       if not other.tables[name].empty:
         self.tables[name] = _replace_rows(self.tables[name], other.tables[name])
-        _atomic_write(self.path / name, self.tables[name].to_csv(index=False))
+        atomic_write(self.path / name, self.tables[name].to_csv(index=False))
     for key in ("runs", "passes", "problems"):
       self.meta.setdefault(key, []).extend(other.meta.get(key, []))
     self._write_meta()
@@ -155,12 +131,7 @@ class ResultsStore:
 
   def _write_meta(self) -> None:
     self.path.mkdir(parents=True, exist_ok=True)
-    _atomic_write(self.path / META_FILE, json.dumps(self.meta, indent=1) + "\n")
-
-
-def _cell(result: GradNorms) -> tuple:
-  c = result.config
-  return (c.arch, c.loss, c.d, c.L, c.n, c.d_ff)
+    atomic_write(self.path / META_FILE, json.dumps(self.meta, indent=1) + "\n")
 
 
 def _replace_rows(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:

@@ -23,7 +23,8 @@ import pandas as pd
 from normtheory import depth_metrics, engine
 from normtheory.config import Config
 from normtheory.measure import GradNorms
-from normtheory.store import CELL_COLUMNS, ResultsStore
+from normtheory.schema import CELL_COLUMNS, cell_key
+from normtheory.store import ResultsStore
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +68,7 @@ def plan(
     family = dataclasses.replace(base, loss=loss, d=d, d_ff=d_ff_given or d)
     cells, seeds = set(), set()
     for arch, L in itertools.product(archs, depths):
-      missing = wanted - stored.get((arch, loss, d, L, family.n, family.d_ff), set())
+      missing = wanted - stored.get(cell_key(dataclasses.replace(family, arch=arch, L=L)), set())
       if missing:
         cells.add((arch, L))
         seeds |= missing
@@ -180,7 +181,7 @@ def run(
 
 
 def summary_table(grad: pd.DataFrame) -> pd.DataFrame:
-  """Last-layer ||dL/dW2|| as "mean ± std" over seeds: one row per (arch, loss, d, n, d_ff), one column per L.
+  """Last-layer ||dL/dW2|| as "mean ± std" over seeds: one row per cell without L, one column per L.
 
   A cell with any NaN/inf value shows "NON-FINITE xk" instead of a mean.
 
@@ -189,10 +190,10 @@ def summary_table(grad: pd.DataFrame) -> pd.DataFrame:
   """
   last = grad[(grad["param"] == "W2") & (grad["layer"] == grad["L"])]
   last = last.assign(bad=~np.isfinite(last["grad_norm"]))
-  stats = last.groupby(CELL_COLUMNS).agg(mean=("grad_norm", "mean"), std=("grad_norm", "std"), bad=("bad", "sum"))
+  stats = last.groupby(list(CELL_COLUMNS)).agg(mean=("grad_norm", "mean"), std=("grad_norm", "std"), bad=("bad", "sum"))
   stats = stats.reset_index()
   stats["value"] = [
       f"NON-FINITE x{b}" if b else f"{m:.4g} ± {s:.2g}"
       for m, s, b in zip(stats["mean"], stats["std"].fillna(0.0), stats["bad"])
   ]
-  return stats.pivot(index=["arch", "loss", "d", "n", "d_ff"], columns="L", values="value")
+  return stats.pivot(index=[c for c in CELL_COLUMNS if c != "L"], columns="L", values="value")

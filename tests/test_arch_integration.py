@@ -48,7 +48,7 @@ def test_cli_stores_every_cell_seed_layer_and_metric(swept):
   assert (swept / "depth_metrics.csv").read_text().splitlines()[0] == ",".join(depth_metrics.COLUMNS)
   frame = _depth_rows(swept)
   expected = {
-      (arch, "linear", D, L, N, D, seed, layer, metric)
+      (arch, "linear", D, L, N, D, 1, "uniform", 1, "gaussian", seed, layer, metric)
       for arch in ARCHS for L in DEPTHS for seed in range(SEEDS)
       for layer in range(1, L + 1) for metric in depth_metrics.METRICS
   }

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 import normtheory as nt
-from normtheory import cli, store
+from normtheory import cli, schema
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "experiments" / "grad_scaling.py"
@@ -34,8 +34,9 @@ def test_store_has_the_contract_columns_and_every_row(tiny_store):
   """grad_norms.csv / hidden_norms.csv have exactly the contract headers and one row per measurement."""
   grad = pd.read_csv(tiny_store / "grad_norms.csv")
   hidden = pd.read_csv(tiny_store / "hidden_norms.csv")
-  assert list(grad.columns) == "arch,loss,d,L,n,d_ff,seed,layer,param,grad_norm".split(",")
-  assert list(hidden.columns) == "arch,loss,d,L,n,d_ff,seed,layer,sq_norm".split(",")
+  cell = "arch,loss,d,L,n,d_ff,batch,attention,heads,inputs"
+  assert list(grad.columns) == f"{cell},seed,layer,param,grad_norm".split(",")
+  assert list(hidden.columns) == f"{cell},seed,layer,sq_norm".split(",")
   cells = 2 * 2 * 3  # arch x d x L
   assert len(grad) == 3 * 6 * 2 * 2 * (1 + 2 + 4)  # seeds x params x arch x d x sum(L)
   assert len(hidden) == 3 * 2 * 2 * (1 + 2 + 4)
@@ -112,7 +113,7 @@ def test_failed_write_leaves_the_previous_file_intact(tmp_path, monkeypatch):
 
   monkeypatch.setattr(os, "fsync", broken_fsync)
   with pytest.raises(Interrupted):
-    store._atomic_write(target, "new,rows\n" * 1000)
+    schema.atomic_write(target, "new,rows\n" * 1000)
   assert target.read_text() == "old\n"
   assert os.listdir(tmp_path) == ["grad_norms.csv"]
 

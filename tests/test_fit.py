@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from normtheory import fit
-from normtheory.measure import GRAD_COLUMNS
+from normtheory import schema
 
 DS = (16, 32, 64, 128)
 LS = (1, 2, 4, 8, 16, 32)
@@ -27,7 +27,8 @@ def synthetic(law, arch="pre", ds=DS, Ls=LS, seeds=8, noise=0.05, rng_seed=1, lo
         g = law(d, L) * np.exp(noise * rng.standard_normal())
         rows.append((arch, loss, d, L, 16, d, s, L, "W2", g))
         rows.append((arch, loss, d, L, 16, d, s, L, "W1", 1.0))
-  return pd.DataFrame(rows, columns=list(GRAD_COLUMNS))
+  old_layout = ["arch", "loss", "d", "L", "n", "d_ff", "seed", "layer", "param", "grad_norm"]
+  return schema.with_defaults(pd.DataFrame(rows, columns=old_layout), schema.GRAD_FILE)
 
 
 def series(fits, arch):
@@ -166,11 +167,8 @@ def synthetic_depth(kappa=0.37, arch="pre", L=40, seeds=16, noise=0.05):
   rng = np.random.default_rng(0)
   layer_L = np.arange(1, L + 1)
   value_SxL = 2 * layer_L**-kappa * np.exp(noise * rng.standard_normal((seeds, L)))
-  return pd.DataFrame({
-      "arch": arch, "loss": "linear", "d": 64, "L": L, "n": 16, "d_ff": 64,
-      "seed": np.repeat(np.arange(seeds), L), "layer": np.tile(layer_L, seeds),
-      "metric": "rel_update", "value": value_SxL.ravel(),
-  })
+  cell = {"arch": arch, "loss": "linear", "d": 64, "L": L, "n": 16, "d_ff": 64}
+  return schema.tidy_frame(schema.DEPTH_FILE, cell, np.arange(seeds), layer_L, {"rel_update": value_SxL}, "metric")
 
 
 def test_effective_depth_fits_recover_kappa_next_to_the_mean_field_and_the_argument():

@@ -1,0 +1,185 @@
+"""The results tables: one home for their columns, cells, tidy frames and atomic writes.
+
+Every table normtheory stores is *tidy* (one row per measurement) and starts with
+the columns of the model's **cell**, the :class:`normtheory.Config` fields that
+change the numbers and vary within one store::
+
+  arch, loss, d, L, n, d_ff, batch, attention, heads, inputs
+
+followed by the sample (``seed``), where in the model (``layer``, and ``param``,
+``metric`` or ``ln``) and the measured value. Settings that are not columns
+(dtype, eps, base seed, PRNG, vocab, tied) are fixed per store (``meta.json``).
+
+The CSV layout is a contract that other tools read: columns are only ever added,
+never renamed or dropped. A store written before a column existed still loads:
+:func:`read_table` fills the column with its default (``CELL_DEFAULTS``, the value
+every older run measured with).
+
+Producers build frames with :func:`tidy_frame` and write files with
+:func:`atomic_write`; consumers read them with :func:`read_table`. Nothing here
+imports the compute modules: they import this.
+
+References:
+  Wickham 2014, "Tidy Data", Journal of Statistical Software 59(10).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+CELL_COLUMNS = ("arch", "loss", "d", "L", "n", "d_ff", "batch", "attention", "heads", "inputs")
+# Value of each column added after the first stores were written, as those stores measured it.
+CELL_DEFAULTS = {"batch": 1, "attention": "uniform", "heads": 1, "inputs": "gaussian"}
+
+GRAD_FILE = "grad_norms.csv"
+HIDDEN_FILE = "hidden_norms.csv"
+DEPTH_FILE = "depth_metrics.csv"
+LN_JACOBIAN_FILE = "ln_jacobian.csv"
+META_FILE = "meta.json"
+FITS_FILE = "fits.json"
+
+TABLES: dict[str, tuple[str, ...]] = {
+    GRAD_FILE: (*CELL_COLUMNS, "seed", "layer", "param", "grad_norm"),
+    HIDDEN_FILE: (*CELL_COLUMNS, "seed", "layer", "sq_norm"),
+    DEPTH_FILE: (*CELL_COLUMNS, "seed", "layer", "metric", "value"),
+    LN_JACOBIAN_FILE: (*CELL_COLUMNS, "seed", "layer", "ln", "value"),
+}
+GRAD_COLUMNS = TABLES[GRAD_FILE]
+HIDDEN_COLUMNS = TABLES[HIDDEN_FILE]
+DEPTH_COLUMNS = TABLES[DEPTH_FILE]
+LN_JACOBIAN_COLUMNS = TABLES[LN_JACOBIAN_FILE]
+
+
+class StoreError(ValueError):
+  """A store cannot be used as asked (unreadable file, other settings, unwritable directory, ...)."""
+
+
+def cell_of(cfg) -> dict:
+  """The cell columns of a model, ``{column: value}`` in ``CELL_COLUMNS`` order.
+
+  Args:
+    cfg: a :class:`normtheory.Config` (any object with those attributes).
+  """
+  return {column: getattr(cfg, column) for column in CELL_COLUMNS}
+
+
+def cell_key(cfg) -> tuple:
+  """``tuple(cell_of(cfg).values())``: the cell as a hashable key."""
+  return tuple(cell_of(cfg).values())
+
+
+def tidy_frame(
+    table: str,
+    cell: Mapping,
+    seeds_S: Sequence[int],
+    layers_K: Sequence[int],
+    values: Mapping[str, np.ndarray] | np.ndarray,
+    label_column: str | None = None,
+) -> pd.DataFrame:
+  """One tidy table, one row per (label, seed, layer), in the column order of ``table``.
+
+  Example:
+    >>> f = tidy_frame(HIDDEN_FILE, {"arch": "pre"}, [0, 1], [1, 2, 3], np.ones((2, 3)))
+    >>> len(f), list(f.columns[-3:])
+    (6, ['seed', 'layer', 'sq_norm'])
+
+  Args:
+    table: a key of ``TABLES``; its last column receives the values.
+    cell: the cell columns (``cell_of(cfg)``); columns of ``table`` absent from it
+      get ``CELL_DEFAULTS`` (a column with no default must be given).
+    seeds_S: the seed index of each row of the value arrays.
+    layers_K: the layer index of each column of the value arrays.
+    values: a ``(S, K)`` array, or label -> ``(S, K)`` array with ``label_column``.
+    label_column: the column naming the label (``param``, ``metric``, ``ln``).
+
+  Returns:
+    DataFrame with exactly the columns ``TABLES[table]``.
+  """
+  columns = TABLES[table]
+  seeds_S, layers_K = np.asarray(seeds_S), np.asarray(layers_K)
+  S, K = len(seeds_S), len(layers_K)
+  labelled = values if label_column is not None else {None: values}
+  constants = {c: cell.get(c, CELL_DEFAULTS.get(c)) for c in CELL_COLUMNS if c in columns}
+  missing = [c for c, v in constants.items() if v is None]
+  if missing:
+    raise ValueError(f"tidy_frame: cell lacks {', '.join(missing)}")
+  frames = []
+  for label, value_SxK in labelled.items():
+    value_SxK = np.asarray(value_SxK, np.float64)
+    if value_SxK.shape != (S, K):
+      raise ValueError(f"tidy_frame: values for {label!r} have shape {value_SxK.shape}, expected {(S, K)}")
+    rows = {**constants, "seed": np.repeat(seeds_S, K), "layer": np.tile(layers_K, S)}
+    if label_column is not None:
+      rows[label_column] = label
+    rows[columns[-1]] = value_SxK.reshape(-1)
+    frames.append(pd.DataFrame(rows))
+  if not frames:
+    return empty_table(table)
+  return pd.concat(frames, ignore_index=True)[list(columns)]
+
+
+def empty_table(table: str) -> pd.DataFrame:
+  """A frame with the columns of ``table`` and no rows."""
+  return pd.DataFrame(columns=list(TABLES[table]))
+
+
+def atomic_write(path: str | os.PathLike, text: str) -> None:
+  """Replace ``path`` by ``text`` atomically: a complete temporary file, fsync, ``os.replace``.
+
+  A crash or Ctrl-C at any point leaves either the old file or the new one, never a
+  partial file; the temporary file is removed on failure.
+  """
+  path = Path(path)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+  try:
+    with os.fdopen(fd, "w") as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    Path(tmp).unlink(missing_ok=True)
+    raise
+
+
+def with_defaults(frame: pd.DataFrame, table: str, source: str = "frame") -> pd.DataFrame:
+  """``frame`` in the layout of ``table``, older layouts upgraded with ``CELL_DEFAULTS``.
+
+  Raises:
+    StoreError: a column is neither in ``table`` nor a defaultable cell column, or
+      one of ``table``'s columns is missing and has no default.
+  """
+  columns = TABLES[table]
+  unknown = [c for c in frame.columns if c not in columns]
+  missing = [c for c in columns if c not in frame.columns]
+  if unknown or any(c not in CELL_DEFAULTS for c in missing):
+    raise StoreError(f"{source}: header is {','.join(map(str, frame.columns))}, expected {','.join(columns)}")
+  if missing:
+    frame = frame.assign(**{c: CELL_DEFAULTS[c] for c in missing})
+  return frame[list(columns)]
+
+
+def read_table(out_dir: str | os.PathLike, table: str = GRAD_FILE) -> pd.DataFrame:
+  """One table of a store as a DataFrame (empty, with the right columns, if the file is absent).
+
+  Args:
+    out_dir: the store directory.
+    table: a key of ``TABLES``.
+
+  Raises:
+    StoreError: the file cannot be parsed, or its header is not a layout of ``table``.
+  """
+  path = Path(out_dir) / table
+  if not path.exists():
+    return empty_table(table)
+  try:
+    frame = pd.read_csv(path)
+  except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+    raise StoreError(f"{path}: not a readable CSV ({type(error).__name__}: {str(error).splitlines()[0]})") from None
+  return with_defaults(frame, table, str(path))
