@@ -23,17 +23,14 @@ import matplotlib
 matplotlib.use("Agg")
 
 from normtheory import fit, plot  # noqa: E402  (after the backend is chosen)
+from normtheory.cli_args import ArgumentParser, UsageError, usage_exit  # noqa: E402
+
+PROG = "make_figures.py"
 
 
-class _Parser(argparse.ArgumentParser):
-  """An argument parser that reports bad input as one stderr line and exit status 2."""
-
-  def error(self, message):
-    self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def parse(argv) -> argparse.Namespace:
-  p = _Parser(prog="make_figures.py", description=__doc__.splitlines()[0])
+def parse(argv: list[str]) -> argparse.Namespace:
+  """Parse and check ``argv`` and read the store; bad input raises ``UsageError``."""
+  p = ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
   p.add_argument("--results", required=True,
                  help="results directory with grad_norms.csv, hidden_norms.csv and optionally depth_metrics.csv")
   p.add_argument("--out", default="figures", help="folder for the PNG/PDF figures and captions.md")
@@ -52,8 +49,12 @@ def parse(argv) -> argparse.Namespace:
   return args
 
 
-def main(argv=None) -> None:
-  args = parse(sys.argv[1:] if argv is None else argv)
+def main(argv: list[str] | None = None) -> int:
+  """Draw every figure of the store; returns the exit status (0 ok, 2 bad input)."""
+  try:
+    args = parse(sys.argv[1:] if argv is None else argv)
+  except UsageError as e:
+    return usage_exit(PROG, e)
   fits = fit.fit_store(args.results, n_boot=args.n_boot, seed=args.seed)
   out = pathlib.Path(args.out)
   figs = plot.figures(args.grad, args.hidden, fits, args.depth)
@@ -61,7 +62,8 @@ def main(argv=None) -> None:
   (out / "captions.md").write_text("".join(f"**{name}**: {plot.CAPTIONS[name]}\n\n" for name in written))
   print(fit.report(fits))
   print(f"wrote {len(written)} figures (PNG, PDF) and captions.md to {out}")
+  return 0
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

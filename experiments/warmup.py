@@ -1,6 +1,6 @@
 """Post-LN needs learning-rate warm-up, Pre-LN does not: train both on a synthetic task.
 
-Trains the Post-LN and Pre-LN encoders (:mod:`normtheory.training`) with Adam for
+Trains the Post-LN and Pre-LN encoders (:mod:`normtheory.warmup`) with Adam for
 every (warm-up, peak lr) and with RAdam without warm-up, writes the tidy log to
 ``--out`` and the figure ``fig_warmup`` to ``--figures``.
 
@@ -22,18 +22,16 @@ import os
 import sys
 import time
 
-from normtheory import training, warmup_plot
+from normtheory import warmup
+from normtheory.cli_args import ArgumentParser, UsageError, usage_exit
+from normtheory.schema import atomic_write
+
+PROG = "warmup.py"
 
 
-class _Parser(argparse.ArgumentParser):
-  """An argument parser that reports bad input as one stderr line and exit status 2."""
-
-  def error(self, message):
-    self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def parse(argv) -> argparse.Namespace:
-  p = _Parser(prog="warmup.py", description=__doc__.splitlines()[0])
+def parse(argv: list[str]) -> argparse.Namespace:
+  """Parse and check ``argv``; bad input raises ``UsageError`` before anything is written."""
+  p = ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
   p.add_argument("--arch", nargs="+", default=["post", "pre"], help="architectures")
   p.add_argument("--L", nargs="+", type=int, default=[6], help="depths")
   p.add_argument("--d", type=int, default=128, help="model width")
@@ -46,7 +44,7 @@ def parse(argv) -> argparse.Namespace:
   p.add_argument("--decay-start", type=int, default=None,
                  help="t0: inverse-sqrt decay start for short warm-ups (default: max warm-up, or 100)")
   p.add_argument("--no-radam", action="store_true", help="skip RAdam (no warm-up)")
-  p.add_argument("--task", default="sort", choices=training.TASKS, help="synthetic task")
+  p.add_argument("--task", default="sort", choices=warmup.TASKS, help="synthetic task")
   p.add_argument("--vocab", type=int, default=64, help="vocabulary size")
   p.add_argument("--n", type=int, default=16, help="sequence length")
   p.add_argument("--out", default="results/warmup.csv", help="tidy CSV log")
@@ -62,12 +60,12 @@ def parse(argv) -> argparse.Namespace:
   if min(args.lr) <= 0:
     p.error(f"--lr must be > 0, got {args.lr}")
   try:
-    args.task = training.Task(args.task, args.vocab, args.n)
-    args.settings = [training.Setting("adam", w, lr) for lr in args.lr for w in args.warmup]
-    args.settings += [] if args.no_radam else [training.Setting("radam", 0, lr) for lr in args.lr]
+    args.task = warmup.Task(args.task, args.vocab, args.n)
+    args.settings = [warmup.Setting("adam", w, lr) for lr in args.lr for w in args.warmup]
+    args.settings += [] if args.no_radam else [warmup.Setting("radam", 0, lr) for lr in args.lr]
     for arch in args.arch:
       for L in args.L:
-        training.model_config(arch, L, args.d, args.task)
+        warmup.model_config(arch, L, args.d, args.task)
   except ValueError as e:
     p.error(str(e))
   if args.decay_start is None:
@@ -75,19 +73,23 @@ def parse(argv) -> argparse.Namespace:
   return args
 
 
-def main(argv=None) -> None:
-  args = parse(sys.argv[1:] if argv is None else argv)
+def main(argv: list[str] | None = None) -> int:
+  """Train, write the log and the figure, print the final metrics; returns the exit status (0, or 2 on bad input)."""
+  try:
+    args = parse(sys.argv[1:] if argv is None else argv)
+  except UsageError as e:
+    return usage_exit(PROG, e)
   start = time.time()
-  frame = training.sweep(args.arch, args.L, args.settings, args.task, args.d, range(args.seeds),
-                         args.steps, args.batch, args.eval_every, args.decay_start,
-                         progress=not args.no_progress)
+  frame = warmup.sweep(args.arch, args.L, args.settings, args.task, args.d, range(args.seeds),
+                       args.steps, args.batch, args.eval_every, args.decay_start,
+                       progress=not args.no_progress)
   os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-  frame.to_csv(args.out + ".tmp", index=False)
-  os.replace(args.out + ".tmp", args.out)
-  warmup_plot.fig_warmup(frame, args.figures)
-  print(warmup_plot.final_metrics(frame).to_string(index=False, float_format="%.3f"))
+  atomic_write(args.out, frame.to_csv(index=False))
+  warmup.fig_warmup(frame, args.figures)
+  print(warmup.final_metrics(frame).to_string(index=False, float_format="%.3f"))
   print(f"wrote {args.out} and {args.figures}/fig_warmup.{{png,pdf}} in {time.time() - start:.0f} s")
+  return 0
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

@@ -2,7 +2,7 @@
 
 Submodules: ``fit`` (bounds, power laws, bootstrap CIs), ``theory`` (the paper's
 lemmas and a mean-field predictor), ``depth_metrics`` (effective depth); import
-``normtheory.plot`` for the figures and ``normtheory.training`` for the warm-up demo.
+``normtheory.plot`` for the figures and ``normtheory.warmup`` for the warm-up demo.
 
 References:
   Xiong et al. 2020, "On Layer Normalization in the Transformer Architecture".

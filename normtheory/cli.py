@@ -23,22 +23,18 @@ import jax
 from tqdm import tqdm
 
 from normtheory import distributed, fit, grid, prng, store, sweep
+from normtheory.cli_args import ArgumentParser, UsageError, usage_exit
 from normtheory.config import ARCHS, LOSSES, Config
 
 DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "normtheory", "xla")
 
 
-class UsageError(ValueError):
-  """A bad command line; its message is printed as the one stderr line."""
+PROG = "grad_scaling.py"
 
 
-class _Parser(argparse.ArgumentParser):
-  def error(self, message):
-    raise UsageError(message)
-
-
-def build_parser() -> argparse.ArgumentParser:
-  p = _Parser(prog="grad_scaling.py", description=__doc__.splitlines()[0])
+def build_parser() -> ArgumentParser:
+  """The sweep's flags; a bad one raises :class:`normtheory.cli_args.UsageError`."""
+  p = ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
   p.add_argument("--d", default="64,128", help="widths: N | A,B | A..B (doubling) | A..B:S | A..B*F")
   p.add_argument("--L", default="6..24", help="depths, same grammar as --d")
   p.add_argument("--arch", default="post,pre", help=f"comma list of {', '.join(ARCHS)}")
@@ -135,8 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     main_store = store.ResultsStore(args.out, settings)
     base = Config(n=args.n, d_ff=args.d_ff, eps=args.eps, vocab=args.vocab, dtype=args.dtype)
   except (UsageError, store.StoreError, ValueError) as e:
-    print(f"grad_scaling.py: error: {e}", file=sys.stderr)
-    return 2
+    return usage_exit(PROG, e)
   if args.compile_cache != "none":
     jax.config.update("jax_compilation_cache_dir", args.compile_cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

@@ -1,5 +1,8 @@
 """The warm-up figure: validation curves and the last-layer gradient norm in training.
 
+Drawn on :class:`matplotlib.figure.Figure` (no pyplot state, any backend) with the
+labels of :mod:`normtheory.plot` and saved through :func:`normtheory.plot.save`.
+
 References:
   Xiong et al. 2020, Fig. 2 (validation loss and BLEU of Post-LN / Pre-LN with and
   without warm-up) and Section 3.
@@ -9,18 +12,17 @@ from __future__ import annotations
 
 import os
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+from normtheory import plot as nt_plot
 
-ARCH_LABELS = {"post": "Post-LN", "pre": "Pre-LN"}
 PANELS = (
     ("val_loss", "validation loss", "linear"),
     ("val_acc", "validation accuracy", "linear"),
-    ("grad_norm_W2", r"$\|\partial\mathcal{L}/\partial W_2^L\|_F$", "log"),
+    ("grad_norm_W2", nt_plot.GRAD_LABEL, "log"),
 )
 SETTING_KEYS = ["optimizer", "warmup", "peak_lr"]
 
@@ -35,7 +37,7 @@ def final_metrics(frame: pd.DataFrame) -> pd.DataFrame:
   """Validation loss and accuracy at each run's last step, mean and std over seeds.
 
   Args:
-    frame: the tidy training frame (:data:`normtheory.training.COLUMNS`).
+    frame: the tidy training frame (:data:`normtheory.warmup.COLUMNS`).
 
   Returns:
     one row per (arch, L, optimizer, warmup, peak_lr) with columns
@@ -61,7 +63,7 @@ def _binned(run: pd.DataFrame, width: int) -> pd.DataFrame:
   return run.assign(step=step_bin).groupby(["seed", "step"], as_index=False).value.mean()
 
 
-def fig_warmup(frame: pd.DataFrame, out_dir: str | None = None, dpi: int = 200) -> plt.Figure:
+def fig_warmup(frame: pd.DataFrame, out_dir: str | os.PathLike | None = None, dpi: int = 200) -> Figure:
   """Validation loss, accuracy and last-layer W2 gradient norm against training step.
 
   One row per (arch, L), one column per quantity, one line per optimiser setting
@@ -69,8 +71,9 @@ def fig_warmup(frame: pd.DataFrame, out_dir: str | None = None, dpi: int = 200) 
   averaged over the windows between validation passes.
 
   Args:
-    frame: the tidy training frame (:data:`normtheory.training.COLUMNS`).
-    out_dir: if given, write ``fig_warmup.png`` (``dpi``) and ``fig_warmup.pdf`` there.
+    frame: the tidy training frame (:data:`normtheory.warmup.COLUMNS`).
+    out_dir: if given, write ``fig_warmup.png`` (``dpi``) and ``fig_warmup.pdf`` there
+      (:func:`normtheory.plot.save`).
     dpi: PNG resolution.
 
   Returns:
@@ -78,11 +81,11 @@ def fig_warmup(frame: pd.DataFrame, out_dir: str | None = None, dpi: int = 200) 
   """
   rows = frame[["arch", "L"]].drop_duplicates().sort_values(["L", "arch"], ascending=[True, False])
   settings = frame[SETTING_KEYS].drop_duplicates().sort_values(SETTING_KEYS).itertuples(index=False)
-  colors = dict(zip(settings, plt.get_cmap("tab10").colors))
+  colors = dict(zip(settings, colormaps["tab10"].colors))
   val_steps = np.sort(frame[frame.metric == "val_acc"].step.unique())
   width = int(val_steps[1] - val_steps[0]) if val_steps.size > 1 else 1
-  fig, axes = plt.subplots(len(rows), len(PANELS), figsize=(4.2 * len(PANELS), 2.6 * len(rows)),
-                           sharex=True, sharey="col", squeeze=False)
+  fig = Figure(figsize=(4.2 * len(PANELS), 2.6 * len(rows)), layout="constrained")
+  axes = fig.subplots(len(rows), len(PANELS), sharex=True, sharey="col", squeeze=False)
   for i, (arch, L) in enumerate(rows.itertuples(index=False)):
     for j, (metric, ylabel, yscale) in enumerate(PANELS):
       ax = axes[i, j]
@@ -100,13 +103,10 @@ def fig_warmup(frame: pd.DataFrame, out_dir: str | None = None, dpi: int = 200) 
         ax.fill_between(steps, by_step.min(), by_step.max(), color=color, alpha=0.15, lw=0)
       ax.set_yscale(yscale)
       ax.grid(alpha=0.3)
-      ax.set_title(f"{ARCH_LABELS.get(arch, arch)}, L={L}: {ylabel}", fontsize=9)
+      ax.set_title(f"{nt_plot.ARCH_LABELS.get(arch, arch)}, L={L}: {ylabel}", fontsize=9)
       if i == len(rows) - 1:
         ax.set_xlabel("training step")
   axes[0, 0].legend(fontsize=7, loc="upper right")
-  fig.tight_layout()
   if out_dir is not None:
-    os.makedirs(out_dir, exist_ok=True)
-    fig.savefig(os.path.join(out_dir, "fig_warmup.png"), dpi=dpi)
-    fig.savefig(os.path.join(out_dir, "fig_warmup.pdf"))
+    nt_plot.save(fig, out_dir, "fig_warmup", dpi=dpi)
   return fig

@@ -33,7 +33,8 @@ References:
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, NamedTuple
+from collections.abc import Iterable, Sequence
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -42,7 +43,7 @@ import optax
 import pandas as pd
 from tqdm.auto import tqdm
 
-from normtheory import architectures, sampling
+from normtheory import architectures, prng, sampling
 from normtheory.config import PARAM_NAMES, Config
 from normtheory.layers import HIGHEST
 
@@ -50,6 +51,9 @@ TASKS = ("sort", "reverse")
 OPTIMIZERS = ("adam", "radam")
 COLUMNS = ("arch", "L", "d", "optimizer", "warmup", "peak_lr", "seed", "step", "metric", "value")
 METRICS = ("train_loss", "grad_norm_W2", "val_loss", "val_acc")
+
+# {"embed": (V, d), "layers": {name: (L, ...)}, "head": (d, V)}, see init_params.
+EncoderParams = dict[str, Any]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,7 +156,7 @@ def sinusoidal_positions(n: int, d: int) -> jax.Array:
   return jnp.stack([jnp.sin(angle_nxh), jnp.cos(angle_nxh)], axis=-1).reshape(n, -1)[:, :d]
 
 
-def init_params(cfg: Config, key: jax.Array) -> dict:
+def init_params(cfg: Config, key: jax.Array) -> EncoderParams:
   """Trainable parameters of the encoder at initialisation.
 
   Layer l's W_V, W_O, W1, W2, b1, b2 are :func:`normtheory.sampling.layer_params`
@@ -186,7 +190,7 @@ def init_params(cfg: Config, key: jax.Array) -> dict:
   }
 
 
-def encode(cfg: Config, params: dict, x_n: jax.Array) -> jax.Array:
+def encode(cfg: Config, params: EncoderParams, x_n: jax.Array) -> jax.Array:
   """One sequence's final representation ``(n, d)``: embed, the L layers, final LN."""
   arch = architectures.get(cfg.arch)
   h_nxd = params["embed"][x_n] + sinusoidal_positions(x_n.shape[0], cfg.d)
@@ -199,17 +203,24 @@ def encode(cfg: Config, params: dict, x_n: jax.Array) -> jax.Array:
   return arch.final(h_nxd, cfg.eps)
 
 
-def apply(cfg: Config, params: dict, x_bxn: jax.Array) -> jax.Array:
+def apply(cfg: Config, params: EncoderParams, x_bxn: jax.Array) -> jax.Array:
   """Per-position logits ``(b, n, V)`` of a batch of token sequences."""
   h_bxnxd = jax.vmap(lambda x_n: encode(cfg, params, x_n))(x_bxn)
   return jnp.matmul(h_bxnxd, params["head"], precision=HIGHEST)
 
 
-def loss_and_accuracy(cfg: Config, params: dict, x_bxn: jax.Array, y_bxn: jax.Array):
+class LossAndAccuracy(NamedTuple):
+  """Mean per-position cross-entropy and token accuracy of a batch (scalars)."""
+
+  loss: jax.Array
+  accuracy: jax.Array
+
+
+def loss_and_accuracy(cfg: Config, params: EncoderParams, x_bxn: jax.Array, y_bxn: jax.Array) -> LossAndAccuracy:
   """Mean per-position cross-entropy and token accuracy of a batch."""
   logits_bxnxv = apply(cfg, params, x_bxn)
   loss = optax.softmax_cross_entropy_with_integer_labels(logits_bxnxv, y_bxn).mean()
-  return loss, (logits_bxnxv.argmax(-1) == y_bxn).mean()
+  return LossAndAccuracy(loss, (logits_bxnxv.argmax(-1) == y_bxn).mean())
 
 
 def lr_schedule(peak_lr: float, warmup: int, decay_start: int) -> optax.Schedule:
@@ -243,15 +254,35 @@ def optimizer(name: str, schedule: optax.Schedule) -> optax.GradientTransformati
   return make(learning_rate=schedule, b1=0.9, b2=0.98, eps=1e-9)
 
 
+class TrainState(NamedTuple):
+  """Parameters and optimiser state (each leaf with a leading seed axis when vmapped)."""
+
+  params: EncoderParams
+  opt_state: optax.OptState
+
+
+class ChunkResult(NamedTuple):
+  """The state after a chunk of updates and the per-update metrics of the chunk.
+
+  Attributes:
+    params, opt_state: as in :class:`TrainState`.
+    per_step: ``{"train_loss", "grad_norm_W2"}`` -> ``(S, chunk)`` arrays.
+  """
+
+  params: EncoderParams
+  opt_state: optax.OptState
+  per_step: dict[str, jax.Array]
+
+
 class Runner(NamedTuple):
   """Jitted functions of one (model, optimiser), each vmapped over seeds.
 
   Attributes:
-    init: ``params_key_S -> (params, opt_state)``.
-    chunk: ``(params, opt_state, batch_key_S, lr_T, start) -> (params, opt_state,
-      per_step)``: the updates ``start .. start + chunk - 1`` (0-based optax counts;
-      update c uses ``lr_T[c]`` and the batch ``fold_in(batch_key, c)``); ``per_step``
-      holds ``(S, chunk)`` arrays ``train_loss`` and ``grad_norm_W2``
+    init: ``params_key_S -> TrainState``.
+    chunk: ``(params, opt_state, batch_key_S, lr_T, start) -> ChunkResult``: the
+      updates ``start .. start + chunk - 1`` (0-based optax counts; update c uses
+      ``lr_T[c]`` and the batch ``fold_in(batch_key, c)``); ``per_step`` holds
+      ``(S, chunk)`` arrays ``train_loss`` and ``grad_norm_W2``
       (``||dLoss/dW2^L||_F`` on the update's batch, before the update).
     evaluate: ``params -> {"val_loss", "val_acc"}`` on the validation set.
   """
@@ -277,11 +308,11 @@ def make_runner(cfg: Config, name: str, data: Dataset, batch: int, chunk: int) -
   Returns:
     the jitted, seed-vmapped ``init``, ``chunk`` and ``evaluate``.
   """
-  loss_grad = jax.value_and_grad(lambda p, x, y: loss_and_accuracy(cfg, p, x, y)[0])
+  loss_grad = jax.value_and_grad(lambda p, x, y: loss_and_accuracy(cfg, p, x, y).loss)
 
   def init(p_key):
     params = init_params(cfg, p_key)  # the optimiser state does not depend on the schedule
-    return params, optimizer(name, optax.constant_schedule(0.0)).init(params)
+    return TrainState(params, optimizer(name, optax.constant_schedule(0.0)).init(params))
 
   def run(params, opt_state, batch_key, lr_T, start):
     tx = optimizer(name, lambda c: lr_T[jnp.minimum(c, lr_T.shape[0] - 1)])
@@ -295,11 +326,11 @@ def make_runner(cfg: Config, name: str, data: Dataset, batch: int, chunk: int) -
       return (optax.apply_updates(params, updates), opt_state), metrics
 
     (params, opt_state), per_step = jax.lax.scan(update, (params, opt_state), start + jnp.arange(chunk))
-    return params, opt_state, per_step
+    return ChunkResult(params, opt_state, per_step)
 
   def evaluate(params):
-    val_loss, val_acc = loss_and_accuracy(cfg, params, data.val_x, data.val_y)
-    return {"val_loss": val_loss, "val_acc": val_acc}
+    val = loss_and_accuracy(cfg, params, data.val_x, data.val_y)
+    return {"val_loss": val.loss, "val_acc": val.accuracy}
 
   return Runner(
       jax.jit(jax.vmap(init)),
@@ -308,17 +339,35 @@ def make_runner(cfg: Config, name: str, data: Dataset, batch: int, chunk: int) -
   )
 
 
-def seed_keys(seeds) -> tuple[jax.Array, jax.Array]:
-  """Per-seed (params key, batch key): ``fold_in(fold_in(PRNGKey(0), seed), 0 | 1)``."""
-  base_S = sampling.seed_keys(jax.random.PRNGKey(0), seeds)
-  return jax.vmap(sampling.params_key)(base_S), jax.vmap(sampling.data_key)(base_S)
+class RunKeys(NamedTuple):
+  """Per-seed keys of a training run, ``(S,)`` typed key arrays each."""
+
+  params: jax.Array  # draws the initial weights (init_params)
+  batches: jax.Array  # draws the training batches (update c: fold_in(batches, c))
+
+
+def init_and_data_keys(seeds: Iterable[int], base_seed: int = 0) -> RunKeys:
+  """Per-seed keys: ``fold_in(fold_in(prng.make_key(base_seed), s), 0)`` for the weights, ``..., 1)`` for the batches.
+
+  The same addressing as the measurements (:mod:`normtheory.sampling`): seed s's
+  keys depend only on (base seed, s).
+
+  Args:
+    seeds: seed indices s.
+    base_seed: seed of the base key (``prng.DEFAULT_PRNG``).
+
+  Returns:
+    :class:`RunKeys`.
+  """
+  base_S = sampling.seed_keys(prng.make_key(base_seed), np.asarray(list(seeds)))
+  return RunKeys(jax.vmap(sampling.params_key)(base_S), jax.vmap(sampling.data_key)(base_S))
 
 
 def train(
     cfg: Config,
     setting: Setting,
     data: Dataset,
-    seeds=(0, 1, 2),
+    seeds: Sequence[int] = (0, 1, 2),
     steps: int = 400,
     batch: int = 16,
     eval_every: int = 25,
@@ -350,12 +399,12 @@ def train(
   runner = runner or make_runner(cfg, setting.optimizer, data, batch, eval_every)
   lr_T = lr_schedule(setting.peak_lr, setting.warmup, decay_start)(jnp.arange(chunks * eval_every))
   seeds_S = np.asarray(seeds)
-  p_keys, b_keys = seed_keys(seeds_S)
-  params, opt_state = runner.init(p_keys)
+  keys = init_and_data_keys(seeds_S)
+  params, opt_state = runner.init(keys.params)
   logs = {"train_loss": [], "grad_norm_W2": [], **{k: [(0, v)] for k, v in runner.evaluate(params).items()}}
   label = f"{cfg.arch} L={cfg.L} {setting.optimizer} w={setting.warmup} lr={setting.peak_lr:g}"
   for i in tqdm(range(chunks), desc=label, disable=not progress, leave=False):
-    params, opt_state, per_step = runner.chunk(params, opt_state, b_keys, lr_T, i * eval_every)
+    params, opt_state, per_step = runner.chunk(params, opt_state, keys.batches, lr_T, i * eval_every)
     for metric, value in per_step.items():
       logs[metric].append((i * eval_every + 1, value))
     for metric, value in runner.evaluate(params).items():
@@ -384,12 +433,12 @@ def _frame(cfg: Config, setting: Setting, seeds_S: np.ndarray, logs: dict) -> pd
 
 
 def sweep(
-    archs,
-    depths,
-    settings,
+    archs: Sequence[str],
+    depths: Sequence[int],
+    settings: Sequence[Setting],
     task: Task,
     d: int = 128,
-    seeds=(0, 1, 2),
+    seeds: Sequence[int] = (0, 1, 2),
     steps: int = 400,
     batch: int = 16,
     eval_every: int = 25,
