@@ -1,30 +1,46 @@
 """normtheory: exact checks of where to put LayerNorm in a Transformer.
 
-Submodules: ``fit`` (bounds, power laws, bootstrap CIs), ``theory`` (the paper's
-lemmas and a mean-field predictor), ``depth_metrics`` (effective depth); import
-``normtheory.plot`` for the figures and ``normtheory.warmup`` for the warm-up demo.
+One model: :func:`grad_norms`. A grid of models, with the sweep's depth-sharing
+engine and no store: :func:`measure_grid`. A results store written by the sweep CLI:
+:func:`load`. Both give :class:`Frames`, the tidy tables that ``fit`` (bounds, power
+laws, bootstrap CIs) and ``plot`` (the figures) take. ``theory`` has the paper's
+lemmas and a mean-field predictor, ``depth_metrics`` the effective-depth metrics;
+``import normtheory.warmup`` for the warm-up training demo.
+
+Example:
+  >>> import normtheory as nt
+  >>> frames = nt.measure_grid(["post", "pre"], [16, 32], [2, 4], seeds=2, n=4)  # doctest: +SKIP
+  >>> fits = nt.fit.fit_frame(frames.grad)  # doctest: +SKIP
+  >>> nt.plot.fig_last_layer_vs_depth(frames.grad, fits)  # doctest: +SKIP
 
 References:
   Xiong et al. 2020, "On Layer Normalization in the Transformer Architecture".
 """
 
-from normtheory import depth_metrics, fit, schema, theory
+from normtheory import depth_metrics, fit, plot, schema, store, theory
 from normtheory.architectures import ARCHITECTURES
 from normtheory.config import ARCHS, LOSSES, PARAM_NAMES, Config
 from normtheory.measure import GRAD_COLUMNS, HIDDEN_COLUMNS, GradNorms, grad_norms
+from normtheory.store import Frames, load
+from normtheory.sweep import measure_grid
 
 __all__ = [
     "ARCHITECTURES",
     "ARCHS",
     "depth_metrics",
     "fit",
+    "plot",
     "schema",
+    "store",
     "theory",
     "Config",
+    "Frames",
     "GRAD_COLUMNS",
     "GradNorms",
     "HIDDEN_COLUMNS",
     "LOSSES",
     "PARAM_NAMES",
     "grad_norms",
+    "load",
+    "measure_grid",
 ]

@@ -18,6 +18,7 @@ import platform
 import sys
 import time
 from importlib import metadata
+from typing import Any, NamedTuple
 
 import jax
 from tqdm import tqdm
@@ -60,7 +61,7 @@ def build_parser() -> ArgumentParser:
   return p
 
 
-def _choices(flag: str, text: str, allowed) -> list[str]:
+def _choices(flag: str, text: str, allowed: tuple[str, ...]) -> list[str]:
   values = [v.strip() for v in text.split(",") if v.strip()]
   bad = [v for v in values if v not in allowed]
   if not values or bad:
@@ -68,12 +69,19 @@ def _choices(flag: str, text: str, allowed) -> list[str]:
   return list(dict.fromkeys(values))
 
 
-def _at_least(flag: str, value, minimum) -> None:
+def _at_least(flag: str, value: float | None, minimum: float) -> None:
   if value is not None and value < minimum:
     raise UsageError(f"{flag} must be >= {minimum}, got {value}")
 
 
-def parse(argv: list[str]) -> tuple[argparse.Namespace, dict]:
+class Parsed(NamedTuple):
+  """A validated command line."""
+
+  args: argparse.Namespace  # the flags
+  axes: dict[str, list]  # the expanded grid: "arch", "loss" (names), "d", "L" (integers)
+
+
+def parse(argv: list[str]) -> Parsed:
   """Parse and validate ``argv``; returns the namespace and the expanded grid."""
   args = build_parser().parse_args(argv)
   try:
@@ -93,10 +101,10 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, dict]:
     store.check_writable(args.out)
   except store.StoreError as e:
     raise UsageError(str(e)) from None
-  return args, {"arch": archs, "loss": losses, "d": widths, "L": depths}
+  return Parsed(args, {"arch": archs, "loss": losses, "d": widths, "L": depths})
 
 
-def default_chunk(args, grid_axes) -> int:
+def default_chunk(args: argparse.Namespace, grid_axes: dict[str, list]) -> int:
   """Seeds per call so that one call's buffers use at most a quarter of the free memory."""
   try:
     free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
@@ -109,7 +117,8 @@ def default_chunk(args, grid_axes) -> int:
   return max(1, min(args.seeds, int(free // 4 // per_seed)))
 
 
-def run_info(argv: list[str]) -> dict:
+def run_info(argv: list[str]) -> dict[str, Any]:
+  """What meta.json records of one invocation: argv, start time, versions, JAX backend and devices."""
   device = jax.devices()[0]
   return {
       "argv": argv,
@@ -146,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
   stored = main_store.stored_seeds()
   for cell, cell_seeds in results.stored_seeds().items():
     stored[cell] = stored.get(cell, set()) | cell_seeds
-  passes, complete = sweep.plan(base, axes["arch"], axes["loss"], axes["d"], axes["L"], seeds, stored)
+  passes, complete = sweep.plan(base, axes["arch"], axes["loss"], axes["d"], axes["L"], seeds, stored, d_ff=args.d_ff)
   total = len(axes["arch"]) * len(axes["loss"]) * len(axes["d"]) * len(axes["L"])
   say(f"{total} cells: {complete} already stored in {args.out}, {total - complete} to measure")
   chunk = args.chunk or default_chunk(args, axes)

@@ -48,6 +48,7 @@ class GradNorms:
 
   @classmethod
   def from_depth_result(cls, cfg: Config, seeds_S: np.ndarray, result: engine.DepthResult) -> GradNorms:
+    """The measurements of model ``cfg`` for seeds ``seeds_S`` from an engine (or reference) result."""
     return cls(cfg, np.asarray(seeds_S), result.grad_norms, result.sq_norms, result.ln_jacobian, result.loss)
 
   def to_frame(self) -> pd.DataFrame:
@@ -61,6 +62,14 @@ class GradNorms:
     layers_L = np.arange(1, self.sq_norm.shape[1] + 1)
     return schema.tidy_frame(schema.HIDDEN_FILE, schema.cell_of(self.config), self.seeds, layers_L, self.sq_norm)
 
+  def tables(self) -> dict[str, pd.DataFrame]:
+    """Every results-store table of this cell, keyed by file name (``schema.TABLES``).
+
+    The one list of what a measured cell contributes to a store: the sweep appends
+    these and :func:`normtheory.measure_grid` returns them.
+    """
+    return {schema.HIDDEN_FILE: self.hidden_frame(), schema.GRAD_FILE: self.to_frame()}
+
   def __repr__(self) -> str:
     c = self.config
     w2 = self.grad_norm["W2"]
@@ -69,11 +78,18 @@ class GradNorms:
     return "\n".join([head, *rows])
 
 
-def as_key(key) -> jax.Array:
+def as_key(key: int | jax.Array) -> jax.Array:
   """A PRNG key from an int seed (with ``prng.DEFAULT_PRNG``) or an existing key."""
   if isinstance(key, (int, np.integer)):
     return prng.make_key(int(key), prng.DEFAULT_PRNG)
   return key
+
+
+def check_chunk(chunk: int | None) -> int | None:
+  """``chunk`` if it is None or an integer >= 1 (seeds per compiled call), else ``ValueError``."""
+  if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1):
+    raise ValueError(f"chunk must be an integer >= 1, got {chunk!r}")
+  return chunk
 
 
 def seed_indices(seeds: int | Sequence[int]) -> np.ndarray:
@@ -85,7 +101,11 @@ def seed_indices(seeds: int | Sequence[int]) -> np.ndarray:
 
 
 def grad_norms(
-    cfg: Config, seeds: int | Sequence[int] = 8, key=0, chunk: int | None = None, method: str = "engine"
+    cfg: Config,
+    seeds: int | Sequence[int] = 8,
+    key: int | jax.Array = 0,
+    chunk: int | None = None,
+    method: str = "engine",
 ) -> GradNorms:
   """Exact ``||dLoss/dW^l||_F`` for every layer l, weight W and seed.
 
@@ -103,8 +123,7 @@ def grad_norms(
   """
   if method not in METHODS:
     raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
-  if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1):
-    raise ValueError(f"chunk must be an integer >= 1, got {chunk!r}")
+  check_chunk(chunk)
   seeds_S = seed_indices(seeds)
   base_key = as_key(key)
   if method == "reference":

@@ -10,6 +10,11 @@ Layout of a store directory (the contract other tools read; columns in
 * ``meta.json``: the store's fixed settings (dtype, eps, base seed, PRNG, ...), one
   entry per run (argv, package versions, JAX backend and device kind) and one per
   measured pass (its cells, seeds and wall time).
+* ``fits.json``: the fits of :mod:`normtheory.fit` (written by the sweep and
+  ``fit.write_fits``).
+
+:func:`load` reads all of it into :class:`Frames`, the same container
+:func:`normtheory.measure_grid` returns without a store.
 
 A *cell* is one value of the cell columns; settings that are not CSV columns are
 fixed per store, so two runs with a different dtype or base seed cannot mix rows
@@ -26,22 +31,113 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pandas as pd
 
 from normtheory.schema import (
     CELL_COLUMNS,
     DEPTH_FILE,
+    FITS_FILE,
     GRAD_FILE,
     HIDDEN_FILE,
+    LN_JACOBIAN_FILE,
     META_FILE,
     TABLES,
     StoreError,
     atomic_write,
     cell_key,
+    empty_table,
     read_table,
 )
+
+if TYPE_CHECKING:
+  from normtheory.measure import GradNorms
+
+# The field of Frames that holds each table of a store.
+FRAME_TABLES = {"grad": GRAD_FILE, "hidden": HIDDEN_FILE, "depth": DEPTH_FILE, "ln_jacobian": LN_JACOBIAN_FILE}
+
+
+class Frames(NamedTuple):
+  """The tidy tables of a grid of cells (a store on disk, or measured in memory).
+
+  Every table has exactly the columns of ``schema.TABLES`` and is empty (with those
+  columns) when nothing was measured for it.
+
+  Attributes:
+    grad: ``grad_norms.csv``: one row per (cell, seed, layer, param).
+    hidden: ``hidden_norms.csv``: one row per (cell, seed, layer).
+    depth: ``depth_metrics.csv``: one row per (cell, seed, layer, metric).
+    ln_jacobian: ``ln_jacobian.csv``: one row per (cell, seed, layer, ln).
+    meta: the store's ``meta.json`` (None when there is none).
+    fits: the store's ``fits.json`` (None when there is none).
+  """
+
+  grad: pd.DataFrame
+  hidden: pd.DataFrame
+  depth: pd.DataFrame
+  ln_jacobian: pd.DataFrame
+  meta: dict[str, Any] | None = None
+  fits: dict[str, Any] | None = None
+
+  @classmethod
+  def from_tables(
+      cls, tables: Mapping[str, pd.DataFrame], meta: dict | None = None, fits: dict | None = None
+  ) -> Frames:
+    """Frames from ``{file name: frame}``; a table not given is empty."""
+    unknown = set(tables) - set(FRAME_TABLES.values())
+    if unknown:
+      raise ValueError(f"Frames has no field for {', '.join(sorted(unknown))}")
+    frames = {field: tables.get(name, empty_table(name)) for field, name in FRAME_TABLES.items()}
+    return cls(**frames, meta=meta, fits=fits)
+
+
+def concat_tables(results: Sequence[GradNorms]) -> dict[str, pd.DataFrame]:
+  """The tables of several measured cells (:meth:`GradNorms.tables`), each concatenated over the cells."""
+  parts: dict[str, list[pd.DataFrame]] = {}
+  for r in results:
+    for name, frame in r.tables().items():
+      parts.setdefault(name, []).append(frame)
+  return {name: pd.concat(frames, ignore_index=True) for name, frames in parts.items()}
+
+
+def read_json(path: str | os.PathLike) -> dict[str, Any] | None:
+  """A store's JSON file as a dict, None if absent; ``StoreError`` naming the file if it is not JSON."""
+  path = Path(path)
+  if not path.exists():
+    return None
+  try:
+    return json.loads(path.read_text())
+  except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    raise StoreError(f"{path}: not valid JSON ({error})") from None
+
+
+def load(out_dir: str | os.PathLike) -> Frames:
+  """Every table of a results store, with its meta.json and fits.json.
+
+  Example:
+    >>> import normtheory as nt
+    >>> frames = nt.load("results/grad_scaling")  # doctest: +SKIP
+    >>> nt.fit.fit_frame(frames.grad)  # doctest: +SKIP
+
+  Args:
+    out_dir: the store directory (``--out`` of the sweep).
+
+  Returns:
+    :class:`Frames`; tables the store lacks are empty. Stores written before a
+    column existed load with its default (:func:`normtheory.schema.read_table`).
+
+  Raises:
+    FileNotFoundError: ``out_dir`` is not a directory.
+    StoreError: a file cannot be read or has a header of no known layout.
+  """
+  path = Path(out_dir)
+  if not path.is_dir():
+    raise FileNotFoundError(f"no results directory {path}")
+  tables = {name: read_table(path, name) for name in FRAME_TABLES.values()}
+  return Frames.from_tables(tables, meta=read_json(path / META_FILE), fits=read_json(path / FITS_FILE))
 
 
 def check_writable(out_dir: str | os.PathLike) -> None:
@@ -62,7 +158,7 @@ class ResultsStore:
     settings: the store-level settings of this run; must equal those already stored.
   """
 
-  def __init__(self, out_dir: str | os.PathLike, settings: dict):
+  def __init__(self, out_dir: str | os.PathLike, settings: dict[str, Any]):
     self.path = Path(out_dir)
     self.settings = dict(settings)
     meta_path = self.path / META_FILE
@@ -92,7 +188,7 @@ class ResultsStore:
     self.meta["runs"].append(run_info)
     self._write_meta()
 
-  def append(self, results: list, wall_time_s: float, depth: pd.DataFrame | None = None) -> None:
+  def append(self, results: Sequence[GradNorms], wall_time_s: float, depth: pd.DataFrame | None = None) -> None:
     """Add measured cells (replacing any rows with the same cell and seed) and record the pass.
 
     Args:
@@ -100,11 +196,10 @@ class ResultsStore:
       wall_time_s: the pass's wall time, for meta.json.
       depth: the same cells' depth-metric rows (columns ``depth_metrics.COLUMNS``), if measured.
     """
-    new = {} if depth is None else {DEPTH_FILE: [depth]}
-    new |= {HIDDEN_FILE: [r.hidden_frame() for r in results], GRAD_FILE: [r.to_frame() for r in results]}
+    new = concat_tables(results) | ({} if depth is None else {DEPTH_FILE: depth})
     self.path.mkdir(parents=True, exist_ok=True)
-    for name, frames in new.items():  # grad norms last: they mark a (cell, seed) as stored
-      self.tables[name] = _replace_rows(self.tables[name], pd.concat(frames, ignore_index=True))
+    for name in sorted(new, key=lambda name: name == GRAD_FILE):  # grad norms last: they mark a (cell, seed) as stored
+      self.tables[name] = _replace_rows(self.tables[name], new[name])
       atomic_write(self.path / name, self.tables[name].to_csv(index=False))
     self.meta["passes"].append({
         "cells": [dict(zip(CELL_COLUMNS, cell_key(r.config))) | {"seeds": [int(s) for s in r.seeds]} for r in results],

@@ -1,4 +1,4 @@
-"""Run a grid of cells into a results store: plan, measure, append, summarise.
+"""Run a grid of cells into a results store, or into memory: plan, measure, append, summarise.
 
 Cells that share (loss, d) form one *pass*: the engine measures all their
 architectures and depths from one forward pass per architecture, drawing each
@@ -8,6 +8,9 @@ resumes with the same command and a larger ``--seeds`` adds just the new seeds.
 With ``depth=True`` each pass also computes the effective-depth metrics
 (:func:`normtheory.depth_metrics.depth_metrics`) of its cells, on the same samples
 (same base key and seeds), and stores them with the gradient norms.
+
+:func:`measure_grid` runs the same passes for a notebook, with no store, and returns
+the tidy tables (:class:`normtheory.store.Frames`).
 """
 
 from __future__ import annotations
@@ -15,16 +18,19 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import NamedTuple
 
+import jax
 import numpy as np
 import pandas as pd
 
 from normtheory import depth_metrics, engine
 from normtheory.config import Config
-from normtheory.measure import GradNorms
-from normtheory.schema import CELL_COLUMNS, cell_key
-from normtheory.store import ResultsStore
+from normtheory.measure import GradNorms, as_key, check_chunk, seed_indices
+from normtheory.schema import CELL_COLUMNS, DEPTH_FILE, cell_key
+from normtheory.store import Frames, ResultsStore, concat_tables
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,22 +56,43 @@ class Failure:
   error: str
 
 
+class Plan(NamedTuple):
+  """What a sweep has left to do."""
+
+  passes: list[Pass]  # the engine calls that complete the grid
+  complete: int  # cells that already hold every wanted seed
+
+
 def plan(
-    base: Config, archs, losses, widths, depths, seeds, stored: dict[tuple, set[int]]
-) -> tuple[list[Pass], int]:
+    base: Config,
+    archs: Sequence[str],
+    losses: Sequence[str],
+    widths: Sequence[int],
+    depths: Sequence[int],
+    seeds: Iterable[int],
+    stored: Mapping[tuple, set[int]],
+    d_ff: int | None = None,
+) -> Plan:
   """The passes needed to complete the grid, and the number of cells already complete.
 
   Args:
-    base: a Config carrying the shared fields (n, eps, dtype, vocab, d_ff or None for d).
+    base: a Config carrying the shared fields (n, eps, dtype, vocab, batch, ...); its
+      arch, loss, d, L and d_ff are replaced by the grid's.
     archs, losses, widths, depths: the grid axes.
     seeds: the seed indices wanted in every cell.
     stored: cell tuple -> stored seeds (``ResultsStore.stored_seeds``).
+    d_ff: the FFN width of every cell; None: each cell's width d (Theorem 1's d×d).
+
+  Returns:
+    :class:`Plan`.
+
+  Raises:
+    ValueError: a cell is not a valid :class:`normtheory.Config`.
   """
   wanted = set(seeds)
   passes, complete = [], 0
-  d_ff_given = base.d_ff if base.d_ff != base.d else None
   for loss, d in itertools.product(losses, widths):
-    family = dataclasses.replace(base, loss=loss, d=d, d_ff=d_ff_given or d)
+    family = dataclasses.replace(base, loss=loss, d=d, d_ff=d_ff or d)
     cells, seeds = set(), set()
     for arch, L in itertools.product(archs, depths):
       missing = wanted - stored.get(cell_key(dataclasses.replace(family, arch=arch, L=L)), set())
@@ -78,14 +105,16 @@ def plan(
       pass_archs = tuple(a for a in archs if any(c[0] == a for c in cells))
       pass_depths = tuple(sorted({L for _, L in cells}))
       passes.append(Pass(family, pass_archs, pass_depths, tuple(sorted(seeds)), frozenset(cells)))
-  return passes, complete
+  return Plan(passes, complete)
 
 
 def _out_of_memory(error: Exception) -> bool:
   return isinstance(error, MemoryError) or "RESOURCE_EXHAUSTED" in str(error)
 
 
-def run_pass(p: Pass, base_key, chunk: int | None, warn: Callable[[str], None] = print) -> list[GradNorms]:
+def run_pass(
+    p: Pass, base_key: jax.Array, chunk: int | None, warn: Callable[[str], None] = print
+) -> list[GradNorms]:
   """Measure one pass; one GradNorms per cell of ``p.cells``.
 
   An out-of-memory error halves the seed chunk and retries (saying so through
@@ -110,7 +139,7 @@ def run_pass(p: Pass, base_key, chunk: int | None, warn: Callable[[str], None] =
   ]
 
 
-def nonfinite(results: list[GradNorms]) -> list[str]:
+def nonfinite(results: Sequence[GradNorms]) -> list[str]:
   """One line per cell with a NaN or inf grad norm or hidden-state norm: where, and how many."""
   lines = []
   for r in results:
@@ -123,7 +152,7 @@ def nonfinite(results: list[GradNorms]) -> list[str]:
   return lines
 
 
-def pass_depth_metrics(results: list[GradNorms], base_key) -> pd.DataFrame:
+def pass_depth_metrics(results: Sequence[GradNorms], base_key: jax.Array) -> pd.DataFrame:
   """Effective-depth metrics of the measured cells, on the same samples (same base key and seeds).
 
   Returns:
@@ -134,9 +163,9 @@ def pass_depth_metrics(results: list[GradNorms], base_key) -> pd.DataFrame:
 
 
 def run(
-    passes: list[Pass],
+    passes: Sequence[Pass],
     store: ResultsStore,
-    base_key,
+    base_key: jax.Array,
     chunk: int | None,
     on_cells: Callable[[int], None] = lambda k: None,
     depth: bool = False,
@@ -178,6 +207,82 @@ def run(
     store.append(results, time.perf_counter() - start, metrics)
     on_cells(len(p.cells))
   return failures
+
+
+def _axis(values, name: str) -> tuple:
+  """One grid axis as a tuple of distinct values in the given order (a bare value is an axis of one)."""
+  values = (values,) if isinstance(values, (str, int, np.integer)) else tuple(values)
+  if not values:
+    raise ValueError(f"measure_grid: {name} is empty")
+  return tuple(dict.fromkeys(values))
+
+
+def measure_grid(
+    archs: str | Sequence[str],
+    widths: int | Sequence[int],
+    depths: int | Sequence[int],
+    seeds: int | Sequence[int] = 8,
+    key: int | jax.Array = 0,
+    chunk: int | None = None,
+    with_depth_metrics: bool = False,
+    **config,
+) -> Frames:
+  """Exact gradient norms of every (arch, d, L) cell of a grid, as tidy tables, without a store.
+
+  The same passes as the sweep CLI (:func:`plan`, :func:`run_pass`): cells that share
+  d share one forward pass over all depths and one weight draw per layer for all
+  architectures (:func:`normtheory.engine.measure_archs`), so the values equal the
+  CLI's for the same base key and seeds, and :func:`normtheory.grad_norms` per cell to
+  float rounding (the pass batches the cotangents of several depths).
+
+  Example:
+    >>> import normtheory as nt
+    >>> frames = nt.measure_grid(["post", "pre"], [16], [1, 2], seeds=2, n=4)
+    >>> len(frames.grad)  # 2 archs x (1 + 2) layers x 2 seeds x 6 weights
+    72
+
+  Args:
+    archs: architecture names (``normtheory.ARCHS``), or one name.
+    widths: model widths d, or one.
+    depths: numbers of layers L, or one.
+    seeds: number of samples (indices 0..seeds-1) or explicit seed indices.
+    key: base PRNG key, or an int seed for a ``prng.DEFAULT_PRNG`` key; sample s draws
+      everything from ``fold_in(key, s)``.
+    chunk: seeds per compiled call (memory knob; results do not depend on it).
+    with_depth_metrics: also measure the effective-depth metrics of every cell
+      (``frames.depth``; L+1 forward passes per cell).
+    **config: every other :class:`normtheory.Config` field (n, loss, d_ff, eps, dtype,
+      batch, ...), shared by all cells; ``d_ff`` None (default) means d in each cell.
+
+  Returns:
+    :class:`normtheory.store.Frames` with the tables of every cell (``meta`` and
+    ``fits`` are None). Non-finite values are kept as measured and reported with a
+    ``RuntimeWarning``.
+
+  Raises:
+    ValueError: a bad axis, seed list, chunk or Config field; ``arch``, ``d`` or ``L``
+      given as a config field instead of an axis.
+  """
+  axes_in_config = sorted({"arch", "d", "L"} & set(config))
+  if axes_in_config:
+    raise ValueError(f"measure_grid: give {', '.join(axes_in_config)} as the archs/widths/depths axes, not as config")
+  d_ff = config.pop("d_ff", None)
+  base = Config(**config)
+  seeds_S = seed_indices(seeds)
+  base_key = as_key(key)
+  passes, _ = plan(base, _axis(archs, "archs"), (base.loss,), _axis(widths, "widths"), _axis(depths, "depths"),
+                   seeds_S, {}, d_ff=d_ff)
+  warn = lambda line: warnings.warn(line, RuntimeWarning, stacklevel=3)
+  results, depth = [], []
+  for p in passes:
+    measured = run_pass(p, base_key, check_chunk(chunk), warn)
+    results += measured
+    if with_depth_metrics:
+      depth.append(pass_depth_metrics(measured, base_key))
+  for line in nonfinite(results):
+    warn(line)
+  tables = concat_tables(results) | ({DEPTH_FILE: pd.concat(depth, ignore_index=True)} if depth else {})
+  return Frames.from_tables(tables)
 
 
 def summary_table(grad: pd.DataFrame) -> pd.DataFrame:
