@@ -237,9 +237,9 @@ def measure_grid(
 
   Example:
     >>> import normtheory as nt
-    >>> frames = nt.measure_grid(["post", "pre"], [16], [1, 2], seeds=2, n=4)
-    >>> len(frames.grad)  # 2 archs x (1 + 2) layers x 2 seeds x 6 weights
-    72
+    >>> frames = nt.measure_grid(["post", "pre"], [16], [1, 2, 4], seeds=3, n=4)
+    >>> len(frames.grad)  # 2 archs x (1 + 2 + 4) layers x 3 seeds x 6 weights
+    252
 
   Args:
     archs: architecture names (``normtheory.ARCHS``), or one name.
@@ -268,6 +268,7 @@ def measure_grid(
     raise ValueError(f"measure_grid: give {', '.join(axes_in_config)} as the archs/widths/depths axes, not as config")
   d_ff = config.pop("d_ff", None)
   base = Config(**config)
+  chunk = check_chunk(chunk)
   seeds_S = seed_indices(seeds)
   base_key = as_key(key)
   passes, _ = plan(base, _axis(archs, "archs"), (base.loss,), _axis(widths, "widths"), _axis(depths, "depths"),
@@ -275,7 +276,7 @@ def measure_grid(
   warn = lambda line: warnings.warn(line, RuntimeWarning, stacklevel=3)
   results, depth = [], []
   for p in passes:
-    measured = run_pass(p, base_key, check_chunk(chunk), warn)
+    measured = run_pass(p, base_key, chunk, warn)
     results += measured
     if with_depth_metrics:
       depth.append(pass_depth_metrics(measured, base_key))

@@ -100,6 +100,7 @@ def _make_figures():
   return module
 
 
+@pytest.mark.slow
 def test_make_figures_draws_arch_comparison_and_depth_metrics(swept, tmp_path, capsys):
   """make_figures.py on the CLI's store writes PNG+PDF of fig_arch_comparison and fig_depth_metrics
   (and no fig_ratio: no post/pre pair), captions for both, and prints the exponents."""

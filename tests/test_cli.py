@@ -1,4 +1,8 @@
-"""The sweep CLI and its results store: contract, resume, atomicity, bad input."""
+"""The sweep CLI and its results store: contract, resume, atomicity, bad input.
+
+``tiny_store`` (tests/conftest.py) is ``cli.main`` on post and pre, d in {8, 16}, L in {1, 2, 4},
+3 seeds, n = 4.
+"""
 
 import os
 import signal
@@ -16,18 +20,10 @@ from normtheory import cli, schema
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "experiments" / "grad_scaling.py"
-TINY = ["--d", "8,16", "--L", "1..4", "--seeds", "3", "--n", "4", "--n-boot", "20", "--quiet"]
 
 
 def run_cli(*argv: str) -> subprocess.CompletedProcess:
   return subprocess.run([sys.executable, str(SCRIPT), *argv], capture_output=True, text=True, timeout=600)
-
-
-@pytest.fixture(scope="module")
-def tiny_store(tmp_path_factory):
-  out = tmp_path_factory.mktemp("store")
-  assert cli.main([*TINY, "--out", str(out)]) == 0
-  return out
 
 
 def test_store_has_the_contract_columns_and_every_row(tiny_store):
@@ -60,22 +56,24 @@ def test_cli_values_equal_the_library_api(tiny_store):
     np.testing.assert_allclose(merged["grad_norm_cli"], merged["grad_norm_api"], rtol=2e-6, atol=1e-7)
 
 
-def test_rerun_measures_nothing_and_more_seeds_adds_only_new_ones(tiny_store, capsys):
+@pytest.mark.slow
+def test_rerun_measures_nothing_and_more_seeds_adds_only_new_ones(tiny_store_copy, tiny_argv, capsys):
   """The same command again stores nothing new; --seeds 4 adds seed 3 only, leaving old rows untouched."""
-  before = (tiny_store / "grad_norms.csv").read_text()
-  assert cli.main([*[a for a in TINY if a != "--quiet"], "--out", str(tiny_store)]) == 0
+  before = (tiny_store_copy / "grad_norms.csv").read_text()
+  assert cli.main([*[a for a in tiny_argv if a != "--quiet"], "--out", str(tiny_store_copy)]) == 0
   assert "12 already stored" in capsys.readouterr().out
-  assert (tiny_store / "grad_norms.csv").read_text() == before
-  args = [*TINY, "--out", str(tiny_store)]
+  assert (tiny_store_copy / "grad_norms.csv").read_text() == before
+  args = [*tiny_argv, "--out", str(tiny_store_copy)]
   args[args.index("--seeds") + 1] = "4"
   assert cli.main(args) == 0
-  grad = pd.read_csv(tiny_store / "grad_norms.csv")
+  grad = pd.read_csv(tiny_store_copy / "grad_norms.csv")
   assert sorted(grad.seed.unique()) == [0, 1, 2, 3]
   old = pd.read_csv(pd.io.common.StringIO(before))
   merged = old.merge(grad, on=list(old.columns[:-1]), suffixes=("_old", "_new"))
   np.testing.assert_array_equal(merged.grad_norm_old, merged.grad_norm_new)
 
 
+@pytest.mark.slow
 def test_killed_sweep_resumes_without_duplicate_or_partial_rows(tmp_path):
   """SIGKILL in the middle of a sweep, then the same command: every cell once, values as an uninterrupted run."""
   out = tmp_path / "killed"
@@ -142,7 +140,7 @@ def test_bad_input_exits_2_with_one_line_naming_the_flag_and_writes_nothing(tmp_
   assert not out.exists()
 
 
-def test_unwritable_out_and_settings_mismatch_exit_2(tmp_path, tiny_store, capsys):
+def test_unwritable_out_and_settings_mismatch_exit_2(tmp_path, tiny_store, tiny_argv, capsys):
   """--out that cannot be a directory (under a regular file), or a store made with other settings:
   exit 2, one stderr line, nothing written."""
   blocker = tmp_path / "a_file"
@@ -152,10 +150,11 @@ def test_unwritable_out_and_settings_mismatch_exit_2(tmp_path, tiny_store, capsy
   assert len(err) == 1 and "--out" in err[0]
   assert blocker.read_text() == ""
   before = sorted(os.listdir(tiny_store))
-  assert cli.main([*TINY, "--dtype", "float64", "--out", str(tiny_store)]) == 2
+  assert cli.main([*tiny_argv, "--dtype", "float64", "--out", str(tiny_store)]) == 2
   assert sorted(os.listdir(tiny_store)) == before
 
 
+@pytest.mark.slow
 def test_subprocess_exit_code_is_2_on_bad_input(tmp_path):
   """The script itself (not just main) exits with status 2 and one stderr line."""
   result = run_cli("--L", "96..6", "--out", str(tmp_path / "x"))

@@ -101,6 +101,7 @@ def _seed_mean(frame, metric):
   return frame[frame["metric"] == metric].groupby("layer")["value"].mean().to_numpy()
 
 
+@pytest.mark.slow
 def test_pre_ln_updates_shrink_like_inverse_sqrt_depth(frames):
   """Pre-LN: rel_update decreases with l (every 4-layer block below the one before),
   the fit gives kappa with a CI inside (0.35, 0.65) and within 0.05 of the mean-field curve's,
@@ -121,6 +122,7 @@ def test_pre_ln_updates_shrink_like_inverse_sqrt_depth(frames):
   np.testing.assert_allclose(_seed_mean(frames["pre"], "cos_sim"), predicted["cos_sim"], rtol=0.05)
 
 
+@pytest.mark.slow
 def test_post_ln_updates_do_not_shrink(frames):
   """Post-LN renormalises every layer: rel_update is flat past the first layers (|kappa| < 0.1
   over l >= 4), its mean over l >= 8 is within 5% of the mean field's plateau

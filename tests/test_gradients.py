@@ -33,7 +33,14 @@ def _loss_of_params(cfg, seed_key):
   return loss, params
 
 
-@pytest.mark.parametrize("arch, loss", itertools.product(["post", "pre"], ["linear", "xent", "mse"]))
+FAST_PAIRS = {("post", "linear"), ("pre", "xent"), ("pre", "linear")}  # the rest run in the slow tier
+
+
+def _tiered(pairs):
+  return [pytest.param(*pair, marks=() if pair in FAST_PAIRS else pytest.mark.slow) for pair in pairs]
+
+
+@pytest.mark.parametrize("arch, loss", _tiered(itertools.product(["post", "pre"], ["linear", "xent", "mse"])))
 def test_jax_grad_matches_float64_central_differences(arch, loss):
   """dLoss/dW from jax.grad equals float64 central finite differences for entries of W2, W1, W_V."""
   with jax.enable_x64(True):
@@ -55,7 +62,7 @@ def test_jax_grad_matches_float64_central_differences(arch, loss):
 
 
 @pytest.mark.parametrize(
-    "arch, loss", [(arch, "linear") for arch in nt.ARCHS] + [("post", "xent"), ("pre", "mse")]
+    "arch, loss", _tiered([(arch, "linear") for arch in nt.ARCHS] + [("post", "xent"), ("pre", "mse")])
 )
 def test_engine_equals_reference_float64(arch, loss):
   """The flat-memory engine (Gram norms, weights redrawn per step) equals jax.grad of the NNX model to 1e-10."""
@@ -69,6 +76,7 @@ def test_engine_equals_reference_float64(arch, loss):
   np.testing.assert_allclose(fast.loss, ref.loss, rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_engine_equals_reference_float32():
   """In float32 the engine and the straightforward path agree to float32 tolerance."""
   cfg = nt.Config(arch="pre", d=32, L=4, n=8)
@@ -89,15 +97,15 @@ def test_shared_forward_pass_equals_separate_depths():
     np.testing.assert_allclose(both[L].grad_norms["W2"], alone.grad_norms["W2"], rtol=1e-13)
 
 
-def test_chunk_size_does_not_change_results():
-  """Seed chunking is exact: every chunk size gives bit-identical norms."""
+@pytest.mark.parametrize("chunk", [2, pytest.param(1, marks=pytest.mark.slow), pytest.param(3, marks=pytest.mark.slow)])
+def test_chunk_size_does_not_change_results(chunk):
+  """Seed chunking is exact: chunks of 1, 2 or 3 of 5 seeds give bit-identical norms."""
   cfg = nt.Config(arch="pre", d=16, L=3, n=4)
   full = nt.grad_norms(cfg, seeds=5)
-  for chunk in (1, 2, 3):
-    part = nt.grad_norms(cfg, seeds=5, chunk=chunk)
-    for name in nt.PARAM_NAMES:
-      np.testing.assert_array_equal(part.grad_norm[name], full.grad_norm[name])
-    np.testing.assert_array_equal(part.sq_norm, full.sq_norm)
+  part = nt.grad_norms(cfg, seeds=5, chunk=chunk)
+  for name in nt.PARAM_NAMES:
+    np.testing.assert_array_equal(part.grad_norm[name], full.grad_norm[name])
+  np.testing.assert_array_equal(part.sq_norm, full.sq_norm)
 
 
 def test_seed_subset_reproduces_the_same_samples():
@@ -108,11 +116,13 @@ def test_seed_subset_reproduces_the_same_samples():
   np.testing.assert_array_equal(part.grad_norm["W2"], full.grad_norm["W2"][[3, 1]])
 
 
+@pytest.mark.slow
 def test_jit_vmap_scan_equal_nojit_loop_unrolled():
-  """jit+vmap over seeds with nnx.scan equals a Python loop over seeds, without jit, with unrolled layers."""
+  """reference.measure (jit+vmap over seeds, nnx.scan over layers) equals a Python loop over seeds,
+  without jit, with unrolled layers, on the same keys."""
   cfg = nt.Config(arch="pre", **SMALL)
   keys = sampling.seed_keys(jax.random.key(0), np.arange(3))
-  fast = reference._compiled(cfg)(keys)[1]["W2"]
+  fast = reference.measure(cfg, np.arange(3), jax.random.key(0)).grad_norms["W2"]
   for s in range(3):
     _, grads, _ = reference.sample_loss_and_grads(cfg, keys[s], unroll=True)
     slow = jnp.sqrt((grads["layers"]["W2"][...] ** 2).sum((1, 2)))

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import normtheory as nt
 from normtheory import layers, sampling
@@ -46,6 +47,7 @@ def test_layer_weights_depend_on_layer_not_depth_and_differ_across_layers():
   assert tuple(sampling.weight_shapes(cfg)) == PARAM_NAMES
 
 
+@pytest.mark.slow
 def test_post_ln_last_layer_gradient_flat_in_depth_pre_ln_falls():
   """Theorem 1 at small size (d=64, 16 seeds): Post-LN's last-layer ||dL/dW2|| does not fall from
   L=4 to L=16 (ratio within 3 standard errors of 1 or above), Pre-LN's falls by more than 3 standard errors."""

@@ -8,6 +8,7 @@ import pathlib
 
 import nbclient
 import nbformat
+import pytest
 
 NOTEBOOK = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "tour.ipynb"
 
@@ -19,6 +20,7 @@ def test_notebook_is_committed_with_outputs_stripped():
   assert code and all(not c.outputs and c.execution_count is None for c in code)
 
 
+@pytest.mark.slow
 def test_notebook_executes_headless_and_draws_every_figure():
   """nbclient runs every cell without error (CellExecutionError otherwise); five figures come out as PNG."""
   nb = nbformat.read(NOTEBOOK, as_version=4)

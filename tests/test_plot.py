@@ -25,20 +25,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-  """A real results store: post and pre, d in {8, 16}, L in {1, 2, 4}, 3 seeds, n = 4."""
-  grads, hiddens = [], []
-  for arch in ("post", "pre"):
-    for d in (8, 16):
-      for L in (1, 2, 4):
-        r = nt.grad_norms(nt.Config(arch=arch, d=d, L=L, n=4), seeds=3, key=0)
-        grads.append(r.to_frame())
-        hiddens.append(r.hidden_frame())
-  grad, hidden = pd.concat(grads, ignore_index=True), pd.concat(hiddens, ignore_index=True)
-  path = tmp_path_factory.mktemp("store")
-  grad.to_csv(path / "grad_norms.csv", index=False)
-  hidden.to_csv(path / "hidden_norms.csv", index=False)
-  return grad, hidden, path
+def store(tiny_store, tiny_frames):
+  """A real results store (the sweep CLI's, tests/conftest.py): post and pre, d in {8, 16}, L in {1, 2, 4},
+  3 seeds, n = 4: its grad and hidden tables and its directory."""
+  return tiny_frames.grad, tiny_frames.hidden, tiny_store
 
 
 def _make_figures():
@@ -55,6 +45,7 @@ def depth():
   return pd.concat([pre, pre.assign(arch="mine")], ignore_index=True)
 
 
+@pytest.mark.slow
 def test_every_figure_is_a_figure_and_saves_nonempty_png_at_200_dpi_and_pdf(store, depth, tmp_path):
   """All seven figure functions return Figures; save writes a 200-dpi PNG and a PDF for each."""
   grad, hidden, _ = store

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 PROGRAM = """
 import sys, jax, numpy as np
@@ -23,6 +24,7 @@ def _norms_with_devices(tmp_path, devices: int) -> np.ndarray:
   return np.load(out)
 
 
+@pytest.mark.slow
 def test_four_devices_equal_one_device_with_uneven_seeds(tmp_path):
   """5 seeds on 4 forced CPU devices (padded to 8) equal 5 seeds on 1 device exactly; padding never leaks."""
   one = _norms_with_devices(tmp_path, 1)

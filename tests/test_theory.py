@@ -89,6 +89,7 @@ def test_lemma2_post_x5_sq_norm():
   assert _rel_err(theory.post_x5_sq_norm(D), sampled) < 0.02
 
 
+@pytest.mark.slow
 def test_lemma2_post_x5_in_every_layer_of_a_deep_model(measured):
   """Lemma 2 (Post-LN) holds in all 96 layers: the second LN of each layer sees ||x5||² = 3d/2,
   so its Jacobian norm is sqrt(2/3) (eps ~ 0). Mean over layers and seeds within 1%; per-layer
@@ -99,6 +100,7 @@ def test_lemma2_post_x5_in_every_layer_of_a_deep_model(measured):
   np.testing.assert_allclose(ln_jac_SxL.mean(0), expected, rtol=0.06)
 
 
+@pytest.mark.slow
 def test_lemma2_pre_bounds_hold_and_correlation_pushes_to_the_upper_one(measured):
   """Lemma 2 (Pre-LN) under uniform attention, d=256, n=16, up to 96 layers.
 
@@ -128,6 +130,7 @@ def test_lemma2_pre_bounds_hold_and_correlation_pushes_to_the_upper_one(measured
 # --- The mean-field predictor against the engine ---------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["post", "pre"])
 @pytest.mark.parametrize("L", DEPTHS)
 def test_mean_field_last_layer_w2(measured, arch, L):
@@ -137,6 +140,7 @@ def test_mean_field_last_layer_w2(measured, arch, L):
   assert _rel_err(theory.predict_last_layer_w2(arch, D, L, N), sampled) < 0.10
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["post", "pre"])
 @pytest.mark.parametrize("L", DEPTHS)
 def test_mean_field_sq_norm(measured, arch, L):

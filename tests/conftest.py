@@ -1,0 +1,63 @@
+"""Shared fixtures, and the two test tiers.
+
+``pytest -q`` runs every test (what ``.ci/run`` calls). ``pytest -q -m "not slow"`` is
+the fast tier: every module keeps at least one fast test, and the long ones (fresh
+interpreters, the notebook, forced multi-device runs, d = 256 / L = 96 models,
+training) carry ``@pytest.mark.slow`` (the marker is registered in pyproject.toml).
+
+Tests that read a results store share :func:`tiny_store`, written once per session by
+the sweep CLI, instead of each building its own; its grid is small enough that the
+engine compiles in seconds. Tests that reuse its grid (:func:`tiny_grid`,
+:func:`tiny_argv`) reuse the compiled steps too.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import shutil
+
+import matplotlib
+import pytest
+
+import normtheory as nt
+from normtheory import cli
+
+matplotlib.use("Agg")  # no test opens a window (normtheory itself never chooses a backend)
+
+# post and pre, d in {8, 16}, L in {1, 2, 4}, seeds 0..2, n = 4, base seed 0 (threefry2x32)
+TINY = {"archs": ("post", "pre"), "widths": (8, 16), "depths": (1, 2, 4), "seeds": 3, "n": 4}
+TINY_ARGV = ["--d", "8,16", "--L", "1..4", "--seeds", "3", "--n", "4", "--seed", "0", "--prng", "threefry2x32",
+             "--n-boot", "20", "--quiet"]
+
+
+@pytest.fixture(scope="session")
+def tiny_grid() -> dict:
+  """The grid of :func:`tiny_store` as ``measure_grid`` arguments."""
+  return dict(TINY)
+
+
+@pytest.fixture(scope="session")
+def tiny_argv() -> list[str]:
+  """The sweep CLI's flags of :func:`tiny_store`, without ``--out``."""
+  return list(TINY_ARGV)
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory) -> pathlib.Path:
+  """The store of ``cli.main(TINY_ARGV)``: grad and hidden norms, meta.json and fits.json. Read-only:
+  a test that changes a store works on :func:`tiny_store_copy`."""
+  out = tmp_path_factory.mktemp("tiny_store")
+  assert cli.main([*TINY_ARGV, "--out", str(out)]) == 0
+  return out
+
+
+@pytest.fixture
+def tiny_store_copy(tiny_store, tmp_path) -> pathlib.Path:
+  """A private copy of :func:`tiny_store` that a test may change."""
+  return pathlib.Path(shutil.copytree(tiny_store, tmp_path / "store"))
+
+
+@pytest.fixture(scope="session")
+def tiny_frames(tiny_store) -> nt.Frames:
+  """``nt.load(tiny_store)``: its tables, meta and fits."""
+  return nt.load(tiny_store)
