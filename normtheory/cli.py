@@ -117,6 +117,13 @@ def default_chunk(args: argparse.Namespace, grid_axes: dict[str, list]) -> int:
   return max(1, min(args.seeds, int(free // 4 // per_seed)))
 
 
+def enable_compile_cache(directory: str | os.PathLike = DEFAULT_CACHE) -> None:
+  """Keep every JAX compilation that takes 0.5 s or more in ``directory`` (JAX's persistent
+  cache, for the rest of the process), so the same program is never compiled twice."""
+  jax.config.update("jax_compilation_cache_dir", str(directory))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
 def run_info(argv: list[str]) -> dict[str, Any]:
   """What meta.json records of one invocation: argv, start time, versions, JAX backend and devices."""
   device = jax.devices()[0]
@@ -142,8 +149,7 @@ def main(argv: list[str] | None = None) -> int:
   except (UsageError, store.StoreError, ValueError) as e:
     return usage_exit(PROG, e)
   if args.compile_cache != "none":
-    jax.config.update("jax_compilation_cache_dir", args.compile_cache)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    enable_compile_cache(args.compile_cache)
   if args.distributed:
     distributed.initialize()
   leader = jax.process_index() == 0

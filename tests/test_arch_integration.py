@@ -23,6 +23,8 @@ import pytest  # noqa: E402
 import normtheory as nt  # noqa: E402
 from normtheory import cli, depth_metrics  # noqa: E402
 
+pytestmark = pytest.mark.slow  # four architectures' passes and depth metrics through the CLI: minutes from a cold cache
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ARCHS, DEPTHS, SEEDS, D, N = ("deepnorm", "sandwich", "lns", "mixln"), (2, 4), 2, 16, 4
 PRNG = "threefry2x32"  # named, so the comparison with the API does not depend on the CLI's default
@@ -100,7 +102,6 @@ def _make_figures():
   return module
 
 
-@pytest.mark.slow
 def test_make_figures_draws_arch_comparison_and_depth_metrics(swept, tmp_path, capsys):
   """make_figures.py on the CLI's store writes PNG+PDF of fig_arch_comparison and fig_depth_metrics
   (and no fig_ratio: no post/pre pair), captions for both, and prints the exponents."""

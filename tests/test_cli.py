@@ -44,6 +44,7 @@ def test_store_has_the_contract_columns_and_every_row(tiny_store):
   assert (tiny_store / "fits.json").exists()
 
 
+@pytest.mark.slow
 def test_cli_values_equal_the_library_api(tiny_store):
   """A CLI run's CSV holds the values nt.grad_norms returns for the same seeds and base seed: the same
   samples, equal to float32 rounding (the CLI's pass batches the cotangents of several depths)."""

@@ -37,7 +37,7 @@ def test_stack_metrics_equal_hand_computed_values():
   np.testing.assert_allclose(got["removal_angle"], THETA_L / np.pi, rtol=1e-4)
 
 
-@pytest.mark.parametrize("arch", ["pre", "deepnorm"])
+@pytest.mark.parametrize("arch", ["pre", pytest.param("deepnorm", marks=pytest.mark.slow)])
 def test_depth_metrics_match_a_python_loop(arch):
   """depth_metrics (scan, vmap over seeds and removed layers, jit) equals a float64 numpy
   recomputation from a plain loop over arch.layer with the engine's keys; tolerance 1e-4."""
@@ -163,5 +163,6 @@ def test_fit_recovers_a_known_exponent(noise):
     depth_metrics.fit_update_exponent(pd.concat([frame, frame.assign(L=41)]), "pre")
 
 
+@pytest.mark.slow
 def test_docstring_examples():
   assert doctest.testmod(depth_metrics).failed == 0

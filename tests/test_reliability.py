@@ -14,6 +14,7 @@ TINY = ["--d", "8,16", "--L", "1,2", "--seeds", "2", "--n", "4", "--n-boot", "10
 real_measure_archs = engine.measure_archs
 
 
+@pytest.mark.slow
 def test_out_of_memory_halves_the_chunk_and_retries(tmp_path, monkeypatch, capsys):
   """A RESOURCE_EXHAUSTED error on a chunk retries with half the chunk, says so, and stores the same numbers."""
   calls = []

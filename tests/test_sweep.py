@@ -33,6 +33,12 @@ def test_measure_grid_equals_the_cli_store_bit_for_bit(tiny_grid, tiny_frames):
   assert frames.meta is None and frames.fits is None
 
 
+def test_a_sample_depends_only_on_the_key_and_its_seed_index(tiny_grid, tiny_frames):
+  """Seeds [2, 0, 1] instead of 0..2 (same base key): every (cell, seed) row is bit for bit the store's."""
+  frames = nt.measure_grid(**{**tiny_grid, "seeds": [2, 0, 1]}, key=0)
+  pd.testing.assert_frame_equal(_sorted(frames.grad, "param"), _sorted(tiny_frames.grad, "param"), check_exact=True)
+
+
 @pytest.mark.slow
 def test_measure_grid_equals_grad_norms_cell_by_cell():
   """Each cell of a grid equals nt.grad_norms of its Config to float32 rounding (the shared pass batches

@@ -150,6 +150,7 @@ def test_mean_field_sq_norm(measured, arch, L):
   assert _rel_err(theory.mean_field(arch, D, L, N)["sq_norm_per_d"][-1], sampled) < 0.10
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["post", "pre"])
 def test_mean_field_correlation(arch):
   """The mean cross-position correlation of the state entering each of 24 layers
