@@ -40,8 +40,9 @@ def _make_figures():
 
 @pytest.fixture(scope="module")
 def depth():
-  """Depth metrics of pre at d=16, L=4, 2 seeds, n=4, and the same rows as an unknown arch "mine"."""
-  pre = depth_metrics.depth_metrics(nt.Config(arch="pre", d=16, L=4, n=4), 2)
+  """Depth metrics of pre at d=8, L=3, 2 seeds, n=4 (the program test_depth_metrics compiles), and the
+  same rows as an unknown arch "mine"."""
+  pre = depth_metrics.depth_metrics(nt.Config(arch="pre", d=8, L=3, n=4), 2)
   return pd.concat([pre, pre.assign(arch="mine")], ignore_index=True)
 
 

@@ -10,7 +10,8 @@ import pytest
 from normtheory import cli, distributed, engine, prng, store, sweep
 from normtheory.config import Config
 
-TINY = ["--d", "8,16", "--L", "1,2", "--seeds", "2", "--n", "4", "--n-boot", "10", "--quiet"]
+# The grid of tests/conftest.py's tiny store, so these runs reuse its compiled steps.
+TINY = ["--d", "8,16", "--L", "1..4", "--seeds", "3", "--n", "4", "--n-boot", "10", "--quiet"]
 real_measure_archs = engine.measure_archs
 
 
@@ -48,7 +49,7 @@ def test_failed_cells_exit_1_after_storing_every_other_cell(tmp_path, monkeypatc
   assert cli.main([*TINY, "--out", str(out)]) == 1
   assert "simulated failure" in capsys.readouterr().err
   grad = pd.read_csv(out / "grad_norms.csv")
-  assert set(grad.d) == {8} and grad.groupby(["arch", "L"]).ngroups == 4
+  assert set(grad.d) == {8} and grad.groupby(["arch", "L"]).ngroups == 6
   meta = json.loads((out / "meta.json").read_text())
   assert any("failed_cells" in p for p in meta["problems"])
 
@@ -80,14 +81,14 @@ def test_merged_process_parts_equal_a_single_process_run(tmp_path):
   settings = {"dtype": "float32", "eps": 1e-6, "base_seed": 0, "prng": "threefry2x32", "vocab": 1000}
   base = Config(d=8, n=4)
   key = prng.make_key(0, "threefry2x32")
-  for process, seeds in enumerate([{0, 2}, {1}]):
+  for process, seeds in enumerate([{0, 2, 4}, {1, 3, 5}]):
     part = store.ResultsStore(distributed.part_dir(tmp_path / "multi", process), settings)
-    passes, _ = sweep.plan(base, ["post", "pre"], ["linear"], [8], [1, 3], seeds, {})
+    passes, _ = sweep.plan(base, ["post", "pre"], ["linear"], [8], [1, 2, 4], seeds, {})
     assert not sweep.run(passes, part, key, None)
   merged = distributed.merge_parts(tmp_path / "multi", settings).grad
   single = store.ResultsStore(tmp_path / "single", settings)
-  passes, _ = sweep.plan(base, ["post", "pre"], ["linear"], [8], [1, 3], range(3), {})
-  sweep.run(passes, single, key, None)
+  passes, _ = sweep.plan(base, ["post", "pre"], ["linear"], [8], [1, 2, 4], range(6), {})
+  sweep.run(passes, single, key, 3)
   keys = ["arch", "loss", "d", "L", "n", "d_ff", "seed", "layer", "param"]
   a = merged.sort_values(keys).reset_index(drop=True)
   b = single.grad.sort_values(keys).reset_index(drop=True)
