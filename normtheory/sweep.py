@@ -92,7 +92,7 @@ def plan(
   wanted = set(seeds)
   passes, complete = [], 0
   for loss, d in itertools.product(losses, widths):
-    family = dataclasses.replace(base, loss=loss, d=d, d_ff=d_ff or d)
+    family = dataclasses.replace(base, loss=loss, d=d, d_ff=d if d_ff is None else d_ff)
     cells, seeds = set(), set()
     for arch, L in itertools.product(archs, depths):
       missing = wanted - stored.get(cell_key(dataclasses.replace(family, arch=arch, L=L)), set())

@@ -71,6 +71,7 @@ def test_measure_grid_depth_metrics_are_those_of_the_same_samples():
     ({"loss": "hinge"}, "loss"),
     ({"archs": ["pre", "middle"]}, "arch"),
     ({"depths": []}, "depths"),
+    ({"d_ff": 0}, "d_ff"),
 ])
 def test_measure_grid_rejects_bad_input_before_measuring(kwargs, word, monkeypatch):
   """An axis given as a config field, bad seeds, chunk, loss, arch name or an empty axis: ValueError
