@@ -206,7 +206,7 @@ def _negate(estimate: dict) -> dict:
 
 
 def log_scale(y, shape) -> float:
-  """``C`` of ``y ≈ C · shape`` in log space: ``exp(mean(ln y − ln shape))`` (a line of known slope through points)."""
+  """``C`` of ``y ≈ C · shape`` in log space, ``exp(mean(ln y − ln shape))``: a line of known slope through points."""
   return float(np.exp(np.mean(np.log(np.asarray(y, np.float64)) - np.log(np.asarray(shape, np.float64)))))
 
 
@@ -276,6 +276,13 @@ def power_law_fit(d_C, L_C, g_C, g_BxC) -> dict:
     ``{name: {"value", "ci"}}`` for ln_C, C, alpha, gamma, and ``"r2"``.
   """
   return _with_C(_estimates(_power_law(d_C, L_C, g_C, g_BxC)))
+
+
+def power_law_curve(power: dict, d, L) -> np.ndarray:
+  """:func:`power_law_fit`'s ``C d^α L^(−γ)`` at (d, L) (α, γ = 0 where the grid did not vary)."""
+  alpha = power["alpha"]["value"] if "alpha" in power else 0.0
+  gamma = power["gamma"]["value"] if "gamma" in power else 0.0
+  return power["C"]["value"] * np.asarray(d, np.float64) ** alpha * np.asarray(L, np.float64) ** -gamma
 
 
 def bound_shape_fit(d_C, L_C, g_C, g_BxC) -> dict:

@@ -138,14 +138,6 @@ def _fits_series(fits: dict, arch: str, loss: str, n: int) -> dict | None:
   return None
 
 
-def _power_law(series: dict, d, L):
-  """The series' free fit C d^α L^(−γ) (α, γ = 0 where the grid did not vary)."""
-  p = series["power_law"]
-  alpha = p["alpha"]["value"] if "alpha" in p else 0.0
-  gamma = p["gamma"]["value"] if "gamma" in p else 0.0
-  return p["C"]["value"] * np.asarray(d, float) ** alpha * np.asarray(L, float) ** -gamma
-
-
 def _tick_label(y: float, _=None) -> str:
   """``%g`` of log-axis ticks whose leading digit is 1, 2 or 5; others unlabelled."""
   if y <= 0:
@@ -239,7 +231,8 @@ def fig_last_layer_vs_depth(
       series = _fits_series(fits, arch, st["loss"].iloc[0], st["n"].iloc[0])
       L_grid = np.geomspace(st["L"].min(), st["L"].max(), 50)
       if series is not None and len(st) > 1:
-        ax.plot(L_grid, _power_law(series, d, L_grid), color=style["color"], linestyle=":", linewidth=1)
+        ax.plot(L_grid, fit.power_law_curve(series["power_law"], d, L_grid), color=style["color"], linestyle=":",
+                linewidth=1)
       if series is not None and arch in theory.THEOREM_GAMMA:
         C = series["envelope"]["max"]["value"]
         ax.plot(L_grid, C * theory.bound_shape(arch, d, L_grid), color="0.45", linestyle=style["linestyle"],
@@ -347,7 +340,8 @@ def fig_width_scaling(
     series = _fits_series(fits, arch, st["loss"].iloc[0], st["n"].iloc[0])
     if series is not None and len(st) > 1:
       d_grid = np.geomspace(st["d"].min(), st["d"].max(), 50)
-      ax.plot(d_grid, _power_law(series, d_grid, L), color=style["color"], linestyle=":", linewidth=1)
+      ax.plot(d_grid, fit.power_law_curve(series["power_law"], d_grid, L), color=style["color"], linestyle=":",
+              linewidth=1)
   first = stats[stats["arch"] == _archs(stats)[0]].sort_values("d")
   d_grid = np.geomspace(first["d"].min(), first["d"].max(), 50)
   shape = lambda d: theory.bound_shape("post", d, 1)  # noqa: E731

@@ -225,7 +225,8 @@ def test_local_exponent_exceeds_one_half_and_tends_to_it():
   np.testing.assert_allclose(local.L, np.sqrt(L_K * (L_K + 1.0)))
   assert (local.gamma[:5] > 0.52).all() and (np.diff(local.gamma[2:]) < 0).all()
   assert 0.5 < local.gamma[-1] < 0.505
-  q_K, q_next_K = ([theory.mean_field("pre", 512, int(L), 16)["final_sq_norm_per_d"] for L in Ls] for Ls in (L_K, L_K + 1))
+  q_K, q_next_K = ([theory.mean_field("pre", 512, int(L), 16)["final_sq_norm_per_d"] for L in Ls]
+                   for Ls in (L_K, L_K + 1))
   np.testing.assert_allclose(local.gamma, 0.5 * np.log(np.divide(q_next_K, q_K)) / np.log1p(1 / L_K), rtol=1e-9)
   np.testing.assert_allclose(theory.local_exponent("post", 512, 16, L_K).gamma, 0.0, atol=1e-12)
 
