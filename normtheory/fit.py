@@ -423,7 +423,7 @@ def one_sided_check(name: str, estimate: dict, limit: float, side: str, claim: s
   """Whether an estimate's CI respects ``value >= limit`` (side ">=") or ``value <= limit`` ("<=").
 
   Returns:
-    ``{"name", "claim", "value", "ci", "status", "holds", "miss"}``: status "holds"
+    ``{"name", "claim", "limit", "value", "ci", "status", "holds", "miss"}``: status "holds"
     (the CI lies on the allowed side), "at the limit" (the CI contains the limit:
     consistent with the bound, not distinguishable from its limit on this grid) or
     "violated" (the CI lies on the wrong side; ``miss`` is its distance to the limit).
@@ -432,8 +432,8 @@ def one_sided_check(name: str, estimate: dict, limit: float, side: str, claim: s
   wrong, right = (hi < limit, lo >= limit) if side == ">=" else (lo > limit, hi <= limit)
   miss = float(limit - hi if side == ">=" else lo - limit) if wrong else 0.0
   status = VIOLATED if wrong else HOLDS if right else AT_LIMIT
-  return {"name": name, "claim": claim, "value": estimate["value"], "ci": estimate["ci"], "status": status,
-          "holds": not wrong, "miss": miss}
+  return {"name": name, "claim": claim, "limit": float(limit), "value": estimate["value"], "ci": estimate["ci"],
+          "status": status, "holds": not wrong, "miss": miss}
 
 
 def bound_checks(arch: str, d_C: np.ndarray, power: dict, envelope: dict) -> list[dict]:
@@ -443,13 +443,15 @@ def bound_checks(arch: str, d_C: np.ndarray, power: dict, envelope: dict) -> lis
   gamma = theory.THEOREM_GAMMA[arch]
   checks = []
   if "gamma" in power:
-    checks.append(one_sided_check("gamma", power["gamma"], gamma, ">=", f">= {gamma:g}"))
+    checks.append(one_sided_check("gamma", power["gamma"], gamma, ">=", f"gamma >= {gamma:g}"))
   if "alpha" in power:
     top = theory.bound_d_exponent(d_C.min(), d_C.max())
-    checks.append(one_sided_check("alpha", power["alpha"], top, "<=", f"<= {top:.3f} (d sqrt(ln d) on this grid)"))
+    checks.append(one_sided_check("alpha", power["alpha"], top, "<=",
+                                  f"alpha <= {top:.3f}, d sqrt(ln d)'s exponent over these widths"))
   for axis in ("slope_ln_L", "slope_ln_d"):
     if axis in envelope:
-      checks.append(one_sided_check(f"envelope {axis}", envelope[axis], 0.0, "<=", "<= 0 (g/shape not growing)"))
+      checks.append(one_sided_check(f"envelope {axis}", envelope[axis], 0.0, "<=",
+                                    f"slope <= 0: g/({envelope['shape']}) not growing in ln {axis[-1]}"))
   return checks
 
 
@@ -903,10 +905,10 @@ def _grid(cells: list[dict]) -> str:
 def _check_line(check: dict) -> str:
   head = f"  {check['name']} = {_fmt(check)}"
   if check["status"] == VIOLATED:
-    return f"{head}: VIOLATED: the CI lies beyond the bound's {check['claim']} by {check['miss']:.3g}."
+    return f"{head}: VIOLATED ({check['claim']}): the CI misses the limit by {check['miss']:.3g}."
   if check["status"] == AT_LIMIT:
-    return (f"{head}: holds at the limit: the CI contains the bound's limit ({check['claim']}); "
-            "cannot tell it from the limit on this grid.")
+    return (f"{head}: holds at the limit ({check['claim']}; the CI contains {_num(check['limit'])}: "
+            "cannot tell it from the limit on this grid).")
   return f"{head}: holds ({check['claim']})."
 
 
@@ -934,8 +936,8 @@ def _tightness_line(item: dict, note: str | None) -> str:
   for source, label in (("mean_field", "mean field on the same cells"), ("linear_baseline", "linear loss")):
     if source in item:
       ref = item[source]
-      inside = "inside" if ref["contains"] else "outside"
-      parts.append(f"{label} {_num(ref['value'])} (difference {_fmt(ref['difference'])}; {inside} the CI)")
+      inside = "the measured CI contains it" if ref["contains"] else "outside the measured CI"
+      parts.append(f"{label} {_num(ref['value'])} (difference {_fmt(ref['difference'])}; {inside})")
   if "mean_field" not in item and note:
     parts.append(f"no mean-field prediction ({note})")
   return "; ".join(parts) + "."
