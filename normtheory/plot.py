@@ -569,6 +569,9 @@ def fig_ln_jacobian(ln_jacobian: pd.DataFrame, hidden: pd.DataFrame, d: int | No
     lim = np.array([x.min(), x.max()])
     left.plot(lim, lim, color="k", linestyle="--", linewidth=1, label=r"Lemma 3: $\sqrt{d}/\Vert x-\bar x\Vert$")
     left.set(xscale="log", yscale="log")
+    for axis in (left.xaxis, left.yaxis):
+      axis.set_major_formatter(ticker.FuncFormatter(_tick_label))
+      axis.set_minor_formatter(ticker.FuncFormatter(_tick_label))
     left.legend(fontsize=7)
   left.set(xlabel=r"$\sqrt{d}/\Vert x_l\Vert$ (stored hidden norm)", ylabel=r"stored $\Vert J_{\rm LN}\Vert_2$",
            title="Lemma 3 on measured states")
