@@ -4,6 +4,7 @@ References:
   Xiong et al. 2020, Theorem 1 (Post O(d√ln d), Pre O(d√(ln d/L))) and Lemma 2.
 """
 
+import doctest
 import json
 
 import numpy as np
@@ -453,3 +454,7 @@ def test_fit_update_exponent_recovers_a_known_exponent(noise):
     assert f.ci[0] < 0.37 < f.ci[1] and f.ci[1] - f.ci[0] < 0.05
   with pytest.raises(ValueError, match="several configurations"):
     fit.fit_update_exponent(pd.concat([frame, frame.assign(L=41)]), "pre")
+
+
+def test_docstring_examples():
+  assert doctest.testmod(fit).failed == 0
