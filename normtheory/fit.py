@@ -205,8 +205,8 @@ def _negate(estimate: dict) -> dict:
   return {"value": -estimate["value"], "ci": [-x for x in estimate["ci"][::-1]]}
 
 
-def log_scale(y, shape) -> float:
-  """``C`` of ``y ≈ C · shape`` in log space, ``exp(mean(ln y − ln shape))``: a line of known slope through points."""
+def log_scale(y: np.ndarray, shape: np.ndarray) -> float:
+  """``C`` of ``y ≈ C · shape`` in log space, ``exp(mean(ln y − ln shape))``: a known slope through points."""
   return float(np.exp(np.mean(np.log(np.asarray(y, np.float64)) - np.log(np.asarray(shape, np.float64)))))
 
 
@@ -224,7 +224,8 @@ def _r2(y_C: np.ndarray, pred_C: np.ndarray) -> float | None:
   return 1.0 - float(((y_C - pred_C) ** 2).sum()) / ss_tot if ss_tot > 0 else None
 
 
-def _lstsq(y_C, y_BxC, columns: dict[str, np.ndarray], offset_C, ln_g_C) -> _LeastSquares:
+def _lstsq(y_C: np.ndarray, y_BxC: np.ndarray, columns: dict[str, np.ndarray], offset_C: np.ndarray,
+           ln_g_C: np.ndarray) -> _LeastSquares:
   """Least squares ``y = Σ coef · column`` for the point and every replicate; R² on ln g."""
   names = list(columns)
   X_CxK = np.stack([columns[n] for n in names], axis=1)
@@ -258,13 +259,13 @@ def _with_C(fit: dict) -> dict:
   return fit
 
 
-def _power_law(d_C, L_C, g_C, g_BxC) -> _LeastSquares:
+def _power_law(d_C: np.ndarray, L_C: np.ndarray, g_C: np.ndarray, g_BxC: np.ndarray) -> _LeastSquares:
   d_C, L_C = np.asarray(d_C, np.float64), np.asarray(L_C, np.float64)
   ln_g_C = np.log(g_C)
   return _lstsq(ln_g_C, np.log(g_BxC), _axes(d_C, L_C), np.zeros_like(ln_g_C), ln_g_C)
 
 
-def power_law_fit(d_C, L_C, g_C, g_BxC) -> dict:
+def power_law_fit(d_C: np.ndarray, L_C: np.ndarray, g_C: np.ndarray, g_BxC: np.ndarray) -> dict:
   """``g = C d^α L^(−γ)`` by log-log least squares: ln C, C, α (≥2 widths), γ (≥2 depths), R² on ln g.
 
   Args:
@@ -278,21 +279,21 @@ def power_law_fit(d_C, L_C, g_C, g_BxC) -> dict:
   return _with_C(_estimates(_power_law(d_C, L_C, g_C, g_BxC)))
 
 
-def power_law_curve(power: dict, d, L) -> np.ndarray:
+def power_law_curve(power: dict, d: np.ndarray | float, L: np.ndarray | float) -> np.ndarray:
   """:func:`power_law_fit`'s ``C d^α L^(−γ)`` at (d, L) (α, γ = 0 where the grid did not vary)."""
   alpha = power["alpha"]["value"] if "alpha" in power else 0.0
   gamma = power["gamma"]["value"] if "gamma" in power else 0.0
   return power["C"]["value"] * np.asarray(d, np.float64) ** alpha * np.asarray(L, np.float64) ** -gamma
 
 
-def bound_shape_fit(d_C, L_C, g_C, g_BxC) -> dict:
+def bound_shape_fit(d_C: np.ndarray, L_C: np.ndarray, g_C: np.ndarray, g_BxC: np.ndarray) -> dict:
   """``g = C d √(ln d) L^(−γ)``: ln C, C and γ (γ only with ≥2 depths), CIs, R² on ln g."""
   shape_C = np.log(theory.bound_shape("post", d_C, 1.0))
   cols = {k: v for k, v in _axes(d_C, L_C).items() if k != "alpha"}
   return _with_C(_estimates(_lstsq(np.log(g_C) - shape_C, np.log(g_BxC) - shape_C, cols, shape_C, np.log(g_C))))
 
 
-def envelope_fit(d_C, L_C, g_C, g_BxC, arch: str) -> dict:
+def envelope_fit(d_C: np.ndarray, L_C: np.ndarray, g_C: np.ndarray, g_BxC: np.ndarray, arch: str) -> dict:
   """``max g / shape`` over the grid and the slopes of ``ln(g / shape)`` in ln L, ln d.
 
   ``shape`` is Theorem 1's bound of ``arch`` (:func:`normtheory.theory.bound_shape`;
@@ -311,7 +312,7 @@ def envelope_fit(d_C, L_C, g_C, g_BxC, arch: str) -> dict:
   return out
 
 
-def local_exponents(d_C, L_C, g_C, g_BxC) -> list[dict]:
+def local_exponents(d_C: np.ndarray, L_C: np.ndarray, g_C: np.ndarray, g_BxC: np.ndarray) -> list[dict]:
   """Secant exponents ``−Δln g / Δln L`` between consecutive depths of the grid.
 
   Per width, and pooled: the mean over the widths that have both depths (the
@@ -398,7 +399,8 @@ def _lemma2_law_params(L_C: np.ndarray, r_C: np.ndarray) -> np.ndarray:
     return np.full(2, np.nan)
 
 
-def lemma2_law_fit(L_C, pre_C, post_C, pre_BxC, post_BxC) -> dict | None:
+def lemma2_law_fit(L_C: np.ndarray, pre_C: np.ndarray, post_C: np.ndarray, pre_BxC: np.ndarray,
+                   post_BxC: np.ndarray) -> dict | None:
   """SPEC §5's ``g_pre / g_post = a / √(1 + c L)`` by scipy curve_fit: a, c with CIs, R² on the ratio.
 
   Returns None where the law does not converge on the point data (e.g. where
@@ -516,11 +518,20 @@ def _json_key(key: tuple) -> dict:
   return out
 
 
+def _extras(entry: dict) -> str:
+  """``, key=value`` for every series key of an entry that is not its default (d_ff equal to d is)."""
+  out = ""
+  for column in SERIES_KEYS[3:]:
+    value = entry.get(column, SERIES_DEFAULTS[column])
+    if value != SERIES_DEFAULTS[column] and not (column == "d_ff" and value == entry.get("d")):
+      out += f", {column}={value}"
+  return out
+
+
 def series_name(entry: dict) -> str:
   """``arch (loss=..., n=...[, other non-default keys])`` of a series or ratio entry."""
-  extras = [f"{c}={entry[c]}" for c in SERIES_KEYS[3:] if c in entry and entry[c] != SERIES_DEFAULTS.get(c)]
   head = f"{entry['arch']} " if "arch" in entry else ""
-  return f"{head}(loss={entry['loss']}, n={entry['n']}{''.join(', ' + e for e in extras)})"
+  return f"{head}(loss={entry['loss']}, n={entry['n']}{_extras(entry)})"
 
 
 class _Table(NamedTuple):
@@ -1049,9 +1060,8 @@ def _effective_depth_lines(entries: list[dict]) -> list[str]:
   for e in entries:
     expected = "" if e["expected"] is None else f"; argument {e['expected']:g}"
     mf = "no mean-field model" if e["kappa_mean_field"] is None else f"mean field {e['kappa_mean_field']:.3g}"
-    extras = "".join(f", {c}={e[c]}" for c in CELL_DEFAULTS if e[c] != CELL_DEFAULTS[c])
-    extras = (f", d_ff={e['d_ff']}" if e["d_ff"] != e["d"] else "") + extras
-    lines.append(f"  {e['arch']} (loss={e['loss']}, d={e['d']}, n={e['n']}, L={e['L']}{extras}, {e['n_seeds']} seeds): "
+    model = f"loss={e['loss']}, d={e['d']}, n={e['n']}, L={e['L']}{_extras(e)}"
+    lines.append(f"  {e['arch']} ({model}, {e['n_seeds']} seeds): "
                  f"kappa = {_fmt(e['kappa'])}, R^2 = {_r2_text(e['r2'])}; {mf}{expected}")
   return lines
 

@@ -75,7 +75,8 @@ CAPTIONS = {
         "sqrt(1 + cL)/a."),
     "fig_local_exponent": (
         "Local depth exponent -d ln g_L(W2) / d ln L of Post-LN and Pre-LN: measured secants between "
-        "consecutive depths of the grid (mean over widths, 95% paired-bootstrap CI; small points: each width) "
+        f"consecutive depths of the grid (mean over widths, {100 * fit.CI_LEVEL:.0f}% paired-bootstrap CI; small "
+        "points: each width) "
         "and the mean field's out to L = 10^4 (thick translucent). Pre-LN's exceeds Theorem 1's 1/2 at "
         "finite depth, because uniform attention turns the ReLU's position correlation into faster residual "
         "growth (q_l convex in l), and tends to 1/2 as L grows."),
@@ -359,7 +360,8 @@ def pre_ln_bounds(layer) -> theory.Band:
   return theory.pre_sq_norm_bounds(1, np.asarray(layer, float) - 1)
 
 
-def fig_hidden_norms(hidden: pd.DataFrame, d: int | None = None, loss: str | None = None, n: int | None = None) -> Figure:
+def fig_hidden_norms(hidden: pd.DataFrame, d: int | None = None, loss: str | None = None,
+                     n: int | None = None) -> Figure:
   """``E||x_l||²/d`` of the state entering layer l vs l, with Lemma 2's Pre-LN band.
 
   The state entering layer l is the output of l−1 layers (``l = L + 1``: the state
@@ -640,7 +642,8 @@ def fig_arch_comparison(
   return fig
 
 
-def fig_depth_metrics(depth: pd.DataFrame, d: int | None = None, loss: str | None = None, n: int | None = None) -> Figure:
+def fig_depth_metrics(depth: pd.DataFrame, d: int | None = None, loss: str | None = None,
+                      n: int | None = None) -> Figure:
   """Effective-depth metrics per layer vs l/L, one panel per metric, one line per arch.
 
   Each arch is drawn from its deepest model at width ``d``, with the mean-field
