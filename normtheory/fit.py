@@ -888,16 +888,16 @@ def table(fits: dict) -> pd.DataFrame:
 # ---------------------------------------------------------------------- report
 
 
-def _num(x: float) -> str:
-  """``%.3g``, with float rounding noise (|x| < 1e-12) shown as 0."""
-  return f"{0.0 if abs(x) < 1e-12 else x:.3g}"
+def _num(x: float, digits: int = 3) -> str:
+  """``%.{digits}g``, with float rounding noise (|x| < 1e-12) shown as 0."""
+  return f"{0.0 if abs(x) < 1e-12 else x:.{digits}g}"
 
 
-def _fmt(estimate: dict) -> str:
+def _fmt(estimate: dict, digits: int = 3) -> str:
   if estimate["value"] is None or estimate["ci"] is None:
     return "n/a"
   lo, hi = estimate["ci"]
-  return f"{_num(estimate['value'])} [{_num(lo)}, {_num(hi)}]"
+  return f"{_num(estimate['value'], digits)} [{_num(lo, digits)}, {_num(hi, digits)}]"
 
 
 def _span(values) -> str:
@@ -999,11 +999,11 @@ def _local_lines(s: dict) -> list[str]:
 
 def _band_line(band: dict) -> str:
   cells = band["cells"]
-  inside = sum(c["status"] == "inside" for c in cells)
-  outside = sum(c["status"] == "outside" for c in cells)
+  count = {status: sum(c["status"] == status for c in cells) for status in ("inside", "at an edge", "outside")}
   deep = max(cells, key=lambda c: (c["L"], c["d"]))
-  return (f"  Lemma 2: q_(L+1) = E||x_(L+1)||^2/d inside [1 + L/2, 1 + 3L/2] in {inside}/{len(cells)} cells "
-          f"({outside} outside); at d = {deep['d']}, L = {deep['L']}: {_fmt(deep['q'])}, band "
+  return (f"  Lemma 2: q_(L+1) = E||x_(L+1)||^2/d, CI inside [1 + L/2, 1 + 3L/2] in {count['inside']}/{len(cells)} "
+          f"cells, across an edge in {count['at an edge']}, outside in {count['outside']}; "
+          f"at d = {deep['d']}, L = {deep['L']}: {_fmt(deep['q'])}, band "
           f"[{deep['band'][0]:g}, {deep['band'][1]:g}], {deep['position']:.2f} of the way up.")
 
 
@@ -1013,12 +1013,13 @@ def _ratio_lines(r: dict) -> list[str]:
   if "lemma2_ratio" in r:
     cells = r["lemma2_ratio"]["cells"]
     over = [c["measured_over_predicted"]["value"] for c in cells]
-    agree = sum(c["agrees"] for c in cells)
-    worst = max(cells, key=lambda c: abs(c["measured_over_predicted"]["value"] - 1))
+    apart = [c for c in cells if not c["agrees"]]
+    listed = "; ".join(f"d = {c['d']}, L = {c['L']}: {_fmt(c['measured_over_predicted'], 4)}" for c in apart[:4])
     lines.append(
         f"  Lemma 2 ratio: measured g_pre/g_post over sqrt(3/(2 q_(L+1))) from the measured q: "
-        f"{min(over):.3f} to {max(over):.3f} over {len(cells)} cells, the CI contains 1 in {agree}; "
-        f"largest departure at d = {worst['d']}, L = {worst['L']}: {_fmt(worst['measured_over_predicted'])}.")
+        f"{min(over):.3f} to {max(over):.3f} over {len(cells)} cells (median |difference| "
+        f"{100 * np.median(np.abs(np.subtract(over, 1))):.1f}%); the CI contains 1 in {len(cells) - len(apart)}"
+        + (f", not in {listed}{' ...' if len(apart) > 4 else ''}." if apart else "."))
   elif "lemma2_ratio_note" in r:
     lines.append(f"  Lemma 2 ratio check skipped: {r['lemma2_ratio_note']}.")
   if "lemma2_law" in r:
