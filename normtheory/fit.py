@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import warnings
 from typing import NamedTuple
 
 import numpy as np
@@ -393,8 +394,10 @@ def _lemma2_law_params(L_C: np.ndarray, r_C: np.ndarray) -> np.ndarray:
   slope, intercept = np.polyfit(L_C, 1.0 / r_C**2, 1)
   p0 = (1 / np.sqrt(intercept), max(slope / intercept, 1e-3)) if intercept > 0 else (r_C[0], 0.5)
   try:
-    bounds = ([0.0, 0.0], [np.inf, np.inf])
-    return optimize.curve_fit(theory.lemma2_ratio_law, L_C, r_C, p0=p0, bounds=bounds, max_nfev=200)[0]
+    with warnings.catch_warnings():  # the covariance is not used: the CIs come from the bootstrap
+      warnings.simplefilter("ignore", optimize.OptimizeWarning)
+      bounds = ([0.0, 0.0], [np.inf, np.inf])
+      return optimize.curve_fit(theory.lemma2_ratio_law, L_C, r_C, p0=p0, bounds=bounds, max_nfev=200)[0]
   except (RuntimeError, ValueError):
     return np.full(2, np.nan)
 
