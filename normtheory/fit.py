@@ -1019,12 +1019,12 @@ def _ratio_lines(r: dict) -> list[str]:
     apart = [c for c in cells if not c["agrees"]]
     listed = "; ".join(f"d = {c['d']}, L = {c['L']}: {_fmt(c['measured_over_predicted'], 4)}" for c in apart[:4])
     lines.append(
-        f"  Lemma 2 ratio: measured g_pre/g_post over sqrt(3/(2 q_(L+1))) from the measured q: "
+        f"  Mean-field ratio (Lemmas 2, 3): measured g_pre/g_post over sqrt(3/(2 q_(L+1))), q measured: "
         f"{min(over):.3f} to {max(over):.3f} over {len(cells)} cells (median |difference| "
         f"{100 * np.median(np.abs(np.subtract(over, 1))):.1f}%); the CI contains 1 in {len(cells) - len(apart)}"
         + (f", not in {listed}{' ...' if len(apart) > 4 else ''}." if apart else "."))
   elif "lemma2_ratio_note" in r:
-    lines.append(f"  Lemma 2 ratio check skipped: {r['lemma2_ratio_note']}.")
+    lines.append(f"  Mean-field ratio check (Lemmas 2, 3) skipped: {r['lemma2_ratio_note']}.")
   if "lemma2_law" in r:
     law = r["lemma2_law"]
     lines.append(f"  (descriptive) SPEC law g_pre/g_post = a/sqrt(1 + c L): a = {_fmt(law['a'])}, "

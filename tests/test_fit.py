@@ -383,7 +383,7 @@ def test_lemma2_checks_are_skipped_with_a_note_on_stores_without_layer_L_plus_1(
   fits = fit.fit_frame(grad, n_boot=20, hidden=hidden[hidden["layer"] <= hidden["L"]])
   assert "no layer L+1" in fits["ratios"][0]["lemma2_ratio_note"]
   assert series(fits, "pre")["lemma2_band"] is None
-  assert fit.report(fits).count("Lemma 2 ratio check skipped") == 1
+  assert fit.report(fits).count("Mean-field ratio check (Lemmas 2, 3) skipped") == 1
 
 
 # --- series keys, local exponents, the tidy table -------------------------------------
