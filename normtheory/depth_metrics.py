@@ -22,6 +22,9 @@ n×d matrix; ``x_{L+1}`` leaves the last layer; ``x_final = arch.final(x_{L+1})`
   for the unit vectors u, v, which equals ``arccos(<u, v>)/pi`` and is exactly 0 for
   identical representations and accurate for small angles.
 
+The exponent of ``rel_update ∝ l^(-kappa)`` is fitted by
+:func:`normtheory.fit.fit_update_exponent` (the estimators' one home).
+
 Samples use the engine's keys (:mod:`normtheory.sampling`): seed s draws from
 ``fold_in(key, s)``, layer l's weights from ``layer_params(cfg, params_key, l,
 arch.weight_scale(L))``, inputs from ``inputs(cfg, data_key)``; so the samples are
@@ -32,7 +35,6 @@ References:
     effective-depth argument.
   Xiong et al. 2020, Table 1 (the layers); Wang et al. 2022, "DeepNet", Section 2
     (Pre-LN's bottom layers get larger gradients than its top layers).
-  Efron & Tibshirani 1993 (the percentile bootstrap).
 """
 
 from __future__ import annotations
@@ -144,50 +146,3 @@ def depth_metrics(cfg: Config, seeds: int | Sequence[int] = 8, key=0) -> pd.Data
   layers_L = np.arange(1, cfg.L + 1)
   return schema.tidy_frame(schema.DEPTH_FILE, schema.cell_of(cfg), seeds_S, layers_L,
                            {name: values[name] for name in METRICS}, "metric")
-
-
-def _loglog_fit(layer_K: np.ndarray, value_K: np.ndarray) -> tuple[float, float]:
-  """Least-squares ``log value = a - kappa log layer``; returns (kappa, r²)."""
-  x_K, y_K = np.log(layer_K), np.log(value_K)
-  slope, intercept = np.polyfit(x_K, y_K, 1)
-  residual = y_K - (intercept + slope * x_K)
-  r2 = 1.0 - (residual**2).sum() / ((y_K - y_K.mean()) ** 2).sum()
-  return -float(slope), float(r2)
-
-
-def fit_update_exponent(frame: pd.DataFrame, arch: str = "pre", metric: str = "rel_update",
-                        min_layer: int = 1, n_boot: int = 1000, key: int = 0) -> dict:
-  """Fit ``metric ∝ layer^(-kappa)`` over layers, with a 95% bootstrap CI over seeds.
-
-  The point estimate is the log-log least-squares slope of the seed-mean curve;
-  the CI is the percentile interval of that slope over seeds resampled with
-  replacement. The effective-depth argument predicts kappa = 1/2 for Pre-LN's
-  rel_update at large l; at finite depth the mean-field curve
-  ``theory.mean_field(...)["rel_update"]`` gives the value to expect (at d=64, L=48:
-  0.48 over layers 1-48, 0.54 over 8-48, because the stream grows slower than 3/2
-  per layer at first). Post-LN gives kappa ≈ 0.
-
-  Args:
-    frame: a :func:`depth_metrics` table (one configuration per arch).
-    arch: which architecture's rows to fit.
-    metric: which metric to fit.
-    min_layer: fit layers ``>= min_layer`` only (to skip the pre-asymptotic start).
-    n_boot: bootstrap resamples.
-    key: seed of the bootstrap's numpy generator.
-
-  Returns:
-    dict with ``kappa`` (float), ``ci`` ((low, high)), ``r2`` (of the point fit).
-  """
-  rows = frame[(frame["arch"] == arch) & (frame["metric"] == metric) & (frame["layer"] >= min_layer)]
-  if rows.empty:
-    raise ValueError(f"no {metric} rows for arch {arch!r} at layers >= {min_layer}")
-  if len(rows.groupby(["loss", "d", "L", "n", "d_ff"])) != 1:
-    raise ValueError("frame holds several configurations of this arch; filter it to one")
-  table_SxK = rows.pivot_table(index="seed", columns="layer", values="value")
-  layer_K, value_SxK = table_SxK.columns.to_numpy(np.float64), table_SxK.to_numpy()
-  kappa, r2 = _loglog_fit(layer_K, value_SxK.mean(0))
-  rng = np.random.default_rng(key)
-  S = value_SxK.shape[0]
-  boot_B = [_loglog_fit(layer_K, value_SxK[rng.integers(0, S, S)].mean(0))[0] for _ in range(n_boot)]
-  low, high = np.percentile(boot_B, [2.5, 97.5])
-  return {"kappa": kappa, "ci": (float(low), float(high)), "r2": r2}

@@ -1,30 +1,41 @@
-"""Fits of measured gradient norms against Theorem 1's bounds, with bootstrap CIs.
+"""Estimators of the results store: power-law fits, paired bootstrap CIs, Theorem 1's verdicts.
 
+The one home of the package's estimators (log-log least squares, the paired
+bootstrap and its CI level); the theorem's formulas live in :mod:`normtheory.theory`.
 Input is the tidy table of the results store (``DIR/grad_norms.csv``, one row per
 seed, layer and weight). The fitted quantity is one weight's gradient norm at one
 layer, by default ``g = ||dLoss/dW2||_F`` at the last layer ``l = L``, in every
-(d, L) cell of a *series* (one arch, loss and sequence length n). Per series:
+(d, L) cell of a *series*: one value of every cell column but d and L (arch, loss,
+n, d_ff, batch, attention, heads, inputs; ``SERIES_KEYS``). Per series:
 
-* bound shape   ``g = C · d √(ln d) · L^(−γ)``  (fit ln C and γ; Post γ = 0, Pre γ = ½);
+* bound shape   ``g = C · d √(ln d) · L^(−γ)``  (fit ln C and γ);
 * power law     ``g = C · d^α · L^(−γ)``         (log-log least squares);
-* envelopes     ``max g / (d √ln d)`` and ``max g / (d √(ln d / L))`` over the grid,
-  and the slopes of ``ln(g / shape)`` in ln L and ln d (no trend: the O() holds);
+* envelope      ``max g / shape`` over the grid and the slopes of ``ln(g / shape)`` in
+  ln L and ln d, with ``shape`` Theorem 1's bound (:func:`normtheory.theory.bound_shape`);
+* local exponents ``−Δln g / Δln L`` between consecutive depths of the grid;
+* **checks** (Theorem 1's claim, one-sided, Post-LN and Pre-LN only): γ at least the
+  theorem's (Post 0, Pre ½), α at most the effective exponent of ``d √ln d`` on the
+  grid's widths, envelope slopes at most 0. A CI entirely on the wrong side is a
+  violation (with the miss); a CI containing the limit holds at the limit;
+* **tightness** (informational, never a violation): whether α and γ equal the
+  theorem's, and how they compare with the mean field
+  (:func:`normtheory.theory.last_layer_w2_curve`) fitted on the same cells, or,
+  for another loss, with the store's linear-loss series of the same cells;
+* Lemma 2's band for Pre-LN's ``q_{L+1} = E||x_{L+1}||²/d`` (needs ``hidden_norms.csv``
+  with the row ``layer = L + 1``, the state after the last layer).
 
-and per (loss, n) with both Post and Pre:
+Per pair of Post and Pre series with the same other keys: the ratio
+``g_post/g_pre ∝ L^β`` (Theorem 1's bounds differ by √L), the check of
+``g_pre/g_post = √(3 / (2 q_{L+1}))`` (:func:`normtheory.theory.pre_post_ratio`) in
+every cell, and SPEC §5's law ``a / √(1 + c L)`` where it converges.
 
-* Lemma 2 depth law ``g_pre / g_post = a / √(1 + c L)`` (Lemma 2 puts c in [½, 3/2]);
-* ratio exponent ``g_post / g_pre ∝ L^β`` (Theorem 1: β = ½, the √L gap).
-
-A store with ``DIR/depth_metrics.csv`` also gets, per model, the effective-depth
-exponent κ of ``rel_update ∝ l^(−κ)`` over its layers
-(:func:`normtheory.depth_metrics.fit_update_exponent`; the argument predicts κ = ½
-for Pre-LN, 0 for Post-LN) next to the mean-field predictor's κ
-(:func:`normtheory.theory.mean_field`) on the same layers.
-
-Point estimates fit the per-cell means over seeds. Every fitted number carries a
-95% percentile-bootstrap CI: each resample draws seeds with replacement within
-every cell, averages, and refits. R² is that of the point fit, on ln g (ratio
-scale for the Lemma 2 law).
+Point estimates fit the per-cell means over seeds. Every number carries a 95%
+percentile CI from a *paired* bootstrap: seed s has the same inputs, targets and
+weights in every cell of a pass and every arch, so each replicate resamples the
+seed indices once (:func:`paired_bootstrap_means`) and reuses them for every cell,
+arch and table; ratios and differences keep the pairing. The CIs cover the seed
+noise on the given grid only, not the extrapolation beyond it. R² is that of the
+point fit, on ln g.
 
 Example:
   >>> fits = fit_frame(frame, n_boot=200)          # doctest: +SKIP
@@ -32,7 +43,8 @@ Example:
 
 References:
   Xiong et al. 2020, "On Layer Normalization in the Transformer Architecture",
-    Theorem 1 (the two bounds) and Lemma 2 (growth of the Pre-LN residual stream).
+    Theorem 1 (the two bounds), Lemma 2 (growth of the Pre-LN residual stream),
+    Lemma 3 (the LayerNorm Jacobian).
   Su 2022, "Why is Pre Norm worse than Post Norm?" (kexue.fm/archives/9009): the
     effective-depth argument.
   Efron & Tibshirani 1993, "An Introduction to the Bootstrap", Ch. 13 (percentile CIs).
@@ -42,23 +54,33 @@ from __future__ import annotations
 
 import json
 import pathlib
-import zlib
+import warnings
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 from scipy import optimize
 
-from normtheory import depth_metrics, theory
+from normtheory import theory
 from normtheory.config import ARCHS
-from normtheory.schema import CELL_COLUMNS, DEPTH_FILE, FITS_FILE, GRAD_FILE, HIDDEN_FILE, atomic_write, read_table
+from normtheory.schema import (
+    CELL_COLUMNS,
+    CELL_DEFAULTS,
+    DEPTH_FILE,
+    FITS_FILE,
+    GRAD_FILE,
+    HIDDEN_FILE,
+    LN_JACOBIAN_FILE,
+    atomic_write,
+    read_table,
+)
 
-SERIES_KEYS = ("arch", "loss", "n")
-THEORY_GAMMA = {"post": 0.0, "pre": 0.5}  # Theorem 1's depth exponents
-THEORY_SHAPE = {"post": "d sqrt(ln d)", "pre": "d sqrt(ln d / L)"}
-LEMMA2_C = (0.5, 1.5)  # (1 + L/2) <= E||x_{L+1}||^2 / d <= (1 + 3L/2)
-EFFECTIVE_DEPTH_KAPPA = {"post": 0.0, "pre": 0.5}  # rel_update ∝ l^-kappa (effective-depth argument)
+SERIES_KEYS = tuple(c for c in CELL_COLUMNS if c not in ("d", "L"))
+SERIES_DEFAULTS = {"d_ff": "d", **CELL_DEFAULTS}  # d_ff "d": every cell's FFN is d wide
 QUANTILES = {"q05": 0.05, "q95": 0.95, "q99": 0.99}
 CI_LEVEL = 0.95
+CI_SCOPE = ("seed noise on the given grid (paired bootstrap: one resample of seed indices per replicate, "
+            "shared by every cell, arch and table)")
 
 
 # ---------------------------------------------------------------------- reading
@@ -84,11 +106,20 @@ def read_hidden_norms(results_dir) -> pd.DataFrame:
   return _read(results_dir, HIDDEN_FILE)
 
 
+def _read_optional(results_dir, filename: str) -> pd.DataFrame | None:
+  if not (pathlib.Path(results_dir) / filename).is_file():
+    return None
+  return _read(results_dir, filename)
+
+
 def read_depth_metrics(results_dir) -> pd.DataFrame | None:
   """``DIR/depth_metrics.csv`` as a frame, or None if the store has none (runs without depth metrics)."""
-  if not (pathlib.Path(results_dir) / DEPTH_FILE).is_file():
-    return None
-  return _read(results_dir, DEPTH_FILE)
+  return _read_optional(results_dir, DEPTH_FILE)
+
+
+def read_ln_jacobian(results_dir) -> pd.DataFrame | None:
+  """``DIR/ln_jacobian.csv`` as a frame, or None if the store has none (stores written before it existed)."""
+  return _read_optional(results_dir, LN_JACOBIAN_FILE)
 
 
 # -------------------------------------------------------------------- summaries
@@ -99,7 +130,7 @@ def summarize(frame: pd.DataFrame, value: str = "grad_norm") -> pd.DataFrame:
 
   Args:
     frame: tidy table with a ``seed`` column and the column ``value``.
-    value: the measured column ("grad_norm" or "sq_norm").
+    value: the measured column ("grad_norm", "sq_norm", "value").
 
   Returns:
     One row per cell (every other column, e.g. arch, loss, d, L, layer, param) with
@@ -120,37 +151,54 @@ def select(frame: pd.DataFrame, param: str = "W2", layer: int | None = None) -> 
   return rows[rows["layer"] == at]
 
 
-# ------------------------------------------------------------------- bootstrap
+# -------------------------------------------------------------------- bootstrap
 
 
-def _cells(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-  """(d_C, L_C, per-seed values per cell) of one series, cells sorted by (d, L)."""
-  if rows.duplicated(["d", "L", "seed"]).any():
-    raise ValueError("several rows share (d, L, seed) within a series (e.g. several d_ff); filter the frame first")
-  groups = list(rows.groupby(["d", "L"], sort=True)["grad_norm"])
-  d_C = np.array([k[0] for k, _ in groups], dtype=np.float64)
-  L_C = np.array([k[1] for k, _ in groups], dtype=np.float64)
-  return d_C, L_C, [v.to_numpy(np.float64) for _, v in groups]
+def paired_bootstrap_means(values_SxC: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+  """Bootstrap replicates of every column's mean, resampling the rows (seeds) jointly.
+
+  Each replicate draws S seed indices with replacement once and averages every
+  column over those rows, so columns measured on the same seeds keep their pairing
+  (ratios and differences of columns get paired CIs). NaN entries (a cell without
+  that seed, or a non-finite value) are left out of their column's mean; a column
+  with no finite value among the drawn rows gives NaN.
+
+  Example:
+    >>> v_SxC = np.array([[1.0, 2.0], [3.0, np.nan]])
+    >>> paired_bootstrap_means(v_SxC, 4, np.random.default_rng(0)).shape
+    (4, 2)
+
+  Args:
+    values_SxC: rows = seeds (shared across columns), columns = cells.
+    n_boot: number of replicates.
+    rng: the generator that draws the seed indices.
+
+  Returns:
+    ``(n_boot, C)`` array of replicate means.
+
+  References:
+    Efron & Tibshirani 1993, Ch. 6 and 13 (bootstrap of paired data, percentile CIs).
+  """
+  values_SxC = np.asarray(values_SxC, np.float64)
+  S = values_SxC.shape[0]
+  idx_BxS = rng.integers(0, S, size=(n_boot, S))
+  counts_BxS = np.bincount((idx_BxS + S * np.arange(n_boot)[:, None]).ravel(), minlength=n_boot * S)
+  counts_BxS = counts_BxS.reshape(n_boot, S).astype(np.float64)
+  finite_SxC = np.isfinite(values_SxC)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    return (counts_BxS @ np.where(finite_SxC, values_SxC, 0.0)) / (counts_BxS @ finite_SxC)
 
 
-def bootstrap_means(values: list[np.ndarray], n_boot: int, rng: np.random.Generator) -> np.ndarray:
-  """``(n_boot, C)`` cell means, each resample drawing seeds with replacement within every cell."""
-  out_BxC = np.empty((n_boot, len(values)))
-  for c, v_S in enumerate(values):
-    out_BxC[:, c] = v_S[rng.integers(0, v_S.size, size=(n_boot, v_S.size))].mean(axis=1)
-  return out_BxC
+def ci(value: float, boot_B: np.ndarray) -> dict:
+  """``{"value": value, "ci": [lo, hi]}``: the ``CI_LEVEL`` percentile interval of the finite replicates.
 
-
-def _rng(seed: int, label: str) -> np.random.Generator:
-  """A generator fixed by (seed, series label), independent of the other series present."""
-  return np.random.default_rng([seed, zlib.crc32(label.encode())])
-
-
-def _ci(value: float, boot_B: np.ndarray) -> dict:
+  ``value`` (or the CI) is None where it is not finite (no finite replicate).
+  """
+  boot_B = np.asarray(boot_B, np.float64)
   boot_B = boot_B[np.isfinite(boot_B)]
   tail = 100 * (1 - CI_LEVEL) / 2
-  ci = [float(np.percentile(boot_B, tail)), float(np.percentile(boot_B, 100 - tail))] if boot_B.size else None
-  return {"value": float(value) if np.isfinite(value) else None, "ci": ci}
+  interval = [float(np.percentile(boot_B, tail)), float(np.percentile(boot_B, 100 - tail))] if boot_B.size else None
+  return {"value": float(value) if np.isfinite(value) else None, "ci": interval}
 
 
 def _negate(estimate: dict) -> dict:
@@ -158,7 +206,18 @@ def _negate(estimate: dict) -> dict:
   return {"value": -estimate["value"], "ci": [-x for x in estimate["ci"][::-1]]}
 
 
+def log_scale(y: np.ndarray, shape: np.ndarray) -> float:
+  """``C`` of ``y ≈ C · shape`` in log space, ``exp(mean(ln y − ln shape))``: a known slope through points."""
+  return float(np.exp(np.mean(np.log(np.asarray(y, np.float64)) - np.log(np.asarray(shape, np.float64)))))
+
+
 # ------------------------------------------------------------------------- fits
+
+
+class _LeastSquares(NamedTuple):
+  point: dict[str, float]
+  boot: dict[str, np.ndarray]
+  r2: float | None
 
 
 def _r2(y_C: np.ndarray, pred_C: np.ndarray) -> float | None:
@@ -166,22 +225,27 @@ def _r2(y_C: np.ndarray, pred_C: np.ndarray) -> float | None:
   return 1.0 - float(((y_C - pred_C) ** 2).sum()) / ss_tot if ss_tot > 0 else None
 
 
-def _loglinear(
-    y_C: np.ndarray, y_BxC: np.ndarray, columns: dict[str, np.ndarray], offset_C: np.ndarray, ln_g_C: np.ndarray
-) -> dict:
-  """Least squares ``y = Σ coef · column`` for the point and every resample, with CIs and R² on ln g."""
+def _lstsq(y_C: np.ndarray, y_BxC: np.ndarray, columns: dict[str, np.ndarray], offset_C: np.ndarray,
+           ln_g_C: np.ndarray) -> _LeastSquares:
+  """Least squares ``y = Σ coef · column`` for the point and every replicate; R² on ln g."""
   names = list(columns)
   X_CxK = np.stack([columns[n] for n in names], axis=1)
   coef_K = np.linalg.lstsq(X_CxK, y_C, rcond=None)[0]
-  coef_KxB = np.linalg.lstsq(X_CxK, y_BxC.T, rcond=None)[0]
-  out = {name: _ci(coef_K[k], coef_KxB[k]) for k, name in enumerate(names)}
-  out["r2"] = _r2(ln_g_C, X_CxK @ coef_K + offset_C)
+  ok_B = np.isfinite(y_BxC).all(axis=1)  # a replicate that lost every seed of a cell has no fit
+  coef_KxB = np.full((len(names), len(y_BxC)), np.nan)
+  coef_KxB[:, ok_B] = np.linalg.lstsq(X_CxK, y_BxC[ok_B].T, rcond=None)[0]
+  return _LeastSquares(dict(zip(names, coef_K)), dict(zip(names, coef_KxB)), _r2(ln_g_C, X_CxK @ coef_K + offset_C))
+
+
+def _estimates(ls: _LeastSquares) -> dict:
+  out = {name: ci(ls.point[name], ls.boot[name]) for name in ls.point}
+  out["r2"] = ls.r2
   return out
 
 
 def _axes(d_C: np.ndarray, L_C: np.ndarray) -> dict[str, np.ndarray]:
   """Regressors that vary on the grid: intercept, ln d (if ≥2 widths), −ln L (if ≥2 depths)."""
-  cols = {"ln_C": np.ones_like(d_C)}
+  cols = {"ln_C": np.ones_like(d_C, dtype=np.float64)}
   if np.unique(d_C).size > 1:
     cols["alpha"] = np.log(d_C)
   if np.unique(L_C).size > 1:
@@ -196,29 +260,52 @@ def _with_C(fit: dict) -> dict:
   return fit
 
 
-def bound_shape_fit(d_C, L_C, g_C, g_BxC) -> dict:
-  """``g = C d √(ln d) L^(−γ)``: ln C and γ (γ only with ≥2 depths), CIs, R² on ln g."""
-  shape_C = np.log(d_C * np.sqrt(np.log(d_C)))
+def _power_law(d_C: np.ndarray, L_C: np.ndarray, g_C: np.ndarray, g_BxC: np.ndarray) -> _LeastSquares:
+  d_C, L_C = np.asarray(d_C, np.float64), np.asarray(L_C, np.float64)
+  ln_g_C = np.log(g_C)
+  return _lstsq(ln_g_C, np.log(g_BxC), _axes(d_C, L_C), np.zeros_like(ln_g_C), ln_g_C)
+
+
+def power_law_fit(d_C: np.ndarray, L_C: np.ndarray, g_C: np.ndarray, g_BxC: np.ndarray) -> dict:
+  """``g = C d^α L^(−γ)`` by log-log least squares: ln C, C, α (≥2 widths), γ (≥2 depths), R² on ln g.
+
+  Args:
+    d_C, L_C: width and depth of each cell.
+    g_C: the point values (per-cell means).
+    g_BxC: bootstrap replicates of g_C (e.g. :func:`paired_bootstrap_means`).
+
+  Returns:
+    ``{name: {"value", "ci"}}`` for ln_C, C, alpha, gamma, and ``"r2"``.
+  """
+  return _with_C(_estimates(_power_law(d_C, L_C, g_C, g_BxC)))
+
+
+def power_law_curve(power: dict, d: np.ndarray | float, L: np.ndarray | float) -> np.ndarray:
+  """:func:`power_law_fit`'s ``C d^α L^(−γ)`` at (d, L) (α, γ = 0 where the grid did not vary)."""
+  alpha = power["alpha"]["value"] if "alpha" in power else 0.0
+  gamma = power["gamma"]["value"] if "gamma" in power else 0.0
+  return power["C"]["value"] * np.asarray(d, np.float64) ** alpha * np.asarray(L, np.float64) ** -gamma
+
+
+def bound_shape_fit(d_C: np.ndarray, L_C: np.ndarray, g_C: np.ndarray, g_BxC: np.ndarray) -> dict:
+  """``g = C d √(ln d) L^(−γ)``: ln C, C and γ (γ only with ≥2 depths), CIs, R² on ln g."""
+  shape_C = np.log(theory.bound_shape("post", d_C, 1.0))
   cols = {k: v for k, v in _axes(d_C, L_C).items() if k != "alpha"}
-  return _with_C(_loglinear(np.log(g_C) - shape_C, np.log(g_BxC) - shape_C, cols, shape_C, np.log(g_C)))
+  return _with_C(_estimates(_lstsq(np.log(g_C) - shape_C, np.log(g_BxC) - shape_C, cols, shape_C, np.log(g_C))))
 
 
-def power_law_fit(d_C, L_C, g_C, g_BxC) -> dict:
-  """``g = C d^α L^(−γ)``: ln C, α (≥2 widths), γ (≥2 depths), CIs, R² on ln g."""
-  zero_C = np.zeros_like(g_C)
-  return _with_C(_loglinear(np.log(g_C), np.log(g_BxC), _axes(d_C, L_C), zero_C, np.log(g_C)))
-
-
-def envelope_fit(d_C, L_C, g_C, g_BxC, arch: str) -> dict:
+def envelope_fit(d_C: np.ndarray, L_C: np.ndarray, g_C: np.ndarray, g_BxC: np.ndarray, arch: str) -> dict:
   """``max g / shape`` over the grid and the slopes of ``ln(g / shape)`` in ln L, ln d.
 
-  ``shape`` is ``d √ln d`` for "post" (Theorem 1, Post-LN) and ``d √(ln d / L)``
-  otherwise (Pre-LN). Slopes are reported with their natural sign (+ = grows).
+  ``shape`` is Theorem 1's bound of ``arch`` (:func:`normtheory.theory.bound_shape`;
+  Pre-LN's for archs the theorem does not cover). Slopes have their natural sign
+  (+ = the ratio grows): an O() bound is respected by slopes <= 0.
   """
-  shape_C = d_C * np.sqrt(np.log(d_C) / (1.0 if arch == "post" else L_C))
+  shape_arch = arch if arch in theory.THEOREM_GAMMA else "pre"
+  shape_C = theory.bound_shape(shape_arch, d_C, L_C)
   r_C, r_BxC = g_C / shape_C, g_BxC / shape_C
-  out = {"shape": THEORY_SHAPE["post" if arch == "post" else "pre"], "max": _ci(r_C.max(), r_BxC.max(axis=1))}
-  slopes = _loglinear(np.log(r_C), np.log(r_BxC), _axes(d_C, L_C), np.log(shape_C), np.log(g_C))
+  out = {"shape": theory.THEOREM_SHAPE[shape_arch], "max": ci(r_C.max(), r_BxC.max(axis=1))}
+  slopes = _estimates(_lstsq(np.log(r_C), np.log(r_BxC), _axes(d_C, L_C), np.log(shape_C), np.log(g_C)))
   if "gamma" in slopes:
     out["slope_ln_L"] = _negate(slopes["gamma"])
   if "alpha" in slopes:
@@ -226,74 +313,174 @@ def envelope_fit(d_C, L_C, g_C, g_BxC, arch: str) -> dict:
   return out
 
 
-def lemma2_law(L, a, c):
-  """Lemma 2's depth law of the Pre/Post ratio, ``a / √(1 + c L)``."""
-  return a / np.sqrt(1.0 + c * L)
+def local_exponents(d_C: np.ndarray, L_C: np.ndarray, g_C: np.ndarray, g_BxC: np.ndarray) -> list[dict]:
+  """Secant exponents ``−Δln g / Δln L`` between consecutive depths of the grid.
+
+  Per width, and pooled: the mean over the widths that have both depths (the
+  least-squares γ of those cells with one intercept per width).
+
+  Returns:
+    One entry per consecutive pair of depths: ``{"L": [L_a, L_b], "gamma": {"value",
+    "ci"}, "by_d": [{"d", "gamma"}]}``.
+  """
+  d_C, L_C = np.asarray(d_C, np.float64), np.asarray(L_C, np.float64)
+  depths = np.unique(L_C)
+  index = {(d, L): c for c, (d, L) in enumerate(zip(d_C, L_C))}
+  out = []
+  for L_a, L_b in zip(depths[:-1], depths[1:]):
+    widths = [d for d in np.unique(d_C) if (d, L_a) in index and (d, L_b) in index]
+    if not widths:
+      continue
+    a_W, b_W = [index[d, L_a] for d in widths], [index[d, L_b] for d in widths]
+    step = np.log(L_b / L_a)
+    gamma_W = -np.log(g_C[b_W] / g_C[a_W]) / step
+    gamma_BxW = -np.log(g_BxC[:, b_W] / g_BxC[:, a_W]) / step
+    out.append({
+        "L": [int(L_a), int(L_b)],
+        "gamma": ci(gamma_W.mean(), gamma_BxW.mean(axis=1)),
+        "by_d": [{"d": int(d), "gamma": ci(gamma_W[w], gamma_BxW[:, w])} for w, d in enumerate(widths)],
+    })
+  return out
 
 
-def _lemma2_params(L_C: np.ndarray, r_C: np.ndarray) -> np.ndarray:
-  """(a, c) by curve_fit from the linearised start ``1/r² = (1 + cL)/a²``; NaN on failure."""
+class UpdateExponent(NamedTuple):
+  """``metric ∝ layer^(−κ)`` of one model: κ, its CI and the point fit's R² on ln(metric)."""
+
+  kappa: float
+  ci: tuple[float, float]
+  r2: float
+
+
+def fit_update_exponent(frame: pd.DataFrame, arch: str = "pre", metric: str = "rel_update",
+                        min_layer: int = 1, n_boot: int = 1000, key: int = 0) -> UpdateExponent:
+  """Fit ``metric ∝ layer^(−κ)`` over the layers of one model, with a paired-bootstrap CI over seeds.
+
+  The point estimate is the log-log least-squares slope of the seed-mean curve
+  (:func:`power_law_fit` in the layer index); the CI resamples seeds, shared by every
+  layer (:func:`paired_bootstrap_means`). The effective-depth argument predicts
+  κ = ½ for Pre-LN's rel_update at large l; at finite depth the mean-field curve
+  ``theory.mean_field(...)["rel_update"]`` gives the value to expect (at d=64, L=48:
+  0.48 over layers 1-48, 0.54 over 8-48, because the stream grows slower than 3/2
+  per layer at first). Post-LN gives κ ≈ 0.
+
+  Args:
+    frame: a :func:`normtheory.depth_metrics.depth_metrics` table (one configuration per arch).
+    arch: which architecture's rows to fit.
+    metric: which metric to fit.
+    min_layer: fit layers ``>= min_layer`` only (to skip the pre-asymptotic start).
+    n_boot: bootstrap replicates.
+    key: seed of the bootstrap's numpy generator.
+
+  Returns:
+    :class:`UpdateExponent`.
+
+  References:
+    Su 2022, kexue.fm/archives/9009 (the effective-depth argument).
+  """
+  rows = frame[(frame["arch"] == arch) & (frame["metric"] == metric) & (frame["layer"] >= min_layer)]
+  if rows.empty:
+    raise ValueError(f"no {metric} rows for arch {arch!r} at layers >= {min_layer}")
+  if len(rows.groupby([c for c in CELL_COLUMNS if c in rows.columns and c != "arch"])) != 1:
+    raise ValueError("frame holds several configurations of this arch; filter it to one")
+  table_SxK = rows.pivot_table(index="seed", columns="layer", values="value")
+  layer_K, value_SxK = table_SxK.columns.to_numpy(np.float64), table_SxK.to_numpy(np.float64)
+  boot_BxK = paired_bootstrap_means(value_SxK, n_boot, np.random.default_rng(key))
+  fit = power_law_fit(np.ones_like(layer_K), layer_K, value_SxK.mean(0), boot_BxK)
+  return UpdateExponent(fit["gamma"]["value"], tuple(fit["gamma"]["ci"]), fit["r2"])
+
+
+def _lemma2_law_params(L_C: np.ndarray, r_C: np.ndarray) -> np.ndarray:
+  """(a, c) of ``theory.lemma2_ratio_law`` by curve_fit from the linearised start; NaN on failure."""
   slope, intercept = np.polyfit(L_C, 1.0 / r_C**2, 1)
   p0 = (1 / np.sqrt(intercept), max(slope / intercept, 1e-3)) if intercept > 0 else (r_C[0], 0.5)
   try:
-    bounds = ([0.0, 0.0], [np.inf, np.inf])
-    return optimize.curve_fit(lemma2_law, L_C, r_C, p0=p0, bounds=bounds, max_nfev=200)[0]
+    with warnings.catch_warnings():  # the covariance is not used: the CIs come from the bootstrap
+      warnings.simplefilter("ignore", optimize.OptimizeWarning)
+      bounds = ([0.0, 0.0], [np.inf, np.inf])
+      return optimize.curve_fit(theory.lemma2_ratio_law, L_C, r_C, p0=p0, bounds=bounds, max_nfev=200)[0]
   except (RuntimeError, ValueError):
     return np.full(2, np.nan)
 
 
-def lemma2_fit(L_C, pre_C, post_C, pre_BxC, post_BxC) -> dict:
-  """``g_pre / g_post = a / √(1 + c L)`` by scipy curve_fit: a, c with CIs, R² on the ratio."""
+def lemma2_law_fit(L_C: np.ndarray, pre_C: np.ndarray, post_C: np.ndarray, pre_BxC: np.ndarray,
+                   post_BxC: np.ndarray) -> dict | None:
+  """SPEC §5's ``g_pre / g_post = a / √(1 + c L)`` by scipy curve_fit: a, c with CIs, R² on the ratio.
+
+  Returns None where the law does not converge on the point data (e.g. where
+  ``1/ratio²`` is convex in L, which that law cannot fit).
+  """
   r_C, r_BxC = pre_C / post_C, pre_BxC / post_BxC
-  a, c = _lemma2_params(L_C, r_C)
-  if np.isfinite(c):
-    boot_Bx2 = np.stack([_lemma2_params(L_C, r) for r in r_BxC])
-  else:  # the law does not fit the data itself: no CI to bootstrap
-    boot_Bx2 = np.full((len(r_BxC), 2), np.nan)
-  r2 = _r2(r_C, lemma2_law(L_C, a, c)) if np.isfinite(c) else None
-  return {"a": _ci(a, boot_Bx2[:, 0]), "c": _ci(c, boot_Bx2[:, 1]), "r2": r2}
+  a, c = _lemma2_law_params(L_C, r_C)
+  if not np.isfinite(c):
+    return None
+  boot_Bx2 = np.stack([_lemma2_law_params(L_C, r) for r in r_BxC])
+  return {"a": ci(a, boot_Bx2[:, 0]), "c": ci(c, boot_Bx2[:, 1]),
+          "r2": _r2(r_C, theory.lemma2_ratio_law(L_C, a, c))}
 
 
-# -------------------------------------------------------------------- verdicts
+# --------------------------------------------------------------- checks, words
 
 
-def _check(name: str, estimate: dict, lo: float, hi: float, expected: str) -> dict:
-  """Whether the CI meets the theorem's value (or interval [lo, hi]); else by how much it misses."""
-  ci_lo, ci_hi = estimate["ci"]
-  miss = float(max(lo - ci_hi, ci_lo - hi, 0.0))
-  return {
-      "name": name,
-      "expected": expected,
-      "value": estimate["value"],
-      "ci": estimate["ci"],
-      "holds": miss == 0.0,
-      "miss": miss,
-  }
+HOLDS, AT_LIMIT, VIOLATED = "holds", "at the limit", "violated"
 
 
-def _alpha_range(d_C: np.ndarray) -> tuple[float, float]:
-  """[1, effective d-exponent of d√ln d between the grid's smallest and largest d]."""
-  lo, hi = np.log(d_C.min()), np.log(d_C.max())
-  return 1.0, 1.0 + 0.5 * (np.log(hi) - np.log(lo)) / (hi - lo)
+def one_sided_check(name: str, estimate: dict, limit: float, side: str, claim: str) -> dict:
+  """Whether an estimate's CI respects ``value >= limit`` (side ">=") or ``value <= limit`` ("<=").
+
+  Returns:
+    ``{"name", "claim", "limit", "value", "ci", "status", "holds", "miss"}``: status "holds"
+    (the CI lies on the allowed side), "at the limit" (the CI contains the limit:
+    consistent with the bound, not distinguishable from its limit on this grid) or
+    "violated" (the CI lies on the wrong side; ``miss`` is its distance to the limit).
+  """
+  lo, hi = estimate["ci"]
+  wrong, right = (hi < limit, lo >= limit) if side == ">=" else (lo > limit, hi <= limit)
+  miss = float(limit - hi if side == ">=" else lo - limit) if wrong else 0.0
+  status = VIOLATED if wrong else HOLDS if right else AT_LIMIT
+  return {"name": name, "claim": claim, "limit": float(limit), "value": estimate["value"], "ci": estimate["ci"],
+          "status": status, "holds": not wrong, "miss": miss}
 
 
-def series_checks(arch: str, d_C: np.ndarray, bound: dict, power: dict, envelope: dict) -> list[dict]:
-  """Theorem 1's exponents against the CIs of one series (none for archs without a theorem)."""
-  if arch not in THEORY_GAMMA:
+def bound_checks(arch: str, d_C: np.ndarray, power: dict, envelope: dict) -> list[dict]:
+  """Theorem 1's one-sided claims against the CIs of one series (none for archs it does not cover)."""
+  if arch not in theory.THEOREM_GAMMA:
     return []
-  gamma = THEORY_GAMMA[arch]
+  gamma = theory.THEOREM_GAMMA[arch]
   checks = []
-  if "gamma" in bound:
-    checks.append(_check("gamma (bound shape)", bound["gamma"], gamma, gamma, f"{gamma:g}"))
   if "gamma" in power:
-    checks.append(_check("gamma (power law)", power["gamma"], gamma, gamma, f"{gamma:g}"))
+    checks.append(one_sided_check("gamma", power["gamma"], gamma, ">=", f"gamma >= {gamma:g}"))
   if "alpha" in power:
-    lo, hi = _alpha_range(d_C)
-    checks.append(_check("alpha (power law)", power["alpha"], lo, hi, f"1 (up to sqrt(ln d): [1, {hi:.3f}])"))
+    top = theory.bound_d_exponent(d_C.min(), d_C.max())
+    checks.append(one_sided_check("alpha", power["alpha"], top, "<=",
+                                  f"alpha <= {top:.3f}, d sqrt(ln d)'s exponent over these widths"))
   for axis in ("slope_ln_L", "slope_ln_d"):
-    if axis in envelope:  # an O() is an upper bound: a falling ratio still respects it
-      checks.append(_check(f"envelope {axis}", envelope[axis], -np.inf, 0.0, "<= 0 (ratio not growing)"))
+    if axis in envelope:
+      checks.append(one_sided_check(f"envelope {axis}", envelope[axis], 0.0, "<=",
+                                    f"slope <= 0: g/({envelope['shape']}) not growing in ln {axis[-1]}"))
   return checks
+
+
+def compare(estimate: dict, lo: float, hi: float | None = None) -> dict:
+  """Where an estimate's CI lies relative to a value (or interval ``[lo, hi]``).
+
+  Returns:
+    ``{"relation": "equal" | "larger" | "smaller", "gap": distance from the CI to
+    the value (0 if equal)}``; "equal" means the CI meets it.
+  """
+  hi = lo if hi is None else hi
+  ci_lo, ci_hi = estimate["ci"]
+  if ci_lo > hi:
+    return {"relation": "larger", "gap": float(ci_lo - hi)}
+  if ci_hi < lo:
+    return {"relation": "smaller", "gap": float(lo - ci_hi)}
+  return {"relation": "equal", "gap": 0.0}
+
+
+def _difference(estimate: dict, boot_B: np.ndarray, other: float, other_B: np.ndarray | float) -> dict:
+  """Measured minus a reference (a constant or paired replicates), and whether the CI contains the reference."""
+  diff = ci(estimate["value"] - other, boot_B - other_B)
+  lo, hi = estimate["ci"]
+  return {"value": float(other), "difference": diff, "contains": bool(lo <= other <= hi)}
 
 
 # --------------------------------------------------------------------- drivers
@@ -304,25 +491,111 @@ def arch_key(arch: str) -> tuple[int, str]:
   return (ARCHS.index(arch) if arch in ARCHS else len(ARCHS), arch)
 
 
-def fit_frame(
-    frame: pd.DataFrame, n_boot: int = 1000, seed: int = 0, param: str = "W2", layer: int | None = None
-) -> dict:
+def _with_series_labels(rows: pd.DataFrame) -> pd.DataFrame:
+  """``rows`` with a ``label`` column: the d_ff of their series, "d" (d_ff = d in every cell) or a fixed width.
+
+  Within one value of the other series keys, rows whose d_ff differs from d form
+  fixed-width series; rows with d_ff = d form the default series, and a row at
+  ``d = d_ff`` of a fixed-width series belongs to it as well (then it appears twice).
+  """
+  others = [c for c in SERIES_KEYS if c != "d_ff"]
+  cells = rows[[*others, "d", "d_ff"]].drop_duplicates()
+  labels = []
+  for _, group in cells.groupby(others, sort=False):
+    own = group["d_ff"] == group["d"]
+    fixed = set(group.loc[~own, "d_ff"])
+    default_series = (own & ~group["d"].isin(fixed)).any()
+    for cell, is_own in zip(group.itertuples(index=False), own):
+      if not is_own or cell.d_ff in fixed:
+        labels.append((*cell, str(cell.d_ff)))
+      if is_own and default_series:
+        labels.append((*cell, "d"))
+  return rows.merge(pd.DataFrame(labels, columns=[*others, "d", "d_ff", "label"]), on=[*others, "d", "d_ff"])
+
+
+def _json_key(key: tuple) -> dict:
+  """A series key as JSON values: ints where numeric (d_ff "d" stays a string)."""
+  out = {}
+  for column, value in zip(SERIES_KEYS, key):
+    out[column] = value if isinstance(value, str) and not value.isdigit() else int(value)
+  return out
+
+
+def _extras(entry: dict) -> str:
+  """``, key=value`` for every series key of an entry that is not its default (d_ff equal to d is)."""
+  out = ""
+  for column in SERIES_KEYS[3:]:
+    value = entry.get(column, SERIES_DEFAULTS[column])
+    if value != SERIES_DEFAULTS[column] and not (column == "d_ff" and value == entry.get("d")):
+      out += f", {column}={value}"
+  return out
+
+
+def series_name(entry: dict) -> str:
+  """``arch (loss=..., n=...[, other non-default keys])`` of a series or ratio entry."""
+  head = f"{entry['arch']} " if "arch" in entry else ""
+  return f"{head}(loss={entry['loss']}, n={entry['n']}{_extras(entry)})"
+
+
+class _Table(NamedTuple):
+  """Every cell of one fitted quantity: its keys, seed means, finite seeds and paired replicates."""
+
+  cells: pd.DataFrame  # quantity, SERIES_KEYS, d, L (one row per column)
+  mean_C: np.ndarray
+  n_seeds_C: np.ndarray
+  boot_BxC: np.ndarray
+
+  def part(self, quantity: str, key: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(d_C, L_C, mean_C, n_seeds_C, boot_BxC) of one quantity of one series, cells sorted by (d, L)."""
+    mask = (self.cells["quantity"] == quantity).to_numpy() & (self.n_seeds_C > 0)
+    for column, value in zip(SERIES_KEYS, key):
+      mask = mask & (self.cells[column] == value).to_numpy()
+    c = np.flatnonzero(mask)
+    return (self.cells["d"].to_numpy(np.float64)[c], self.cells["L"].to_numpy(np.float64)[c], self.mean_C[c],
+            self.n_seeds_C[c], self.boot_BxC[:, c])
+
+
+def _paired_table(long: pd.DataFrame, n_boot: int, seed: int) -> _Table:
+  """One column per (quantity, series, d, L), one row per seed; the paired replicates of every column's mean."""
+  columns = ["quantity", *SERIES_KEYS, "d", "L"]
+  if long.duplicated([*columns, "seed"]).any():
+    raise ValueError("several rows share (d, L, seed) within a series; filter the frame first")
+  groups = long.groupby(columns, sort=True)
+  wide = long.assign(column=groups.ngroup()).pivot(index="seed", columns="column", values="value")
+  cells = groups.size().index.to_frame(index=False)
+  values_SxC = wide.to_numpy(np.float64)
+  finite_SxC = np.isfinite(values_SxC)
+  n_seeds_C = finite_SxC.sum(axis=0)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    mean_C = np.where(finite_SxC, values_SxC, 0.0).sum(axis=0) / n_seeds_C
+  boot_BxC = paired_bootstrap_means(values_SxC, n_boot, np.random.default_rng(seed))
+  return _Table(cells, mean_C, n_seeds_C, boot_BxC)
+
+
+def fit_frame(frame: pd.DataFrame, n_boot: int = 1000, seed: int = 0, param: str = "W2",
+              layer: int | None = None, hidden: pd.DataFrame | None = None) -> dict:
   """Every fit of one weight's gradient norm, per series, as a JSON-serialisable dict.
 
   Args:
-    frame: tidy gradient-norm table, columns ``GRAD_COLUMNS``.
-    n_boot: bootstrap resamples per series.
-    seed: seed of the resampling generators (fits are deterministic given it).
+    frame: tidy gradient-norm table, columns ``schema.GRAD_COLUMNS``.
+    n_boot: bootstrap replicates (shared by every series: paired).
+    seed: seed of the resampling generator (fits are deterministic given it).
     param: which weight ("W2" for Theorem 1).
     layer: which 1-based layer; None means the last layer L of each model.
+    hidden: the hidden-norm table (``schema.HIDDEN_COLUMNS``); its ``layer = L + 1``
+      rows (Pre-LN's state entering the final LayerNorm) feed Lemma 2's checks.
 
   Returns:
-    ``{"meta": {...}, "series": [...], "ratios": [...]}``. Each series has its
-    ``arch, loss, n``, ``cells`` (d, L, n_seeds, mean), ``bound_shape``,
-    ``power_law``, ``envelope`` and ``checks`` (theorem exponent vs CI). Each ratio
-    entry (per loss, n with both post and pre) has ``cells`` (d, L, ratio
-    g_post/g_pre), ``lemma2`` (a, c), ``power_law`` and ``beta`` of
-    ``g_post/g_pre ∝ L^β``, and ``checks``. Every estimate
+    ``{"meta", "series", "ratios"}``. Each series has its keys (``SERIES_KEYS``),
+    ``cells`` (d, L, n_seeds, mean, and the mean field's value where it predicts
+    one), ``bound_shape``, ``power_law``, ``envelope``, ``local_exponents``,
+    ``checks`` (the theorem's one-sided claims: :func:`one_sided_check`),
+    ``tightness`` (alpha and gamma against the theorem, the mean field and a linear-loss
+    baseline), ``mean_field`` (its fit on the same cells, or the reason it has none)
+    and, for Pre-LN with hidden norms, ``lemma2_band``. Each ratio entry (Post and
+    Pre with the same other keys) has ``cells`` (ratio g_post/g_pre), ``power_law``,
+    ``beta`` (``g_post/g_pre ∝ L^β``), ``tightness``, ``lemma2_ratio`` (or
+    ``lemma2_ratio_note``) and ``lemma2_law`` where it converges. Every estimate
     is ``{"value": x, "ci": [lo, hi]}``.
   """
   if n_boot < 2:
@@ -335,107 +608,232 @@ def fit_frame(
   if not (rows["grad_norm"] > 0).all():
     raise ValueError(f"log-log fits need positive norms; {param} has zeros (W_Q, W_K are zero at init)")
   theorem = param == "W2" and layer is None  # Theorem 1 speaks of the last layer's W2 only
-  series, boots = [], {}
-  keys = sorted(rows.groupby(list(SERIES_KEYS)).groups, key=lambda k: (arch_key(k[0]), *k[1:]))
-  for arch, loss, n in keys:
-    part = rows[(rows["arch"] == arch) & (rows["loss"] == loss) & (rows["n"] == n)]
-    d_C, L_C, values = _cells(part)
-    g_C = np.array([v.mean() for v in values])
-    g_BxC = bootstrap_means(values, n_boot, _rng(seed, f"{arch}/{loss}/{n}"))
-    boots[arch, loss, n] = (d_C, L_C, g_C, g_BxC)
-    bound = bound_shape_fit(d_C, L_C, g_C, g_BxC)
-    power = power_law_fit(d_C, L_C, g_C, g_BxC)
-    envelope = envelope_fit(d_C, L_C, g_C, g_BxC, arch)
-    series.append({
-        "arch": arch,
-        "loss": loss,
-        "n": int(n),
-        "cells": [
-            {"d": int(d), "L": int(L), "n_seeds": int(v.size), "mean": float(v.mean())}
-            for d, L, v in zip(d_C, L_C, values)
-        ],
-        "bound_shape": bound,
-        "power_law": power,
-        "envelope": envelope,
-        "checks": series_checks(arch, d_C, bound, power, envelope) if theorem else [],
-    })
-  ratios = [
-      _ratio_entry(loss, n, boots["post", loss, n], boots["pre", loss, n], theorem)
-      for arch, loss, n in keys
-      if arch == "post" and ("pre", loss, n) in boots
-  ]
+  rows = _with_series_labels(rows)
+  q_rows = _final_states(rows, hidden)
+  rows = rows.assign(d_ff=rows.pop("label"))
+  long = [rows.assign(quantity="g", value=rows["grad_norm"])]
+  if q_rows is not None:
+    long.append(q_rows)
+  table = _paired_table(pd.concat(long, ignore_index=True)[["quantity", *SERIES_KEYS, "d", "L", "seed", "value"]],
+                        n_boot, seed)
+  keys = sorted({tuple(k) for k in rows[list(SERIES_KEYS)].itertuples(index=False)},
+                key=lambda k: (arch_key(k[0]), *map(str, k[1:])))
+  series, fitted = [], {}
+  for key in keys:
+    entry, fitted[key] = _series_entry(key, table, theorem, q_rows is not None)
+    series.append(entry)
+  for key, entry in zip(keys, series):
+    _linear_baseline(entry, key, fitted)
+  ratios = [_ratio_entry(key, fitted[key], fitted[("pre", *key[1:])], table, theorem, hidden)
+            for key in keys if key[0] == "post" and ("pre", *key[1:]) in fitted]
   meta = {"param": param, "layer": "L" if layer is None else int(layer), "n_boot": n_boot, "seed": seed,
-          "ci": CI_LEVEL, "theorem": theorem, "dropped_nonfinite": int((~finite).sum())}
+          "ci": CI_LEVEL, "ci_covers": CI_SCOPE, "theorem": theorem, "dropped_nonfinite": int((~finite).sum())}
   return {"meta": meta, "series": series, "ratios": [r for r in ratios if r is not None]}
 
 
-def _ratio_entry(loss: str, n: int, post: tuple, pre: tuple, theorem: bool) -> dict | None:
-  """Lemma 2 law and √L exponent of Post vs Pre on the cells both have (None if < 2 depths);
-  checks against the theory only when ``theorem`` (last layer's W2)."""
-  cells = sorted(set(zip(post[0], post[1])) & set(zip(pre[0], pre[1])))
+def _final_states(rows: pd.DataFrame, hidden: pd.DataFrame | None) -> pd.DataFrame | None:
+  """Pre-LN's ``q_{L+1} = sq_norm/d`` at ``layer = L + 1`` of the cells in ``rows`` (with their d_ff series
+  ``label``), as quantity "q"; None if there is none."""
+  if hidden is None:
+    return None
+  q = hidden[(hidden["arch"] == "pre") & (hidden["layer"] == hidden["L"] + 1)]
+  q = q.merge(rows[[*CELL_COLUMNS, "label"]].drop_duplicates(), on=list(CELL_COLUMNS))
+  if q.empty:
+    return None
+  return q.assign(d_ff=q["label"], quantity="q", value=q["sq_norm"] / q["d"])
+
+
+class _Fitted(NamedTuple):
+  """What the ratio and baseline comparisons reuse of a fitted series."""
+
+  d_C: np.ndarray
+  L_C: np.ndarray
+  g_C: np.ndarray
+  boot_BxC: np.ndarray
+  power: _LeastSquares
+  entry: dict
+
+
+def _series_entry(key: tuple, table: _Table, theorem: bool, has_q: bool) -> tuple[dict, _Fitted]:
+  arch = key[0]
+  d_C, L_C, g_C, n_C, g_BxC = table.part("g", key)
+  power_ls = _power_law(d_C, L_C, g_C, g_BxC)
+  power = _with_C(_estimates(power_ls))
+  envelope = envelope_fit(d_C, L_C, g_C, g_BxC, arch)
+  cells = [{"d": int(d), "L": int(L), "n_seeds": int(n), "mean": float(g)} for d, L, n, g in zip(d_C, L_C, n_C, g_C)]
+  entry = {**_json_key(key), "cells": cells, "bound_shape": bound_shape_fit(d_C, L_C, g_C, g_BxC),
+           "power_law": power, "envelope": envelope, "local_exponents": local_exponents(d_C, L_C, g_C, g_BxC),
+           "checks": bound_checks(arch, d_C, power, envelope) if theorem else []}
+  if theorem:
+    entry["mean_field"], mf_C = _mean_field_fit(entry, d_C, L_C)
+    if mf_C is not None:
+      for cell, value in zip(cells, mf_C):
+        cell["mean_field"] = float(value)
+      for step, mf_step in zip(entry["local_exponents"], local_exponents(d_C, L_C, mf_C, mf_C[None])):
+        step["mean_field"] = mf_step["gamma"]["value"]
+    entry["tightness"] = _tightness(arch, d_C, L_C, power, power_ls, entry["mean_field"])
+    if arch == "pre":
+      entry["lemma2_band"] = _lemma2_band(key, table) if has_q else None
+  return entry, _Fitted(d_C, L_C, g_C, g_BxC, power_ls, entry)
+
+
+def _mean_field_fit(entry: dict, d_C: np.ndarray, L_C: np.ndarray) -> tuple[dict, np.ndarray | None]:
+  """The mean field's power law on the series' own cells, or the reason it has none."""
+  gap = theory.mean_field_gap(entry)
+  if gap is not None:
+    return {"note": gap}, None
+  n = entry["n"]
+  mf_C = np.empty_like(d_C)
+  for d in np.unique(d_C):
+    at = d_C == d
+    d_ff = int(d) if entry["d_ff"] == "d" else entry["d_ff"]
+    mf_C[at] = theory.last_layer_w2_curve(entry["arch"], int(d), L_C[at].astype(int), n, d_ff)
+  fit = _power_law(d_C, L_C, mf_C, mf_C[None])
+  return {name: float(fit.point[name]) for name in ("alpha", "gamma") if name in fit.point}, mf_C
+
+
+def _tightness(arch: str, d_C, L_C, power: dict, power_ls: _LeastSquares, mean_field: dict) -> list[dict]:
+  """α and γ against the theorem's exponents and the mean field's fit on the same cells."""
+  out = []
+  for name in ("gamma", "alpha"):
+    if name not in power:
+      continue
+    grid = L_C if name == "gamma" else d_C
+    item = {"name": name, "value": power[name]["value"], "ci": power[name]["ci"],
+            "over": [int(grid.min()), int(grid.max())]}
+    if arch in theory.THEOREM_GAMMA:
+      expected = ([theory.THEOREM_GAMMA[arch]] * 2 if name == "gamma"
+                  else [1.0, theory.bound_d_exponent(d_C.min(), d_C.max())])
+      item["theorem"] = {"expected": expected, **compare(power[name], *expected)}
+    if name in mean_field:
+      item["mean_field"] = _difference(power[name], power_ls.boot[name], mean_field[name], mean_field[name])
+    out.append(item)
+  return out
+
+
+def _linear_baseline(entry: dict, key: tuple, fitted: dict) -> None:
+  """For a loss other than linear: α and γ minus those of the linear-loss series on the same cells (paired)."""
+  base = fitted.get((key[0], "linear", *key[2:]))
+  if key[1] == "linear" or base is None or "tightness" not in entry:
+    return
+  own = fitted[key]
+  if not (np.array_equal(own.d_C, base.d_C) and np.array_equal(own.L_C, base.L_C)):
+    return
+  for item in entry["tightness"]:
+    name = item["name"]
+    item["linear_baseline"] = _difference(item, own.power.boot[name], base.power.point[name], base.power.boot[name])
+
+
+def _lemma2_band(key: tuple, table: _Table) -> dict | None:
+  """Pre-LN's measured ``q_{L+1}`` per cell against Lemma 2's ``[1 + L/2, 1 + 3L/2]``."""
+  d_C, L_C, q_C, _, q_BxC = table.part("q", key)
+  if not q_C.size:
+    return None
+  lower_C, upper_C = theory.pre_sq_norm_bounds(1, L_C)
+  cells = []
+  for c, (d, L) in enumerate(zip(d_C, L_C)):
+    q = ci(q_C[c], q_BxC[:, c])
+    lo, hi = q["ci"]
+    status = "inside" if lower_C[c] <= lo and hi <= upper_C[c] else "outside" if hi < lower_C[c] or lo > upper_C[c] \
+        else "at an edge"
+    position = (q_C[c] - lower_C[c]) / (upper_C[c] - lower_C[c])
+    cells.append({"d": int(d), "L": int(L), "q": q, "band": [float(lower_C[c]), float(upper_C[c])],
+                  "position": float(position), "status": status})
+  return {"cells": cells}
+
+
+def _ratio_entry(key: tuple, post: _Fitted, pre: _Fitted, table: _Table, theorem: bool,
+                 hidden: pd.DataFrame | None) -> dict | None:
+  """Post/Pre on the cells both have: √L exponent, Lemma 2's ratio check and law (None if < 2 depths)."""
+  cells = sorted(set(zip(post.d_C, post.L_C)) & set(zip(pre.d_C, pre.L_C)))
   if len({L for _, L in cells}) < 2:
     return None
-  i_post, i_pre = ([list(zip(s[0], s[1])).index(c) for c in cells] for s in (post, pre))
+  i_post, i_pre = ([list(zip(s.d_C, s.L_C)).index(c) for c in cells] for s in (post, pre))
   d_C, L_C = np.array([c[0] for c in cells]), np.array([c[1] for c in cells])
-  post_C, pre_C = post[2][i_post], pre[2][i_pre]
-  post_BxC, pre_BxC = post[3][:, i_post], pre[3][:, i_pre]
+  post_C, pre_C = post.g_C[i_post], pre.g_C[i_pre]
+  post_BxC, pre_BxC = post.boot_BxC[:, i_post], pre.boot_BxC[:, i_pre]
   r_C, r_BxC = post_C / pre_C, post_BxC / pre_BxC
-  lemma2 = lemma2_fit(L_C, pre_C, post_C, pre_BxC, post_BxC)
-  power = power_law_fit(d_C, L_C, r_C, r_BxC)
+  power_ls = _power_law(d_C, L_C, r_C, r_BxC)
+  power = _with_C(_estimates(power_ls))
   beta = _negate(power["gamma"])
-  checks = [_check("beta of g_post/g_pre ~ L^beta", beta, 0.5, 0.5, "0.5 (sqrt L)")] if theorem else []
-  if theorem and lemma2["c"]["value"] is not None and lemma2["c"]["ci"] is not None:
-    checks.append(_check("c of Lemma 2 law", lemma2["c"], *LEMMA2_C, "[0.5, 1.5] (Lemma 2)"))
-  return {
-      "loss": loss,
-      "n": int(n),
-      "cells": [{"d": int(d), "L": int(L), "ratio": float(r)} for d, L, r in zip(d_C, L_C, r_C)],
-      "lemma2": lemma2,
-      "power_law": power,
-      "beta": beta,
-      "checks": checks,
-  }
+  entry = {**{k: v for k, v in _json_key(key).items() if k != "arch"},
+           "cells": [{"d": int(d), "L": int(L), "ratio": float(r)} for d, L, r in zip(d_C, L_C, r_C)],
+           "power_law": power, "beta": beta}
+  if theorem:
+    item = {"name": "beta", **beta, "over": [int(L_C.min()), int(L_C.max())],
+            "theorem": {"expected": [0.5, 0.5], **compare(beta, 0.5)}}
+    mf = [c.get("mean_field") for c in post.entry["cells"]], [c.get("mean_field") for c in pre.entry["cells"]]
+    if None not in mf[0] and None not in mf[1]:
+      mf_C = np.array(mf[0])[i_post] / np.array(mf[1])[i_pre]
+      beta_mf = -float(_power_law(d_C, L_C, mf_C, mf_C[None]).point["gamma"])
+      item["mean_field"] = _difference(beta, -power_ls.boot["gamma"], beta_mf, beta_mf)
+    entry["tightness"] = [item]
+    q_part = table.part("q", ("pre", *key[1:]))
+    if q_part[2].size:
+      entry["lemma2_ratio"] = _lemma2_ratio(d_C, L_C, 1 / r_C, 1 / r_BxC, q_part)
+    else:
+      entry["lemma2_ratio_note"] = ("no hidden norms given" if hidden is None else
+                                    "hidden_norms.csv has no layer L+1 (the state after the last layer) for pre: "
+                                    "a store written before that row existed")
+  law = lemma2_law_fit(L_C, pre_C, post_C, pre_BxC, post_BxC)
+  if law is not None:
+    entry["lemma2_law"] = law
+  return entry
+
+
+def _lemma2_ratio(d_C, L_C, ratio_C, ratio_BxC, q_part) -> dict:
+  """Measured ``g_pre/g_post`` against ``√(3/(2 q_{L+1}))`` from the measured q, per cell (paired replicates)."""
+  q_index = {(d, L): c for c, (d, L) in enumerate(zip(q_part[0], q_part[1]))}
+  cells = []
+  for c, (d, L) in enumerate(zip(d_C, L_C)):
+    if (d, L) not in q_index:
+      continue
+    k = q_index[d, L]
+    predicted, predicted_B = theory.pre_post_ratio(q_part[2][k]), theory.pre_post_ratio(q_part[4][:, k])
+    over = ci(ratio_C[c] / predicted, ratio_BxC[:, c] / predicted_B)
+    cells.append({"d": int(d), "L": int(L), "measured": ci(ratio_C[c], ratio_BxC[:, c]),
+                  "predicted": ci(predicted, predicted_B), "measured_over_predicted": over,
+                  "agrees": bool(over["ci"][0] <= 1.0 <= over["ci"][1])})
+  return {"cells": cells}
 
 
 def effective_depth_fits(frame: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> list[dict]:
   """``rel_update ∝ l^(−κ)`` over the layers of every model in a depth-metric table.
 
   Args:
-    frame: tidy depth-metric table (columns ``depth_metrics.COLUMNS``).
-    n_boot: bootstrap resamples (over seeds) per model.
+    frame: tidy depth-metric table (columns ``schema.DEPTH_COLUMNS``).
+    n_boot: bootstrap replicates (over seeds) per model.
     seed: seed of the bootstrap generator.
 
   Returns:
     One entry per model with at least two layers, sorted by arch then cell: its cell
     columns, ``n_seeds``, ``kappa`` (``{"value", "ci"}``), ``r2``, ``kappa_mean_field``
-    (the same fit of :func:`normtheory.theory.mean_field`'s curve) and ``expected``
-    (the effective-depth argument's κ: ½ for Pre-LN, 0 for Post-LN, else None).
+    (the same fit of :func:`normtheory.theory.mean_field`'s curve; None where it has no
+    model of the cell) and ``expected`` (the effective-depth argument's κ,
+    ``theory.EFFECTIVE_DEPTH_KAPPA``: ½ for Pre-LN, 0 for Post-LN, else None).
   """
   metric = "rel_update"
   rows = frame[(frame["metric"] == metric) & (frame["L"] >= 2)]
   out = []
   for cell, part in rows.groupby(list(CELL_COLUMNS), sort=False):
-    cell = dict(zip(CELL_COLUMNS, cell))
-    arch, d, L, n, d_ff = (cell[k] for k in ("arch", "d", "L", "n", "d_ff"))
-    f = depth_metrics.fit_update_exponent(part, arch, metric, n_boot=n_boot, key=seed)
-    layer_L = np.arange(1, L + 1)
-    mean_field_L = theory.mean_field(arch, int(d), int(L), int(n), int(d_ff))[metric]
-    out.append({
-        **{k: (v if isinstance(v, str) else int(v)) for k, v in cell.items()},
-        "metric": metric,
-        "n_seeds": int(part["seed"].nunique()),
-        "kappa": {"value": f["kappa"], "ci": list(f["ci"])},
-        "r2": f["r2"],
-        "kappa_mean_field": float(-np.polyfit(np.log(layer_L), np.log(mean_field_L), 1)[0]),
-        "expected": EFFECTIVE_DEPTH_KAPPA.get(arch),
-    })
-  return sorted(out, key=lambda e: (arch_key(e["arch"]), *(e[k] for k in CELL_COLUMNS[1:])))
+    cell = {k: (v if isinstance(v, str) else int(v)) for k, v in zip(CELL_COLUMNS, cell)}
+    f = fit_update_exponent(part, cell["arch"], metric, n_boot=n_boot, key=seed)
+    kappa_mf = None
+    if theory.mean_field_gap(cell, gradient=False) is None:
+      layer_L = np.arange(1, cell["L"] + 1, dtype=np.float64)
+      curve_L = theory.mean_field(cell["arch"], cell["d"], cell["L"], cell["n"], cell["d_ff"])[metric]
+      kappa_mf = float(_power_law(np.ones_like(layer_L), layer_L, curve_L, curve_L[None]).point["gamma"])
+    out.append({**cell, "metric": metric, "n_seeds": int(part["seed"].nunique()),
+                "kappa": {"value": f.kappa, "ci": list(f.ci)}, "r2": f.r2, "kappa_mean_field": kappa_mf,
+                "expected": theory.EFFECTIVE_DEPTH_KAPPA.get(cell["arch"])})
+  return sorted(out, key=lambda e: (arch_key(e["arch"]), *(str(e[k]) for k in CELL_COLUMNS[1:])))
 
 
 def fit_store(results_dir, n_boot: int = 1000, seed: int = 0, param: str = "W2", layer: int | None = None) -> dict:
-  """:func:`fit_frame` of ``DIR/grad_norms.csv`` (same arguments and result), plus
-  ``effective_depth`` (:func:`effective_depth_fits`) if the store has ``depth_metrics.csv``."""
-  fits = fit_frame(read_grad_norms(results_dir), n_boot=n_boot, seed=seed, param=param, layer=layer)
+  """:func:`fit_frame` of ``DIR/grad_norms.csv`` with ``DIR/hidden_norms.csv`` (same arguments and
+  result), plus ``effective_depth`` (:func:`effective_depth_fits`) if the store has ``depth_metrics.csv``."""
+  hidden = _read_optional(results_dir, HIDDEN_FILE)
+  fits = fit_frame(read_grad_norms(results_dir), n_boot=n_boot, seed=seed, param=param, layer=layer, hidden=hidden)
   fits["meta"]["results_dir"] = str(results_dir)
   depth = read_depth_metrics(results_dir)
   if depth is not None:
@@ -452,14 +850,62 @@ def write_fits(
   return fits
 
 
+def table(fits: dict) -> pd.DataFrame:
+  """Every estimate of :func:`fit_frame`'s result as a tidy frame, one row per estimate.
+
+  Columns: ``scope`` ("series", "ratio", "effective_depth"), the series keys
+  (``SERIES_KEYS``; ratio rows have no arch; effective-depth rows add d and L),
+  ``fit`` (e.g. "power_law", "envelope", "tightness"), ``quantity`` (e.g. "gamma",
+  "slope_ln_L", "6-12" for a local exponent), ``value``, ``ci_lo``, ``ci_hi``.
+  """
+  rows = []
+
+  def add(scope, keys, fit, quantity, estimate):
+    lo, hi = estimate["ci"] if estimate.get("ci") else (None, None)
+    rows.append({"scope": scope, **keys, "fit": fit, "quantity": quantity, "value": estimate["value"],
+                 "ci_lo": lo, "ci_hi": hi})
+
+  def estimates(scope, keys, fit, block):
+    for quantity, estimate in block.items():
+      if isinstance(estimate, dict) and "value" in estimate and "ci" in estimate:
+        add(scope, keys, fit, quantity, estimate)
+
+  for s in fits["series"]:
+    keys = {k: s[k] for k in SERIES_KEYS}
+    for fit in ("bound_shape", "power_law", "envelope"):
+      estimates("series", keys, fit, s[fit])
+    for step in s["local_exponents"]:
+      add("series", keys, "local_exponent", f"{step['L'][0]}-{step['L'][1]}", step["gamma"])
+  for r in fits["ratios"]:
+    keys = {k: r[k] for k in SERIES_KEYS if k in r}
+    estimates("ratio", keys, "power_law", r["power_law"])
+    add("ratio", keys, "ratio", "beta", r["beta"])
+    for c in r.get("lemma2_ratio", {}).get("cells", []):
+      add("ratio", {**keys, "d": c["d"], "L": c["L"]}, "lemma2_ratio", "measured_over_predicted",
+          c["measured_over_predicted"])
+  for e in fits.get("effective_depth", []):
+    add("effective_depth", {k: e[k] for k in CELL_COLUMNS}, "update_exponent", "kappa", e["kappa"])
+  return pd.DataFrame(rows)
+
+
 # ---------------------------------------------------------------------- report
 
 
-def _fmt(estimate: dict) -> str:
-  if estimate["value"] is None:
-    return "n/a (fit failed)"
+def _num(x: float, digits: int = 3) -> str:
+  """``%.{digits}g``, with float rounding noise (|x| < 1e-12) shown as 0."""
+  return f"{0.0 if abs(x) < 1e-12 else x:.{digits}g}"
+
+
+def _fmt(estimate: dict, digits: int = 3) -> str:
+  if estimate["value"] is None or estimate["ci"] is None:
+    return "n/a"
   lo, hi = estimate["ci"]
-  return f"{estimate['value']:.3g} [{lo:.3g}, {hi:.3g}]"
+  return f"{_num(estimate['value'], digits)} [{_num(lo, digits)}, {_num(hi, digits)}]"
+
+
+def _span(values) -> str:
+  lo, hi = min(values), max(values)
+  return f"{lo}" if lo == hi else f"[{lo}, {hi}]"
 
 
 def _grid(cells: list[dict]) -> str:
@@ -471,47 +917,141 @@ def _grid(cells: list[dict]) -> str:
 
 
 def _check_line(check: dict) -> str:
-  if check["holds"]:
-    return f"  holds:  {check['name']} = {_fmt(check)}; the CI meets the theorem's {check['expected']}."
-  return (
-      f"  MISSES: {check['name']} = {_fmt(check)}; the CI excludes the theorem's {check['expected']}"
-      f" by {check['miss']:.3g}."
-  )
+  head = f"  {check['name']} = {_fmt(check)}"
+  if check["status"] == VIOLATED:
+    return f"{head}: VIOLATED ({check['claim']}): the CI misses the limit by {check['miss']:.3g}."
+  if check["status"] == AT_LIMIT:
+    return (f"{head}: holds at the limit ({check['claim']}; the CI contains {_num(check['limit'])}: "
+            "cannot tell it from the limit on this grid).")
+  return f"{head}: holds ({check['claim']})."
+
+
+_RELATION_WORDS = {
+    "gamma": {"larger": "falls faster than", "smaller": "falls slower than", "equal": "equals"},
+    "alpha": {"larger": "grows faster in d than", "smaller": "grows slower in d than", "equal": "is within"},
+    "beta": {"larger": "grows faster than", "smaller": "grows slower than", "equal": "equals"},
+}
+
+
+def _theorem_words(item: dict) -> str:
+  t = item["theorem"]
+  lo, hi = t["expected"]
+  target = {"gamma": f"the theorem's L^-{lo:g}", "alpha": f"d sqrt(ln d)'s range [{lo:g}, {hi:.3f}]",
+            "beta": f"the theorem's sqrt(L) (beta = {lo:g})"}[item["name"]]
+  gap = f" by {t['gap']:.3g}" if t["relation"] != "equal" else ""
+  return f"{_RELATION_WORDS[item['name']][t['relation']]} {target}{gap}"
+
+
+def _tightness_line(item: dict, note: str | None) -> str:
+  axis = {"gamma": "L", "alpha": "d", "beta": "L"}[item["name"]]
+  parts = [f"  tightness: {item['name']} = {_fmt(item)} over {axis} in {_span(item['over'])}"]
+  if "theorem" in item:
+    parts.append(_theorem_words(item))
+  for source, label in (("mean_field", "mean field on the same cells"), ("linear_baseline", "linear loss")):
+    if source in item:
+      ref = item[source]
+      inside = "the measured CI contains it" if ref["contains"] else "outside the measured CI"
+      parts.append(f"{label} {_num(ref['value'])} (difference {_fmt(ref['difference'])}; {inside})")
+  if "mean_field" not in item and note:
+    parts.append(f"no mean-field prediction ({note})")
+  return "; ".join(parts) + "."
+
+
+def _series_lines(s: dict, theorem: bool) -> list[str]:
+  b, p, e = s["bound_shape"], s["power_law"], s["envelope"]
+  lines = [f"{series_name(s)}: {_grid(s['cells'])}"]
+  bound = f"C = {_fmt(b['C'])}" + (f", gamma = {_fmt(b['gamma'])}" if "gamma" in b else "")
+  lines.append(f"  bound shape C d sqrt(ln d) L^-gamma: {bound}, R^2 = {_r2_text(b['r2'])}")
+  terms = [f"{k} = {_fmt(p[k])}" for k in ("alpha", "gamma") if k in p]
+  lines.append(f"  power law C d^alpha L^-gamma: C = {_fmt(p['C'])}, {', '.join(terms) or 'one cell'}, "
+               f"R^2 = {_r2_text(p['r2'])}")
+  slopes = [f"slope in ln {k[-1]} = {_fmt(e[k])}" for k in ("slope_ln_L", "slope_ln_d") if k in e]
+  lines.append(f"  envelope max g/({e['shape']}) = {_fmt(e['max'])}" + ("; " + ", ".join(slopes) if slopes else ""))
+  if not theorem:
+    return lines
+  if not s["checks"]:
+    lines.append(f"  no Theorem 1 bound for {s['arch']}; the fits above are descriptive.")
+  else:
+    lines.append(f"  Theorem 1's bound O({theory.THEOREM_SHAPE[s['arch']]}), one-sided, "
+                 f"{100 * CI_LEVEL:.0f}% CIs over seeds:")
+    lines.extend(_check_line(c) for c in s["checks"])
+    violated = [c for c in s["checks"] if c["status"] == VIOLATED]
+    if violated:
+      misses = ", ".join(f"{c['name']} by {c['miss']:.3g}" for c in violated)
+      lines.append(f"  => {s['arch']}: VIOLATES Theorem 1's bound on this grid ({misses}).")
+    else:
+      lines.append(f"  => {s['arch']}: Theorem 1's bound holds on this grid.")
+  note = s["mean_field"].get("note")
+  lines.extend(_tightness_line(item, note) for item in s["tightness"])
+  lines.extend(_local_lines(s))
+  if s.get("lemma2_band"):
+    lines.append(_band_line(s["lemma2_band"]))
+  return lines
+
+
+def _local_lines(s: dict) -> list[str]:
+  steps = s["local_exponents"]
+  if len(steps) < 2:
+    return []
+  parts = []
+  for step in steps:
+    mf = f" (mf {_num(step['mean_field'])})" if "mean_field" in step else ""
+    parts.append(f"{step['L'][0]}->{step['L'][1]}: {_fmt(step['gamma'])}{mf}")
+  return [f"  local exponent -dln g/dln L between consecutive depths (mean over d): {'; '.join(parts)}."]
+
+
+def _band_line(band: dict) -> str:
+  cells = band["cells"]
+  count = {status: sum(c["status"] == status for c in cells) for status in ("inside", "at an edge", "outside")}
+  deep = max(cells, key=lambda c: (c["L"], c["d"]))
+  return (f"  Lemma 2: q_(L+1) = E||x_(L+1)||^2/d, CI inside [1 + L/2, 1 + 3L/2] in {count['inside']}/{len(cells)} "
+          f"cells, across an edge in {count['at an edge']}, outside in {count['outside']}; "
+          f"at d = {deep['d']}, L = {deep['L']}: {_fmt(deep['q'])}, band "
+          f"[{deep['band'][0]:g}, {deep['band'][1]:g}], {deep['position']:.2f} of the way up.")
+
+
+def _ratio_lines(r: dict) -> list[str]:
+  lines = [f"post vs pre {series_name(r)}: g_post/g_pre ~ L^beta, beta = {_fmt(r['beta'])}"]
+  lines.extend(_tightness_line(item, None) for item in r.get("tightness", []))
+  if "lemma2_ratio" in r:
+    cells = r["lemma2_ratio"]["cells"]
+    over = [c["measured_over_predicted"]["value"] for c in cells]
+    apart = [c for c in cells if not c["agrees"]]
+    listed = "; ".join(f"d = {c['d']}, L = {c['L']}: {_fmt(c['measured_over_predicted'], 4)}" for c in apart[:4])
+    lines.append(
+        f"  Mean-field ratio (Lemmas 2, 3): measured g_pre/g_post over sqrt(3/(2 q_(L+1))), q measured: "
+        f"{min(over):.3f} to {max(over):.3f} over {len(cells)} cells (median |difference| "
+        f"{100 * np.median(np.abs(np.subtract(over, 1))):.1f}%); the CI contains 1 in {len(cells) - len(apart)}"
+        + (f", not in {listed}{' ...' if len(apart) > 4 else ''}." if apart else "."))
+  elif "lemma2_ratio_note" in r:
+    lines.append(f"  Mean-field ratio check (Lemmas 2, 3) skipped: {r['lemma2_ratio_note']}.")
+  if "lemma2_law" in r:
+    law = r["lemma2_law"]
+    lines.append(f"  (descriptive) SPEC law g_pre/g_post = a/sqrt(1 + c L): a = {_fmt(law['a'])}, "
+                 f"c = {_fmt(law['c'])}, R^2 = {_r2_text(law['r2'])}.")
+  return lines
 
 
 def report(fits: dict) -> str:
-  """Plain-text verdict of :func:`fit_frame`'s result, one block per series and per Post/Pre pair."""
+  """Plain-text verdict of :func:`fit_frame`'s result, one block per series and per Post/Pre pair.
+
+  The bound (Theorem 1's one-sided claim: holds / holds at the limit / VIOLATED) and
+  the tightness (whether the exponents equal the theorem's, and the mean field's on
+  the same cells) are separate lines; tightness is never a violation.
+  """
   meta = fits["meta"]
   layer = "the last layer L" if meta["layer"] == "L" else f"layer {meta['layer']}"
   title = "Theorem 1 on the grid" if meta["theorem"] else "Descriptive fits (Theorem 1 concerns W2 at layer L)"
   lines = [
-      f"{title}: ||dLoss/d{meta['param']}|| at {layer}; "
-      f"{100 * meta['ci']:.0f}% bootstrap CIs over seeds ({meta['n_boot']} resamples, seed {meta['seed']})."
+      f"{title}: ||dLoss/d{meta['param']}|| at {layer}; {100 * meta['ci']:.0f}% CIs from a paired bootstrap "
+      f"over seeds ({meta['n_boot']} replicates, seed {meta['seed']}): they cover seed noise on this grid only."
   ]
   if meta.get("dropped_nonfinite"):
     lines.append(f"  WARNING: {meta['dropped_nonfinite']} non-finite values were left out of these fits.")
   for s in fits["series"]:
-    b, p, e = s["bound_shape"], s["power_law"], s["envelope"]
-    lines.append(f"{s['arch']} (loss={s['loss']}, n={s['n']}): {_grid(s['cells'])}")
-    bound = f"C = {_fmt(b['C'])}" + (f", gamma = {_fmt(b['gamma'])}" if "gamma" in b else "")
-    lines.append(f"  bound shape C d sqrt(ln d) L^-gamma: {bound}, R^2 = {_r2_text(b['r2'])}")
-    terms = [f"{k} = {_fmt(p[k])}" for k in ("alpha", "gamma") if k in p]
-    lines.append(f"  power law C d^alpha L^-gamma: C = {_fmt(p['C'])}, {', '.join(terms) or 'one cell'}, "
-                 f"R^2 = {_r2_text(p['r2'])}")
-    slopes = [f"slope in ln {k[-1]} = {_fmt(e[k])}" for k in ("slope_ln_L", "slope_ln_d") if k in e]
-    lines.append(f"  envelope max g/({e['shape']}) = {_fmt(e['max'])}" + ("; " + ", ".join(slopes) if slopes else ""))
-    if meta["theorem"] and not s["checks"]:
-      lines.append(f"  no Theorem 1 exponent for {s['arch']}; the fits above are descriptive.")
-    lines.extend(_check_line(c) for c in s["checks"])
-    if s["checks"]:
-      held = all(c["holds"] for c in s["checks"])
-      verdict = "consistent with" if held else "departs from"
-      lines.append(f"  => {s['arch']}: {verdict} Theorem 1's O({THEORY_SHAPE[s['arch']]}) on this grid.")
+    lines.extend(_series_lines(s, meta["theorem"]))
   for r in fits["ratios"]:
-    lem = r["lemma2"]
-    lines.append(f"post vs pre (loss={r['loss']}, n={r['n']}): g_pre/g_post = a/sqrt(1 + c L): "
-                 f"a = {_fmt(lem['a'])}, c = {_fmt(lem['c'])}, R^2 = {_r2_text(lem['r2'])}")
-    lines.extend(_check_line(c) for c in r["checks"])
+    lines.extend(_ratio_lines(r))
   lines.extend(_effective_depth_lines(fits.get("effective_depth", [])))
   return "\n".join(lines)
 
@@ -519,13 +1059,14 @@ def report(fits: dict) -> str:
 def _effective_depth_lines(entries: list[dict]) -> list[str]:
   if not entries:
     return []
-  lines = [f"Effective depth: {entries[0]['metric']} ∝ l^-kappa over layers 1..L, 95% bootstrap CI over seeds "
-           "(the argument predicts kappa = 1/2 for pre, 0 for post):"]
+  lines = [f"Effective depth: {entries[0]['metric']} ∝ l^-kappa over layers 1..L, {100 * CI_LEVEL:.0f}% paired "
+           "bootstrap CI over seeds (the argument predicts kappa = 1/2 for pre, 0 for post):"]
   for e in entries:
     expected = "" if e["expected"] is None else f"; argument {e['expected']:g}"
-    lines.append(f"  {e['arch']} (loss={e['loss']}, d={e['d']}, n={e['n']}, L={e['L']}, {e['n_seeds']} seeds): "
-                 f"kappa = {_fmt(e['kappa'])}, R^2 = {_r2_text(e['r2'])}; mean field {e['kappa_mean_field']:.3g}"
-                 f"{expected}")
+    mf = "no mean-field model" if e["kappa_mean_field"] is None else f"mean field {e['kappa_mean_field']:.3g}"
+    model = f"loss={e['loss']}, d={e['d']}, n={e['n']}, L={e['L']}{_extras(e)}"
+    lines.append(f"  {e['arch']} ({model}, {e['n_seeds']} seeds): "
+                 f"kappa = {_fmt(e['kappa'])}, R^2 = {_r2_text(e['r2'])}; {mf}{expected}")
   return lines
 
 

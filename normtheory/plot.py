@@ -27,8 +27,7 @@ import pandas as pd
 from matplotlib import colors, ticker
 from matplotlib.figure import Figure
 
-from normtheory import fit, theory
-from normtheory.config import ARCHS
+from normtheory import fit, schema, theory
 
 ARCH_STYLES = {
     "post": {"color": "#0072B2", "marker": "o", "linestyle": "-"},
@@ -63,14 +62,31 @@ CAPTIONS = {
         "Last-layer gradient norm vs width d (log-log) at one depth, mean with a 5-95% band; dotted: free "
         "power-law fit; gray dashed: d sqrt(ln d) through the first architecture's points."),
     "fig_hidden_norms": (
-        "E||x_l||^2 / d of the hidden state entering layer l (the output of l-1 layers; x_1 is the input). "
-        "Shaded: Lemma 2's Pre-LN bounds 1 + (l-1)/2 <= . <= 1 + 3(l-1)/2. Dashed: Lemma 2's Post-LN "
-        "E||x5||^2/d = 3/2, the FFN residual sum before the layer's final LayerNorm; the Post-LN state "
-        "entering a layer is a LayerNorm output, so its value is 1. Thick translucent: the mean-field "
-        "prediction of E||x_l||^2/d per arch (token correlation drives Pre-LN towards the upper bound)."),
+        "E||x_l||^2 / d of the hidden state entering layer l (the output of l-1 layers; x_1 is the input, "
+        "l = L+1 the state after the last layer, before any final LayerNorm). Shaded: Lemma 2's Pre-LN bounds "
+        "1 + (l-1)/2 <= . <= 1 + 3(l-1)/2. Dotted at 1: the Post-LN state is a LayerNorm output; Lemma 2's "
+        "Post-LN 3/2 concerns x5, the sum before that LayerNorm, and is drawn in fig_ln_jacobian. Thick "
+        "translucent: the mean-field prediction per arch (token correlation drives Pre-LN towards the upper "
+        "bound)."),
     "fig_ratio": (
-        "Post-LN / Pre-LN ratio of the last-layer gradient norm vs L (log-log), one line per width; gray "
-        "dashed: c sqrt(L); dotted: Lemma 2 law sqrt(1 + cL)/a fitted by curve_fit."),
+        "Post-LN / Pre-LN ratio of the last-layer gradient norm vs L (log-log), markers one per width; lines: "
+        "the mean-field relation g_post/g_pre = sqrt(2 q_(L+1) / 3) with Pre-LN's measured q_(L+1) = "
+        "E||x_(L+1)||^2/d (Lemmas 2, 3); gray dashed: c sqrt(L); dotted (only where it converges): SPEC's law "
+        "sqrt(1 + cL)/a."),
+    "fig_local_exponent": (
+        "Local depth exponent -d ln g_L(W2) / d ln L of Post-LN and Pre-LN: measured secants between "
+        f"consecutive depths of the grid (mean over widths, {100 * fit.CI_LEVEL:.0f}% paired-bootstrap CI; small "
+        "points: each width) "
+        "and the mean field's out to L = 10^4 (thick translucent). Pre-LN's exceeds Theorem 1's 1/2 at "
+        "finite depth, because uniform attention turns the ReLU's position correlation into faster residual "
+        "growth (q_l convex in l), and tends to 1/2 as L grows."),
+    "fig_ln_jacobian": (
+        "LayerNorm Jacobians (Lemma 3). Left: Pre-LN's stored spectral norm at the first LayerNorm of every "
+        "layer and at the final one, per seed, layer and cell, against sqrt(d)/||x_l|| from the stored hidden "
+        "norm (uncentred, row-averaged: Lemma 3's sqrt(d)/||x - mean(x)|| up to O(1/d)); dashed: equality. "
+        "Right: per layer at one width and the deepest L, every LayerNorm of the layer (LN 1, 2 in forward "
+        "order; L+1: the final LN), mean with a 5-95% band; dashed: Post-LN's second LN sees x5 with "
+        "E||x5||^2/d = 3/2 (Lemma 2), so ||J|| = sqrt(2/3); thick translucent: the mean field's 1/sqrt(q_l)."),
     "fig_arch_comparison": (
         "||dLoss/dW2||_F of the last layer (l = L, left) and of the first layer (l = 1, right) vs depth L "
         "(log-log) for every architecture at one width, mean over seeds with a 5-95% band. Thick translucent "
@@ -100,7 +116,13 @@ def _archs(frame: pd.DataFrame) -> list[str]:
 
 
 def _pick(frame: pd.DataFrame, loss: str | None, n: int | None) -> pd.DataFrame:
-  """Rows of one loss and sequence length (default: first loss alphabetically, largest n)."""
+  """Rows of one loss and sequence length (default: first loss alphabetically, largest n), and of one value
+  of every other cell column but d, L and d_ff (its default where present: batch 1, uniform attention, ...)."""
+  for column, default in schema.CELL_DEFAULTS.items():
+    if column in frame.columns and len(frame) and not (frame[column] == default).any():
+      default = sorted(frame[column].unique(), key=str)[0]
+    if column in frame.columns:
+      frame = frame[frame[column] == default]
   loss = sorted(frame["loss"].unique())[0] if loss is None else loss
   rows = frame[frame["loss"] == loss]
   n = rows["n"].max() if n is None else n
@@ -115,20 +137,6 @@ def _fits_series(fits: dict, arch: str, loss: str, n: int) -> dict | None:
     if (s["arch"], s["loss"], s["n"]) == (arch, loss, n):
       return s
   return None
-
-
-def _power_law(series: dict, d, L):
-  """The series' free fit C d^α L^(−γ) (α, γ = 0 where the grid did not vary)."""
-  p = series["power_law"]
-  alpha = p["alpha"]["value"] if "alpha" in p else 0.0
-  gamma = p["gamma"]["value"] if "gamma" in p else 0.0
-  return p["C"]["value"] * np.asarray(d, float) ** alpha * np.asarray(L, float) ** -gamma
-
-
-def _theorem_shape(arch: str, d, L):
-  """Theorem 1's shape: d√ln d for Post, d√(ln d / L) for the others (Pre)."""
-  L = np.asarray(L, float)
-  return d * np.sqrt(np.log(d) / (np.ones_like(L) if arch == "post" else L))
 
 
 def _tick_label(y: float, _=None) -> str:
@@ -161,6 +169,11 @@ def _model(st: pd.DataFrame) -> dict[str, int]:
   return {k: int(st[k].iloc[0]) for k in ("d", "L", "n", "d_ff")}
 
 
+def _covered(st: pd.DataFrame, gradient: bool) -> bool:
+  """Whether the mean field models the cell of a stats slice's first row (:func:`normtheory.theory.mean_field_gap`)."""
+  return theory.mean_field_gap(st.iloc[0].to_dict(), gradient) is None
+
+
 def _mean_field_line(ax, x, y, arch: str) -> None:
   """A mean-field prediction in the arch's colour (thick, translucent, no legend entry)."""
   ax.plot(x, y, color=arch_style(arch)["color"], **MEAN_FIELD_STYLE)
@@ -172,11 +185,11 @@ def _mean_field_legend(ax) -> None:
 
 def _mean_field_w2(ax, st: pd.DataFrame, arch: str, param: str) -> bool:
   """Draw the mean-field last-layer W2 norm over st's depths (linear loss, known archs); whether drawn."""
-  if param != "W2" or arch not in ARCHS or st["loss"].iloc[0] != "linear":
+  if param != "W2" or not _covered(st, gradient=True):
     return False
   m = _model(st)
   L_K = np.unique(np.geomspace(st["L"].min(), st["L"].max(), 40).round().astype(int))
-  _mean_field_line(ax, L_K, [theory.predict_last_layer_w2(arch, m["d"], int(L), m["n"], m["d_ff"]) for L in L_K], arch)
+  _mean_field_line(ax, L_K, theory.last_layer_w2_curve(arch, m["d"], L_K, m["n"], m["d_ff"]), arch)
   return True
 
 
@@ -219,10 +232,11 @@ def fig_last_layer_vs_depth(
       series = _fits_series(fits, arch, st["loss"].iloc[0], st["n"].iloc[0])
       L_grid = np.geomspace(st["L"].min(), st["L"].max(), 50)
       if series is not None and len(st) > 1:
-        ax.plot(L_grid, _power_law(series, d, L_grid), color=style["color"], linestyle=":", linewidth=1)
-      if series is not None and arch in fit.THEORY_GAMMA:
+        ax.plot(L_grid, fit.power_law_curve(series["power_law"], d, L_grid), color=style["color"], linestyle=":",
+                linewidth=1)
+      if series is not None and arch in theory.THEOREM_GAMMA:
         C = series["envelope"]["max"]["value"]
-        ax.plot(L_grid, C * _theorem_shape(arch, d, L_grid), color="0.45", linestyle=style["linestyle"],
+        ax.plot(L_grid, C * theory.bound_shape(arch, d, L_grid), color="0.45", linestyle=style["linestyle"],
                 linewidth=1, label=rf"Thm 1 {_label(arch)}: $C\,{_shape_tex(arch)}$" if d == ds[0] else None)
     ax.set(xscale="log", yscale="log", xlabel="depth $L$", title=f"$d = {d}$")
     _log_ticks(ax, stats["L"])
@@ -327,11 +341,12 @@ def fig_width_scaling(
     series = _fits_series(fits, arch, st["loss"].iloc[0], st["n"].iloc[0])
     if series is not None and len(st) > 1:
       d_grid = np.geomspace(st["d"].min(), st["d"].max(), 50)
-      ax.plot(d_grid, _power_law(series, d_grid, L), color=style["color"], linestyle=":", linewidth=1)
+      ax.plot(d_grid, fit.power_law_curve(series["power_law"], d_grid, L), color=style["color"], linestyle=":",
+              linewidth=1)
   first = stats[stats["arch"] == _archs(stats)[0]].sort_values("d")
   d_grid = np.geomspace(first["d"].min(), first["d"].max(), 50)
-  shape = lambda d: d * np.sqrt(np.log(d))  # noqa: E731
-  k = np.exp(np.mean(np.log(first["mean"]) - np.log(shape(first["d"].to_numpy(float)))))
+  shape = lambda d: theory.bound_shape("post", d, 1)  # noqa: E731
+  k = fit.log_scale(first["mean"], shape(first["d"].to_numpy(float)))
   ax.plot(d_grid, k * shape(d_grid), color="0.45", linestyle="--", linewidth=1, label=r"$\propto d\sqrt{\ln d}$")
   ax.plot([], [], color="k", linestyle=":", linewidth=1, label=r"fit $C\,d^{\alpha}L^{-\gamma}$")
   ax.set(xscale="log", yscale="log", xlabel="width $d$", ylabel=GRAD_LABEL, title=f"$L = {L}$")
@@ -340,24 +355,25 @@ def fig_width_scaling(
   return fig
 
 
-def pre_ln_bounds(layer):
-  """Lemma 2's Pre-LN bounds on ``E||x_l||²/d`` for the state entering layer l (l−1 layers done).
-
-  ``(1 + k/2) d ≤ E||x_{k+1}||² ≤ (1 + 3k/2) d`` with k = l − 1; layer 1 gets (1, 1).
-  """
-  k = np.asarray(layer, float) - 1
-  return 1 + k / 2, 1 + 3 * k / 2
+def pre_ln_bounds(layer) -> theory.Band:
+  """Lemma 2's Pre-LN band on ``E||x_l||²/d`` for the state entering layer l (l − 1 layers done; 1 at l = 1)."""
+  return theory.pre_sq_norm_bounds(1, np.asarray(layer, float) - 1)
 
 
-def fig_hidden_norms(hidden: pd.DataFrame, d: int | None = None, loss: str | None = None, n: int | None = None) -> Figure:
-  """``E||x_l||²/d`` of the state entering layer l vs l, with Lemma 2's bounds.
+def fig_hidden_norms(hidden: pd.DataFrame, d: int | None = None, loss: str | None = None,
+                     n: int | None = None) -> Figure:
+  """``E||x_l||²/d`` of the state entering layer l vs l, with Lemma 2's Pre-LN band.
 
-  The state entering layer l is the output of l−1 layers, so Lemma 2's Pre-LN bound
+  The state entering layer l is the output of l−1 layers (``l = L + 1``: the state
+  leaving the last layer, before any final LayerNorm), so Lemma 2's Pre-LN bound
   ``(1 + l/2) d ≤ E||x_{l+1}||² ≤ (1 + 3l/2) d`` reads ``1 + (l−1)/2 ≤ · ≤ 1 + 3(l−1)/2``
-  here. Each arch is drawn from its deepest model at width ``d``.
+  here. Post-LN's state is a LayerNorm output (exactly 1 per feature); Lemma 2's
+  Post-LN 3/2 concerns ``x5`` before that LayerNorm and is drawn in
+  :func:`fig_ln_jacobian`, where it sets the Jacobian. Each arch is drawn from its
+  deepest model at width ``d``.
 
   Args:
-    hidden: tidy hidden-norm table (columns ``HIDDEN_COLUMNS``).
+    hidden: tidy hidden-norm table (columns ``schema.HIDDEN_COLUMNS``).
     d: width (default the largest).
     loss, n: which loss and sequence length.
 
@@ -373,34 +389,48 @@ def fig_hidden_norms(hidden: pd.DataFrame, d: int | None = None, loss: str | Non
   l_grid = np.arange(1, stats["layer"].max() + 1)
   ax.fill_between(l_grid, *pre_ln_bounds(l_grid), facecolor="0.85", edgecolor="0.6",
                   hatch="//", linewidth=0, label=r"Lemma 2 Pre-LN: $1+\frac{l-1}{2}\leq\cdot\leq 1+\frac{3(l-1)}{2}$")
-  ax.axhline(1.5, color="0.3", linestyle="--", linewidth=1, label=r"Lemma 2 Post-LN $E\Vert x_5\Vert^2/d = 3/2$")
+  mean_field = False
   for arch in _archs(stats):
     st = stats[stats["arch"] == arch].sort_values("layer")
     _band(ax, st["layer"], st, arch_style(arch), _label(arch))
-    if arch in ARCHS:
-      _mean_field_line(ax, st["layer"], theory.mean_field(arch, **_model(st))["sq_norm_per_d"][st["layer"] - 1], arch)
-  if set(_archs(stats)) & set(ARCHS):
+    if _covered(st, gradient=False):
+      m = theory.mean_field(arch, **_model(st))
+      q_L1 = np.append(m["sq_norm_per_d"], m["final_sq_norm_per_d"])
+      _mean_field_line(ax, st["layer"], q_L1[st["layer"] - 1], arch)
+      mean_field = True
+  if "post" in set(stats["arch"]):
+    ax.axhline(1.0, color=arch_style("post")["color"], linestyle=":", linewidth=1,
+               label=r"Post-LN state = LN output: 1 (Lemma 2's $3/2$ is $x_5$, before it)")
+  if mean_field:
     _mean_field_legend(ax)
-  ax.set(xlabel=r"layer $l$ (state $x_l$ entering it = output of $l-1$ layers)",
+  L = int(stats["L"].max())
+  ax.set(xlabel=rf"layer $l$ (state $x_l$ entering it; $l = {L + 1}$: after the last layer)",
          ylabel=r"$E\Vert x_l\Vert^2/d$", title=f"$d = {int(stats['d'].iloc[0])}$")
   ax.legend(fontsize=7)
   return fig
 
 
 def _ratio_fits(fits: dict, rows: pd.DataFrame) -> dict | None:
-  """The fits' Post/Pre ratio entry for the loss and n of ``rows`` (None if absent)."""
-  key = (rows["loss"].iloc[0], int(rows["n"].iloc[0]))
-  return next((r for r in fits["ratios"] if (r["loss"], r["n"]) == key), None)
+  """The fits' Post/Pre ratio entry for the loss and n of ``rows`` with default other keys (None if absent)."""
+  key = {"loss": rows["loss"].iloc[0], "n": int(rows["n"].iloc[0])}
+  return next((r for r in fits["ratios"] if {k: r[k] for k in key} == key
+               and all(r.get(c, v) == v for c, v in fit.SERIES_DEFAULTS.items())), None)
 
 
 def fig_ratio(
     grad: pd.DataFrame, fits: dict | None = None, param: str = "W2", loss: str | None = None, n: int | None = None
 ) -> Figure:
-  """Post/Pre ratio of the last-layer gradient norm vs L, with √L and the Lemma 2 law.
+  """Post/Pre ratio of the last-layer gradient norm vs L, with √L and Lemma 2's ratio from the measured q.
+
+  Markers: measured ``g_post/g_pre`` per width. Lines (one per width): the mean-field
+  relation ``g_post/g_pre = √(2 q_{L+1} / 3)`` with Pre-LN's measured ``q_{L+1}``
+  (:func:`normtheory.theory.pre_post_ratio`), where the store holds it. Gray dashed:
+  ``∝ √L`` through the points (Theorem 1's bounds differ by √L). Dotted: SPEC §5's
+  law ``√(1 + cL)/a``, only where it converged.
 
   Args:
     grad: tidy gradient table with both "post" and "pre".
-    fits: :func:`normtheory.fit.fit_frame` of ``grad`` (computed if None).
+    fits: :func:`normtheory.fit.fit_frame` of ``grad`` (computed if None; then without hidden norms).
     param: the weight.
     loss, n: which loss and sequence length.
 
@@ -412,23 +442,163 @@ def fig_ratio(
   if ratio is None:
     raise ValueError("no post/pre ratio fit for this loss and n (needs both archs and >= 2 depths)")
   cells = pd.DataFrame(ratio["cells"])
+  predicted = pd.DataFrame([{"d": c["d"], "L": c["L"], "ratio": 1 / c["predicted"]["value"]}
+                            for c in ratio.get("lemma2_ratio", {}).get("cells", [])])
   fig = Figure(figsize=(4.2, 3.4), layout="constrained")
   ax = fig.subplots()
+  n_d = cells["d"].nunique()
   for k, (d, st) in enumerate(cells.groupby("d")):
     st = st.sort_values("L")
-    ax.plot(st["L"], st["ratio"], color=str(0.6 * k / max(cells["d"].nunique() - 1, 1)),
-            marker=_DEPTH_MARKERS[k % 8], linestyle="none", label=f"$d = {d}$")
+    shade = str(0.6 * k / max(n_d - 1, 1))
+    ax.plot(st["L"], st["ratio"], color=shade, marker=_DEPTH_MARKERS[k % 8], linestyle="none", label=f"$d = {d}$")
+    if not predicted.empty:
+      pr = predicted[predicted["d"] == d].sort_values("L")
+      ax.plot(pr["L"], pr["ratio"], color=shade, linestyle="-", linewidth=1)
+  if not predicted.empty:
+    ax.plot([], [], color="0.3", linestyle="-", linewidth=1, label=r"$\sqrt{2q_{L+1}/3}$, measured $q$")
   L_grid = np.geomspace(cells["L"].min(), cells["L"].max(), 50)
-  scale = np.exp(np.mean(np.log(cells["ratio"]) - 0.5 * np.log(cells["L"])))
+  scale = fit.log_scale(cells["ratio"], np.sqrt(cells["L"]))
   ax.plot(L_grid, scale * np.sqrt(L_grid), color="0.45", linestyle="--", linewidth=1, label=r"$\propto\sqrt{L}$")
-  a, c = ratio["lemma2"]["a"]["value"], ratio["lemma2"]["c"]["value"]
-  if a is not None and c is not None:
-    ax.plot(L_grid, 1 / fit.lemma2_law(L_grid, a, c), color="k", linestyle=":", linewidth=1.2,
-            label=rf"Lemma 2: $\sqrt{{1+cL}}/a$, $c = {c:.2f}$")
+  if "lemma2_law" in ratio:
+    a, c = ratio["lemma2_law"]["a"]["value"], ratio["lemma2_law"]["c"]["value"]
+    ax.plot(L_grid, 1 / theory.lemma2_ratio_law(L_grid, a, c), color="k", linestyle=":", linewidth=1.2,
+            label=rf"SPEC law $\sqrt{{1+cL}}/a$, $c = {c:.2f}$")
   ax.set(xscale="log", yscale="log", xlabel="depth $L$",
          ylabel=r"$g_L^{\rm Post}/g_L^{\rm Pre}$ of $W_2$" if param == "W2" else "Post/Pre ratio")
   _log_ticks(ax, cells["L"])
   ax.legend(fontsize=7)
+  return fig
+
+
+def fig_local_exponent(fits: dict, loss: str | None = None, n: int | None = None, L_max: int = 10_000) -> Figure:
+  """Local depth exponent ``−d ln g_L(W2) / d ln L`` of Post-LN and Pre-LN: measured and mean field.
+
+  Points: the measured secant exponent between consecutive depths of the grid,
+  pooled over widths (:func:`normtheory.fit.local_exponents`), with its paired-bootstrap
+  CI, at the geometric mean of the two depths; small points: each width. Thick
+  translucent: the mean field's local exponent out to ``L_max``
+  (:func:`normtheory.theory.local_exponent`; independent of d). Horizontal lines:
+  Theorem 1's exponents (Pre ½, Post 0).
+
+  Args:
+    fits: :func:`normtheory.fit.fit_frame`'s result for the last layer's W2.
+    loss, n: which series (default: first loss, largest n, default other keys).
+    L_max: the mean-field curve's largest depth.
+
+  Returns:
+    The Figure.
+  """
+  chosen = [s for s in fits["series"] if s["arch"] in theory.THEOREM_GAMMA and s["local_exponents"]
+            and all(s[c] == v for c, v in fit.SERIES_DEFAULTS.items())]
+  loss = sorted({s["loss"] for s in chosen})[0] if loss is None and chosen else loss
+  chosen = [s for s in chosen if s["loss"] == loss]
+  n = max((s["n"] for s in chosen), default=None) if n is None else n
+  chosen = [s for s in chosen if s["n"] == n]
+  if not chosen:
+    raise ValueError(f"no Post-LN or Pre-LN series with >= 2 depths for loss={loss!r}, n={n!r}")
+  fig = Figure(figsize=(4.8, 3.6), layout="constrained")
+  ax = fig.subplots()
+  mean_field = False
+  L_min = min(step["L"][0] for s in chosen for step in s["local_exponents"])
+  for s in sorted(chosen, key=lambda s: fit.arch_key(s["arch"])):
+    style = arch_style(s["arch"])
+    steps = s["local_exponents"]
+    x_K = np.array([np.sqrt(step["L"][0] * step["L"][1]) for step in steps])
+    y_K = np.array([step["gamma"]["value"] for step in steps])
+    err_2xK = np.abs(np.array([step["gamma"]["ci"] for step in steps]).T - y_K)
+    ax.errorbar(x_K, y_K, yerr=err_2xK, color=style["color"], marker=style["marker"], linestyle="none",
+                markersize=5, capsize=3, label=f"{_label(s['arch'])}, measured (mean over $d$)")
+    for step, x in zip(steps, x_K):
+      ax.plot([x] * len(step["by_d"]), [b["gamma"]["value"] for b in step["by_d"]], color=style["color"],
+              marker=".", linestyle="none", markersize=3, alpha=0.5)
+    if "note" not in s["mean_field"]:
+      d_max = max(c["d"] for c in s["cells"])
+      d_ff = d_max if s["d_ff"] == "d" else s["d_ff"]
+      L_K = np.unique(np.geomspace(L_min, L_max, 200).round().astype(int))
+      local = theory.local_exponent(s["arch"], d_max, s["n"], L_K, d_ff)
+      _mean_field_line(ax, local.L, local.gamma, s["arch"])
+      mean_field = True
+    gamma = theory.THEOREM_GAMMA[s["arch"]]
+    ax.axhline(gamma, color=style["color"], linestyle=style["linestyle"], linewidth=0.8,
+               label=rf"Theorem 1 {_label(s['arch'])}: $\gamma = {gamma:g}$")
+  if mean_field:
+    _mean_field_legend(ax)
+  ax.set(xscale="log", xlabel=r"depth $L$ (between consecutive grid depths)",
+         ylabel=r"local exponent $-d\ln g_L/d\ln L$", title=f"loss {loss}, $n = {n}$")
+  ax.xaxis.set_major_formatter(ticker.FuncFormatter(_tick_label))
+  ax.legend(fontsize=7)
+  return fig
+
+
+def fig_ln_jacobian(ln_jacobian: pd.DataFrame, hidden: pd.DataFrame, d: int | None = None,
+                    loss: str | None = None, n: int | None = None) -> Figure:
+  """LayerNorm Jacobians (Lemma 3): against the closed form on measured states, and per layer.
+
+  Left: Pre-LN's stored ``||J_LN||₂`` at the first LayerNorm of every layer
+  (``ln = 1``, input x_l) and at its final one (layer L+1), one point per seed,
+  layer and cell, against ``√d/||x_l||`` from ``hidden_norms.csv`` (row norms
+  averaged before the root, not centred, so it equals Lemma 3's
+  ``√d/||x − mean(x)||`` up to O(1/d)); the diagonal is Lemma 3's equality (eps = 0).
+  Right: ``||J_LN||₂`` vs layer at width d and the deepest L for Post-LN and Pre-LN,
+  every LayerNorm of the layer (ln = 1, 2 in forward order; L+1: Pre-LN's final one),
+  mean over seeds with a 5–95% band; dashed: Post-LN's second LayerNorm sees ``x5``
+  with ``E||x5||²/d = 3/2`` (Lemma 2), so ``||J|| = √(2/3)``; thick translucent: the
+  mean field's ``1/√q_l`` at Pre-LN's first LayerNorm.
+
+  Args:
+    ln_jacobian: tidy LN-Jacobian table (columns ``schema.LN_JACOBIAN_COLUMNS``).
+    hidden: tidy hidden-norm table (for the left panel's states).
+    d: width of the right panel (default the largest).
+    loss, n: which loss and sequence length.
+
+  Returns:
+    The Figure.
+  """
+  jac = _pick(ln_jacobian, loss, n)
+  jac = jac[jac["arch"].isin(list(theory.THEOREM_GAMMA))]
+  if jac.empty:
+    raise ValueError("no Post-LN or Pre-LN rows in the LN-Jacobian table")
+  fig = Figure(figsize=(8.4, 3.6), layout="constrained")
+  left, right = fig.subplots(1, 2)
+  first = jac[(jac["arch"] == "pre") & (jac["ln"] == 1)]
+  states = _pick(hidden, jac["loss"].iloc[0], int(jac["n"].iloc[0]))
+  keys = [*[c for c in jac.columns if c not in ("ln", "value")]]
+  pairs = first.merge(states, on=keys)
+  if not pairs.empty:
+    x = np.sqrt(pairs["d"] / pairs["sq_norm"])
+    left.plot(x, pairs["value"], color=arch_style("pre")["color"], marker=".", linestyle="none", markersize=2,
+              alpha=0.5, label="Pre-LN, first and final LN")
+    lim = np.array([x.min(), x.max()])
+    left.plot(lim, lim, color="k", linestyle="--", linewidth=1, label=r"Lemma 3: $\sqrt{d}/\Vert x-\bar x\Vert$")
+    left.set(xscale="log", yscale="log")
+    for axis in (left.xaxis, left.yaxis):
+      axis.set_major_formatter(ticker.FuncFormatter(_tick_label))
+      axis.set_minor_formatter(ticker.FuncFormatter(_tick_label))
+    left.legend(fontsize=7)
+  left.set(xlabel=r"$\sqrt{d}/\Vert x_l\Vert$ (stored hidden norm)", ylabel=r"stored $\Vert J_{\rm LN}\Vert_2$",
+           title="Lemma 3 on measured states")
+  jac = jac[jac["d"] == (jac["d"].max() if d is None else d)]
+  jac = jac[jac["L"] == jac.groupby("arch")["L"].transform("max")]
+  stats = fit.summarize(jac, value="value")
+  for arch in _archs(stats):
+    style = arch_style(arch)
+    for k, (ln, st) in enumerate(stats[stats["arch"] == arch].groupby("ln")):
+      st = st.sort_values("layer")
+      mixed = tuple(np.array(colors.to_rgb(style["color"])) * (1 - 0.45 * k) + 0.45 * k)
+      _band(right, st["layer"], st, {**style, "color": mixed}, f"{_label(arch)}, LN {ln}")
+    if arch == "pre" and _covered(stats[stats["arch"] == arch], gradient=False):
+      m = theory.mean_field(arch, **_model(stats[stats["arch"] == arch]))
+      q_L1 = np.append(m["sq_norm_per_d"], m["final_sq_norm_per_d"])
+      _mean_field_line(right, np.arange(1, q_L1.size + 1), 1 / np.sqrt(q_L1), arch)
+      _mean_field_legend(right)
+  if "post" in set(stats["arch"]):
+    right.axhline(1 / np.sqrt(theory.post_x5_sq_norm(1)), color=arch_style("post")["color"], linestyle="--",
+                  linewidth=1, label=r"Post-LN LN 2 at $x_5$: $\sqrt{2/3}$ (Lemmas 2, 3)")
+  right.set(yscale="log", xlabel="layer $l$ ($L + 1$: final LN)", ylabel=r"$\Vert J_{\rm LN}\Vert_2$",
+            title=f"$d = {int(stats['d'].iloc[0])}$")
+  right.yaxis.set_major_formatter(ticker.FuncFormatter(_tick_label))
+  right.yaxis.set_minor_formatter(ticker.FuncFormatter(_tick_label))
+  right.legend(fontsize=7)
   return fig
 
 
@@ -472,7 +642,8 @@ def fig_arch_comparison(
   return fig
 
 
-def fig_depth_metrics(depth: pd.DataFrame, d: int | None = None, loss: str | None = None, n: int | None = None) -> Figure:
+def fig_depth_metrics(depth: pd.DataFrame, d: int | None = None, loss: str | None = None,
+                      n: int | None = None) -> Figure:
   """Effective-depth metrics per layer vs l/L, one panel per metric, one line per arch.
 
   Each arch is drawn from its deepest model at width ``d``, with the mean-field
@@ -493,16 +664,18 @@ def fig_depth_metrics(depth: pd.DataFrame, d: int | None = None, loss: str | Non
   stats = fit.summarize(rows, value="value")
   fig = Figure(figsize=(11.0, 3.6), layout="constrained")
   axes = fig.subplots(1, len(DEPTH_METRIC_LABELS))
+  mean_field = False
   for ax, (metric, label) in zip(axes, DEPTH_METRIC_LABELS.items()):
     for arch in _archs(stats):
       st = stats[(stats["arch"] == arch) & (stats["metric"] == metric)].sort_values("layer")
       L = _model(st)["L"]
       _band(ax, st["layer"] / L, st, arch_style(arch), f"{_label(arch)} ($L = {L}$)")
-      if arch in ARCHS and metric in ("rel_update", "cos_sim"):
+      if metric in ("rel_update", "cos_sim") and _covered(st, gradient=False):
         _mean_field_line(ax, st["layer"] / L, theory.mean_field(arch, **_model(st))[metric][st["layer"] - 1], arch)
+        mean_field = True
     pre = stats[(stats["arch"] == "pre") & (stats["metric"] == metric)]
     if metric == "rel_update" and len(pre) > 1:
-      scale = np.exp(np.mean(np.log(pre["mean"]) + 0.5 * np.log(pre["layer"])))
+      scale = fit.log_scale(pre["mean"], pre["layer"] ** -0.5)
       ax.plot(pre["layer"] / pre["L"], scale * pre["layer"] ** -0.5, color="0.45", linestyle="--", linewidth=1,
               label=r"$\propto l^{-1/2}$")
     log_y = metric != "cos_sim"  # cos_sim lies near 1: a linear axis
@@ -510,7 +683,7 @@ def fig_depth_metrics(depth: pd.DataFrame, d: int | None = None, loss: str | Non
     for axis in (ax.xaxis, ax.yaxis) if log_y else (ax.xaxis,):
       axis.set_major_formatter(ticker.FuncFormatter(_tick_label))
       axis.set_minor_formatter(ticker.FuncFormatter(_tick_label))
-  if set(_archs(stats)) & set(ARCHS):
+  if mean_field:
     _mean_field_legend(axes[0])
   axes[0].legend(fontsize=7)
   fig.suptitle(f"$d = {int(stats['d'].iloc[0])}$, $n = {int(stats['n'].iloc[0])}$", fontsize=9)
@@ -518,11 +691,14 @@ def fig_depth_metrics(depth: pd.DataFrame, d: int | None = None, loss: str | Non
 
 
 def figures(
-    grad: pd.DataFrame, hidden: pd.DataFrame, fits: dict | None = None, depth: pd.DataFrame | None = None
+    grad: pd.DataFrame, hidden: pd.DataFrame, fits: dict | None = None, depth: pd.DataFrame | None = None,
+    ln_jacobian: pd.DataFrame | None = None,
 ) -> dict[str, Figure]:
   """Every figure that the data allow, keyed by function name as in ``CAPTIONS``.
 
-  fig_ratio needs post and pre; fig_depth_metrics needs a depth-metric table ``depth``.
+  fig_ratio needs post and pre; fig_local_exponent Post-LN or Pre-LN at >= 2 depths;
+  fig_depth_metrics a depth-metric table ``depth``; fig_ln_jacobian an LN-Jacobian
+  table ``ln_jacobian`` with Post-LN or Pre-LN rows.
   """
   fits = _ensure_fits(grad, fits, "W2")
   out = {
@@ -534,8 +710,12 @@ def figures(
   }
   if _ratio_fits(fits, _pick(grad, None, None)) is not None:
     out["fig_ratio"] = fig_ratio(grad, fits)
+  if any(s["arch"] in theory.THEOREM_GAMMA and s["local_exponents"] for s in fits["series"]):
+    out["fig_local_exponent"] = fig_local_exponent(fits)
   if depth is not None and not depth.empty:
     out["fig_depth_metrics"] = fig_depth_metrics(depth)
+  if ln_jacobian is not None and ln_jacobian["arch"].isin(list(theory.THEOREM_GAMMA)).any():
+    out["fig_ln_jacobian"] = fig_ln_jacobian(ln_jacobian, hidden)
   return out
 
 

@@ -114,8 +114,20 @@ def post_x5_sq_norm(d: int) -> float:
   return 1.5 * d
 
 
-def pre_sq_norm_bounds(d: int, l) -> tuple:
+class Band(NamedTuple):
+  """A closed interval ``[lower, upper]`` (scalars or arrays of the same shape)."""
+
+  lower: np.ndarray
+  upper: np.ndarray
+
+
+LEMMA2_GROWTH = Band(0.5, 1.5)  # Pre-LN: each layer adds between d/2 and 3d/2 to E||x||² (Lemma 2)
+
+
+def pre_sq_norm_bounds(d: int, l) -> Band:
   """Lemma 2 (Pre-LN): ``(1 + l/2) d <= E||x_{l+1}||² <= (1 + 3l/2) d`` per row.
+
+  The one home of Lemma 2's band; ``d = 1`` gives it per feature (``E||x||²/d``).
 
   Args:
     d: width.
@@ -125,7 +137,7 @@ def pre_sq_norm_bounds(d: int, l) -> tuple:
     (lower, upper) bounds on the expected squared row norm after l layers.
   """
   l = np.asarray(l, np.float64)
-  return (1 + l / 2) * d, (1 + 1.5 * l) * d
+  return Band((1 + LEMMA2_GROWTH.lower * l) * d, (1 + LEMMA2_GROWTH.upper * l) * d)
 
 
 def ln_jacobian_norm_eps0(x_nxd) -> np.ndarray:
@@ -142,14 +154,67 @@ def ln_jacobian_norm_eps0(x_nxd) -> np.ndarray:
   return np.sqrt(x_nxd.shape[-1]) / np.linalg.norm(centred_nxd, axis=-1)
 
 
-def post_bound_shape(d: int, L: int) -> float:
-  """Theorem 1 (Post-LN): ``||dLoss/dW2^L||_F = O(d sqrt(ln d))``, independent of L."""
-  return d * math.sqrt(math.log(d))
+THEOREM_GAMMA = {"post": 0.0, "pre": 0.5}  # Theorem 1: g_L(W2) = O(d sqrt(ln d) L^-gamma)
+THEOREM_SHAPE = {"post": "d sqrt(ln d)", "pre": "d sqrt(ln d / L)"}
 
 
-def pre_bound_shape(d: int, L: int) -> float:
-  """Theorem 1 (Pre-LN): ``||dLoss/dW2^L||_F = O(d sqrt(ln d / L))``."""
-  return d * math.sqrt(math.log(d) / L)
+def bound_shape(arch: str, d, L):
+  """Theorem 1's bound on ``||dLoss/dW2^L||_F`` up to its constant.
+
+  Post-LN: ``d sqrt(ln d)``, independent of L; Pre-LN: ``d sqrt(ln d / L)``.
+
+  Args:
+    arch: "post" or "pre" (the archs Theorem 1 covers, ``THEOREM_GAMMA``).
+    d: width(s).
+    L: depth(s), broadcast against d.
+
+  Returns:
+    ``d sqrt(ln d) L^(-gamma)`` as a float64 array (a float for scalar input).
+
+  References:
+    Xiong et al. 2020, Theorem 1.
+  """
+  if arch not in THEOREM_GAMMA:
+    raise ValueError(f"Theorem 1 covers arch post and pre only, got {arch!r}")
+  d, L = np.asarray(d, np.float64), np.asarray(L, np.float64)
+  return d * np.sqrt(np.log(d)) * L ** -THEOREM_GAMMA[arch]
+
+
+def bound_d_exponent(d_min: float, d_max: float) -> float:
+  """Effective exponent of ``d sqrt(ln d)`` between two widths, ``ln(shape ratio)/ln(d ratio)``.
+
+  ``1 + ln(ln d_max / ln d_min) / (2 ln(d_max / d_min))``: a power law ``d^alpha`` fitted
+  over [d_min, d_max] stays under Theorem 1's width dependence iff alpha is at most this
+  (1.097 for d in 64..512; it tends to 1 as the widths grow). 1 if ``d_min == d_max``.
+  """
+  if d_max == d_min:
+    return 1.0
+  return 1.0 + 0.5 * math.log(math.log(d_max) / math.log(d_min)) / math.log(d_max / d_min)
+
+
+def pre_post_ratio(q_final):
+  """Mean-field ``g_pre / g_post`` of the last layer's W2 from Pre-LN's ``q_{L+1}``.
+
+  ``sqrt(3 / (2 q_{L+1}))``: both gradients pass one LayerNorm between W2 and the
+  read-out (Post-LN its last, at ``x5`` with ``E||x5||²/d = 3/2``, Lemma 2; Pre-LN its
+  final one, at ``x_{L+1}``), and by Lemma 3 each scales the cotangent by
+  ``1/sqrt(q)`` at its input; everything else is the same in both (derivation step 6).
+
+  Args:
+    q_final: ``E||x_{L+1}||²/d`` of Pre-LN's state entering its final LayerNorm.
+
+  References:
+    Xiong et al. 2020, Lemmas 2 and 3.
+  """
+  return np.sqrt(post_x5_sq_norm(1) / np.asarray(q_final, np.float64))
+
+
+def lemma2_ratio_law(L, a, c):
+  """SPEC §5's depth law of the Pre/Post ratio, ``a / sqrt(1 + c L)`` (Lemma 2 puts c in [1/2, 3/2])."""
+  return a / np.sqrt(1.0 + c * np.asarray(L, np.float64))
+
+
+EFFECTIVE_DEPTH_KAPPA = {"post": 0.0, "pre": 0.5}  # rel_update ∝ l^-kappa (the effective-depth argument)
 
 
 # --- Mean-field maps -------------------------------------------------------------
@@ -298,28 +363,38 @@ def mean_field(arch: str, d: int, L: int, n: int, d_ff: int | None = None,
       ``last_layer_w2_sq``: its predicted mean square.
   """
   final_ln = architectures.get(arch).final_ln  # ValueError listing the known names
-  arch_fn = functools.partial(_mixln, rho=mixln_rho) if arch == "mixln" else _LAYERS[arch]
-  shape = _Shape(d, n, d if d_ff is None else d_ff)
-  q, c = 1.0, 0.0  # Gaussian inputs
   sq_L, corr_L, update_L, cos_L = (np.empty(L) for _ in range(4))
-  for l in range(1, L + 1):
-    sq_L[l - 1], corr_L[l - 1] = q, c / q
-    out = arch_fn(Stream(q, c, q), l, L, shape)
-    update_L[l - 1] = math.sqrt(max(out.x.q - 2 * out.x.o + q, 0.0) / q)
-    cos_L[l - 1] = out.x.o / math.sqrt(q * out.x.q)
-    q, c = out.x.q, (out.x.c if correlated else 0.0)
-  grad_lns = out.grad_lns + ((q,) if final_ln else ())
-  delta_sq = (d - 1 - len(grad_lns)) / (n**2 * float(np.prod(grad_lns)))
-  w2_sq = n * out.hidden_per_d * d * delta_sq
+  for l, x_in, out in _layers(arch, _Shape(d, n, d if d_ff is None else d_ff), L, mixln_rho, correlated):
+    sq_L[l - 1], corr_L[l - 1] = x_in.q, x_in.rho
+    update_L[l - 1] = math.sqrt(max(out.x.q - 2 * out.x.o + x_in.q, 0.0) / x_in.q)
+    cos_L[l - 1] = out.x.o / math.sqrt(x_in.q * out.x.q)
+  w2_sq = _last_layer_w2_sq(out, final_ln, d, n)
   return {
       "sq_norm_per_d": sq_L,
       "correlation": corr_L,
       "rel_update": update_L,
       "cos_sim": cos_L,
-      "final_sq_norm_per_d": q,
+      "final_sq_norm_per_d": out.x.q,
       "last_layer_w2": math.sqrt(w2_sq),
       "last_layer_w2_sq": w2_sq,
   }
+
+
+def _layers(arch: str, shape: _Shape, L: int, mixln_rho: float = 0.25, correlated: bool = True):
+  """Yield ``(l, state entering layer l, layer l's _LayerOut)`` for l = 1..L of an L-layer model."""
+  arch_fn = functools.partial(_mixln, rho=mixln_rho) if arch == "mixln" else _LAYERS[arch]
+  x = Stream(1.0, 0.0, 1.0)  # Gaussian inputs
+  for l in range(1, L + 1):
+    out = arch_fn(x, l, L, shape)
+    yield l, x, out
+    x = Stream(out.x.q, out.x.c if correlated else 0.0, out.x.q)
+
+
+def _last_layer_w2_sq(out: _LayerOut, final_ln: bool, d: int, n: int) -> float:
+  """Mean square of ``||dLoss/dW2^L||_F`` from the last layer's output (derivation step 6)."""
+  grad_lns = out.grad_lns + ((out.x.q,) if final_ln else ())
+  delta_sq = (d - 1 - len(grad_lns)) / (n**2 * float(np.prod(grad_lns)))
+  return n * out.hidden_per_d * d * delta_sq
 
 
 def predict_last_layer_w2(arch: str, d: int, L: int, n: int, d_ff: int | None = None) -> float:
@@ -329,3 +404,85 @@ def predict_last_layer_w2(arch: str, d: int, L: int, n: int, d_ff: int | None = 
   with ``q_{L+1} -> 3L/2`` as tokens correlate, so the Post/Pre ratio grows like sqrt(L).
   """
   return mean_field(arch, d, L, n, d_ff)["last_layer_w2"]
+
+
+def last_layer_w2_curve(arch: str, d: int, L_K, n: int, d_ff: int | None = None) -> np.ndarray:
+  """:func:`predict_last_layer_w2` at every depth of ``L_K``, as a ``(K,)`` array.
+
+  For archs whose layer l does not depend on L (all but DeepNorm and Mix-LN) the
+  L-layer model is the first L layers of a deeper one, so one recursion to
+  ``max(L_K)`` gives every depth (L = 10^4 in well under a second); the others run
+  one recursion per depth.
+  """
+  L_K = np.asarray(L_K, dtype=np.int64)
+  model = architectures.get(arch)
+  if model.depends_on_depth or arch == "mixln":
+    return np.array([predict_last_layer_w2(arch, d, int(L), n, d_ff) for L in L_K])
+  w2_sq_M = np.array([_last_layer_w2_sq(out, model.final_ln, d, n)
+                      for _, _, out in _layers(arch, _Shape(d, n, d if d_ff is None else d_ff), int(L_K.max()))])
+  return np.sqrt(w2_sq_M[L_K - 1])
+
+
+class LocalExponent(NamedTuple):
+  """The mean-field local depth exponent of the last layer's W2 gradient.
+
+  Attributes:
+    L: ``(K,)`` depths (geometric midpoints ``sqrt(L (L+1))`` of consecutive depths).
+    gamma: ``(K,)`` ``-d ln g / d ln L`` there, as the secant between L and L + 1.
+  """
+
+  L: np.ndarray
+  gamma: np.ndarray
+
+
+def local_exponent(arch: str, d: int, n: int, L_K, d_ff: int | None = None) -> LocalExponent:
+  """Mean-field local exponent ``-d ln g_L(W2) / d ln L`` at the depths ``L_K``.
+
+  Pre-LN's ``g ∝ q_{L+1}^(-1/2)`` and ``q_{L+1} = 1 + sum_l (A_l + 1/2)``: the
+  attention term ``A_l`` rises from 1/n towards 1 as positions correlate, so q is
+  convex in L and the local exponent ``(1/2) d ln q / d ln L`` exceeds 1/2 at small L
+  and tends to 1/2 as L -> infinity (Theorem 1's exponent). Post-LN's is 0.
+
+  Args:
+    arch: an arch the mean field models.
+    d, n, d_ff: width, sequence length, FFN width.
+    L_K: depths (>= 1), e.g. ``np.geomspace(6, 1e4, 100).round()``.
+
+  Returns:
+    :class:`LocalExponent` at ``sqrt(L (L + 1))`` for each L of ``L_K``.
+
+  References:
+    Xiong et al. 2020, Lemma 2 and Theorem 1.
+  """
+  L_K = np.unique(np.asarray(L_K, dtype=np.int64))
+  g_K, g_next_K = np.split(last_layer_w2_curve(arch, d, np.concatenate([L_K, L_K + 1]), n, d_ff), 2)
+  return LocalExponent(np.sqrt(L_K * (L_K + 1.0)), -np.log(g_next_K / g_K) / np.log1p(1.0 / L_K))
+
+
+MEAN_FIELD_ARCHS = (*_LAYERS, "mixln")
+
+
+def mean_field_gap(cell: dict, gradient: bool = True) -> str | None:
+  """Why :func:`mean_field` does not model a cell, or None where it does.
+
+  The derivation assumes SPEC §1's model: uniform attention (W_Q = W_K = 0), one
+  head, Gaussian inputs, one sequence per sample; its gradient prediction also the
+  linear loss. Cell columns absent from ``cell`` take their stored defaults.
+
+  Args:
+    cell: the cell columns (``arch``, ``loss``, ``batch``, ``attention``, ``heads``,
+      ``inputs``; ``schema.CELL_COLUMNS``).
+    gradient: whether the last layer's W2 gradient is asked (else only hidden-state
+      statistics, which do not depend on the loss or the batch).
+  """
+  get = lambda k, default: cell.get(k, default)  # noqa: E731
+  if get("arch", None) not in MEAN_FIELD_ARCHS:
+    return f"no mean-field model of arch {get('arch', None)}"
+  for column, default in (("attention", "uniform"), ("heads", 1), ("inputs", "gaussian")):
+    if get(column, default) != default:
+      return f"the mean field assumes {column}={default}, not {get(column, default)}"
+  if gradient and get("loss", "linear") != "linear":
+    return f"the mean field predicts the gradient for the linear loss only, not {get('loss', None)}"
+  if gradient and int(get("batch", 1)) != 1:
+    return f"the mean field predicts one sequence per sample, not batch={get('batch', None)}"
+  return None

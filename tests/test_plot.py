@@ -19,7 +19,7 @@ import pytest  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 import normtheory as nt  # noqa: E402
-from normtheory import depth_metrics, fit, plot, theory  # noqa: E402
+from normtheory import depth_metrics, fit, plot, schema, theory  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -48,9 +48,9 @@ def depth():
 
 @pytest.mark.slow
 def test_every_figure_is_a_figure_and_saves_nonempty_png_at_200_dpi_and_pdf(store, depth, tmp_path):
-  """All seven figure functions return Figures; save writes a 200-dpi PNG and a PDF for each."""
-  grad, hidden, _ = store
-  figs = plot.figures(grad, hidden, fit.fit_frame(grad, n_boot=50), depth)
+  """Every figure function returns a Figure; save writes a 200-dpi PNG and a PDF for each."""
+  grad, hidden, path = store
+  figs = plot.figures(grad, hidden, fit.fit_frame(grad, n_boot=50), depth, fit.read_ln_jacobian(path))
   assert set(figs) == set(plot.CAPTIONS)
   for name, fig in figs.items():
     assert isinstance(fig, Figure)
@@ -68,7 +68,7 @@ def test_figures_accept_unknown_arch_names_without_theorem_overlays(store):
   assert fits["ratios"] == []
   assert plot.arch_style("mine") == plot.arch_style("mine") and plot.arch_style("mine")["color"] == "0.35"
   figs = plot.figures(grad, hidden.replace({"arch": {"pre": "mine"}}), fits)
-  assert "fig_ratio" not in figs and "fig_depth_metrics" not in figs and len(figs) == 5
+  assert set(plot.CAPTIONS) - set(figs) == {"fig_ratio", "fig_depth_metrics", "fig_ln_jacobian"}
 
 
 def _legend_texts(fig) -> set[str]:
@@ -108,8 +108,8 @@ def test_pre_ln_band_is_lemma2_shifted_by_one_layer():
 
 
 def test_make_figures_writes_every_figure_and_captions(store, tmp_path, capsys):
-  """make_figures.py on a real store without depth_metrics.csv writes PNG+PDF of every other figure and
-  captions.md, and prints the verdict without an effective-depth block."""
+  """make_figures.py on a real store without depth_metrics.csv writes PNG+PDF of every other figure (the
+  LN Jacobians included) and captions.md, and prints the verdict without an effective-depth block."""
   _make_figures().main(["--results", str(store[2]), "--out", str(tmp_path), "--n-boot", "20"])
   for name in set(plot.CAPTIONS) - {"fig_depth_metrics"}:
     assert (tmp_path / f"{name}.png").stat().st_size > 0 and (tmp_path / f"{name}.pdf").stat().st_size > 0
@@ -131,3 +131,53 @@ def test_make_figures_on_bad_store_exits_2_with_one_stderr_line(tmp_path, capsys
   assert err.count("\n") == 1 and err.startswith("make_figures.py: error: ")
   assert ("nowhere" if missing == "dir" else missing) in err
   assert not (tmp_path / "figs").exists()
+
+
+def test_hidden_norms_put_post_ln_reference_at_its_layernorm_output(store):
+  """fig_hidden_norms draws no line at Lemma 2's 3/2 (that is x5, before Post-LN's LayerNorm) but Post-LN's
+  reference at 1, and the measured Post-LN states from layer 2 on lie on it (LN outputs, eps = 1e-6)."""
+  _, hidden, _ = store
+  fig = plot.fig_hidden_norms(hidden)
+  lines = fig.axes[0].get_lines()
+  flat = [ln for ln in lines if len(set(np.asarray(ln.get_ydata(), float))) == 1]
+  assert {float(ln.get_ydata()[0]) for ln in flat} == {1.0}
+  assert any(ln.get_label().startswith("Post-LN state = LN output") for ln in flat)
+  post = [ln for ln in lines if ln.get_color() == plot.arch_style("post")["color"] and ln.get_marker() == "o"][0]
+  np.testing.assert_allclose(post.get_ydata()[1:], 1.0, rtol=1e-4)
+
+
+def test_ln_jacobian_figure_pairs_states_and_draws_lemma_references(store):
+  """Left: each stored Pre-LN Jacobian is paired with the hidden norm of the same seed, layer and cell: y/x
+  lies in [1, 1.3] with median < 1.1 (mean removal and averaging 1/sqrt over rows both raise it, by O(1/d):
+  up to 1.26 at d = 8, 1.07 at d = 16). Right: Post-LN's second LayerNorm (input x5), averaged over its
+  layers, lies within 10% of the Lemma 2/3 reference sqrt(2/3), which is drawn (d = 16, 3 seeds)."""
+  _, hidden, path = store
+  fig = plot.fig_ln_jacobian(fit.read_ln_jacobian(path), hidden)
+  left, right = fig.axes
+  points = left.get_lines()[0]
+  ratio = np.asarray(points.get_ydata(), float) / np.asarray(points.get_xdata(), float)
+  assert len(ratio) == 3 * 2 * (1 + 2 + 4) and (ratio >= 1.0).all() and (ratio <= 1.3).all()
+  assert np.median(ratio) < 1.1
+  reference = [ln for ln in right.get_lines() if len(ln.get_ydata()) and np.allclose(ln.get_ydata(), np.sqrt(2 / 3))]
+  assert len(reference) == 1
+  (post_ln2,) = [ln for ln in right.get_lines() if ln.get_label() == "Post-LN, LN 2"]
+  assert np.mean(post_ln2.get_ydata()) == pytest.approx(np.sqrt(2 / 3), rel=0.10)
+
+
+def test_local_exponent_figure_draws_the_fits_and_the_mean_field_to_ten_thousand(store):
+  """fig_local_exponent: Pre-LN's points are the fits' pooled local exponents at sqrt(L_a L_b), and its
+  mean-field curve is theory.local_exponent (d-independent) reaching L = 10^4 near 1/2."""
+  grad, _, _ = store
+  fits = fit.fit_frame(grad, n_boot=50)
+  fig = plot.fig_local_exponent(fits)
+  ax = fig.axes[0]
+  steps = [s for s in fits["series"] if s["arch"] == "pre"][0]["local_exponents"]
+  (pre_points,) = [c for c in ax.containers if c.get_label().startswith("Pre-LN")]
+  x, y = pre_points.lines[0].get_data()
+  np.testing.assert_allclose(x, [np.sqrt(s["L"][0] * s["L"][1]) for s in steps])
+  np.testing.assert_allclose(y, [s["gamma"]["value"] for s in steps])
+  color = plot.arch_style("pre")["color"]
+  (curve,) = [ln for ln in ax.get_lines() if ln.get_color() == color and ln.get_linewidth() == 3.0]
+  L_K = np.unique(np.geomspace(1, 10_000, 200).round().astype(int))
+  np.testing.assert_allclose(curve.get_ydata(), theory.local_exponent("pre", 16, 4, L_K).gamma)
+  assert curve.get_xdata()[-1] > 9_999 and abs(curve.get_ydata()[-1] - 0.5) < 0.01

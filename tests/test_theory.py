@@ -182,8 +182,10 @@ def test_post_over_pre_grows_like_sqrt_depth():
   L = 10_000
   ratio = theory.predict_last_layer_w2("post", D, L, N) / theory.predict_last_layer_w2("pre", D, L, N)
   assert ratio**2 / L == pytest.approx(1.0, rel=0.05)
-  assert theory.post_bound_shape(D, 6) == theory.post_bound_shape(D, 96)
-  assert theory.post_bound_shape(D, 96) / theory.pre_bound_shape(D, 96) == pytest.approx(np.sqrt(96))
+  assert theory.bound_shape("post", D, 6) == theory.bound_shape("post", D, 96) == D * np.sqrt(np.log(D))
+  assert theory.bound_shape("post", D, 96) / theory.bound_shape("pre", D, 96) == pytest.approx(np.sqrt(96))
+  with pytest.raises(ValueError, match="post and pre only"):
+    theory.bound_shape("deepnorm", D, 6)
 
 
 def test_closed_forms_and_docstring_examples():
@@ -191,6 +193,61 @@ def test_closed_forms_and_docstring_examples():
   for L in (1, 7, 50):
     assert theory.predict_last_layer_w2("post", D, L, N) == pytest.approx(np.sqrt(D * (D - 2) / (3 * N)))
   assert doctest.testmod(theory).failed == 0
+
+
+def test_bound_d_exponent_is_the_secant_exponent_of_d_sqrt_ln_d():
+  """bound_d_exponent(64, 512) is ln(shape(512)/shape(64))/ln 8 = 1.097, and 1 for one width."""
+  shape = lambda d: d * np.sqrt(np.log(d))  # noqa: E731
+  assert theory.bound_d_exponent(64, 512) == pytest.approx(np.log(shape(512) / shape(64)) / np.log(8), rel=1e-12)
+  assert theory.bound_d_exponent(64, 512) == pytest.approx(1.097, abs=5e-4)
+  assert theory.bound_d_exponent(128, 128) == 1.0
+
+
+def test_pre_post_ratio_is_the_mean_field_ratio_at_its_own_q():
+  """sqrt(3/(2 q_{L+1})) with q_{L+1} from the mean field equals the mean field's g_pre/g_post
+  (float64, 1e-12) at every depth: both pass exactly one LayerNorm (Lemmas 2, 3)."""
+  for L in (1, 6, 96, 1000):
+    q = theory.mean_field("pre", D, L, N)["final_sq_norm_per_d"]
+    ratio = theory.predict_last_layer_w2("pre", D, L, N) / theory.predict_last_layer_w2("post", D, L, N)
+    assert theory.pre_post_ratio(q) == pytest.approx(ratio, rel=1e-12)
+
+
+def test_last_layer_w2_curve_equals_one_model_per_depth():
+  """One recursion to max(L) gives predict_last_layer_w2 at every depth (1e-12), for a depth-free
+  arch (pre) and a depth-dependent one (deepnorm, one recursion per depth)."""
+  for arch in ("pre", "deepnorm", "mixln"):
+    L_K = [1, 5, 6, 40]
+    expected = [theory.predict_last_layer_w2(arch, 64, L, N) for L in L_K]
+    np.testing.assert_allclose(theory.last_layer_w2_curve(arch, 64, L_K, N), expected, rtol=1e-12)
+
+
+def test_local_exponent_exceeds_one_half_and_tends_to_it():
+  """Pre-LN's mean-field local exponent -dln g/dln L: above 1/2 on the grid's depths (6..96), falling
+  towards 1/2 (within 0.005 at L = 10^4); it is the secant of the curve between L and L + 1, and it is
+  (1/2) dln q_{L+1}/dln L (the final LayerNorm's Jacobian, Lemma 3). Post-LN's is 0 (1e-12)."""
+  L_K = np.array([6, 12, 24, 48, 96, 1000, 10_000])
+  local = theory.local_exponent("pre", 512, 16, L_K)
+  np.testing.assert_allclose(local.L, np.sqrt(L_K * (L_K + 1.0)))
+  assert (local.gamma[:5] > 0.52).all() and (np.diff(local.gamma[2:]) < 0).all()
+  assert 0.5 < local.gamma[-1] < 0.505
+  q_K, q_next_K = ([theory.mean_field("pre", 512, int(L), 16)["final_sq_norm_per_d"] for L in Ls]
+                   for Ls in (L_K, L_K + 1))
+  np.testing.assert_allclose(local.gamma, 0.5 * np.log(np.divide(q_next_K, q_K)) / np.log1p(1 / L_K), rtol=1e-9)
+  np.testing.assert_allclose(theory.local_exponent("post", 512, 16, L_K).gamma, 0.0, atol=1e-12)
+
+
+def test_mean_field_gap_names_what_the_derivation_does_not_cover():
+  """None for SPEC §1's cell; a reason for xavier attention, text inputs, heads, other losses or
+  batches (the gradient only) and for archs without a mean-field model."""
+  cell = {"arch": "pre", "loss": "linear", "batch": 1, "attention": "uniform", "heads": 1, "inputs": "gaussian"}
+  assert theory.mean_field_gap(cell) is None
+  assert "xavier" in theory.mean_field_gap({**cell, "attention": "xavier"})
+  assert "text" in theory.mean_field_gap({**cell, "inputs": "text"}, gradient=False)
+  assert "heads" in theory.mean_field_gap({**cell, "heads": 2})
+  assert "linear loss" in theory.mean_field_gap({**cell, "loss": "xent"})
+  assert theory.mean_field_gap({**cell, "loss": "xent", "batch": 4}, gradient=False) is None
+  assert "batch=4" in theory.mean_field_gap({**cell, "batch": 4})
+  assert "arch residual" in theory.mean_field_gap({**cell, "arch": "residual"})
 
 
 def test_unknown_arch_is_rejected():
