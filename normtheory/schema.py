@@ -63,6 +63,10 @@ DEPTH_COLUMNS = TABLES[DEPTH_FILE]
 LN_JACOBIAN_COLUMNS = TABLES[LN_JACOBIAN_FILE]
 
 
+_UMASK = os.umask(0o022)  # read once (os.umask can only be read by setting it), then restored
+os.umask(_UMASK)
+
+
 class StoreError(ValueError):
   """A store cannot be used as asked (unreadable file, other settings, unwritable directory, ...)."""
 
@@ -140,11 +144,13 @@ def atomic_write(path: str | os.PathLike, text: str | bytes) -> None:
   """Replace ``path`` by ``text`` (str or bytes) atomically: a complete temporary file, fsync, ``os.replace``.
 
   A crash or Ctrl-C at any point leaves either the old file or the new one, never a
-  partial file; the temporary file is removed on failure.
+  partial file; the temporary file is removed on failure. The new file keeps the old
+  one's permissions (a new file gets the umask's, as ``open`` would give it).
   """
   path = Path(path)
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
   try:
+    os.fchmod(fd, path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_UMASK)
     with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as f:
       f.write(text)
       f.flush()
