@@ -169,7 +169,12 @@ def main(argv: list[str] | None = None) -> int:
   if args.compile_cache != "none":
     jax.config.update("jax_compilation_cache_dir", args.compile_cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  if args.distributed and not distributed.supervised():
+    spec = args.cluster
+    who = "this process" if spec.process_id is None else f"process {spec.process_id}"
+    return distributed.supervise(argv, "grad_scaling.py", who, _resume_hint(args.out))
   if args.distributed:
+    distributed.follow_supervisor()
     return _main_distributed(args, axes, argv, settings, base)
   lock = store.StoreLock(args.out)
   try:
@@ -195,8 +200,7 @@ def _main_distributed(args, axes, argv, settings, base) -> int:
     _error(e)
     return 2
   part = distributed.part_dir(args.out)
-  cluster.hint = (f"{args.out} is as it was; rows measured so far are kept in {part.parent}: "
-                  "run the same command on every process to resume")
+  cluster.hint = _resume_hint(args.out)
   cluster.start()
   locks = []
   try:
@@ -229,6 +233,11 @@ def _main_distributed(args, axes, argv, settings, base) -> int:
   except BaseException as e:  # noqa: BLE001 - reported to every process, with the traceback here
     traceback.print_exc()
     cluster.abort(1, f"{type(e).__name__}: {e}")
+
+
+def _resume_hint(out) -> str:
+  return (f"rows measured so far stay in {os.path.join(out, 'parts')} until process 0 merges them into {out}: "
+          "run the same command on every process to resume")
 
 
 def _failed(failures: list) -> int:
@@ -280,3 +289,7 @@ def _report(args, axes, main_store, leader: bool) -> None:
   if not main_store.grad.empty:
     fits = fit.write_fits(args.out, n_boot=args.n_boot)
     say(fit.report(fits))
+
+
+if __name__ == "__main__":  # the child of distributed.supervise
+  sys.exit(main())

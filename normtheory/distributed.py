@@ -30,9 +30,11 @@ key-value store of JAX's coordination service (hosted by process 0):
 
 A process that stops this way has written only its own part, so ``DIR`` is as it was
 and the same command on every process resumes (each part keeps its measured seeds). If
-process 0 itself dies, the others lose the coordination service: JAX's runtime stops
-them at once with its own message ("Terminating process because the JAX distributed
-service detected fatal errors"), which no Python code can intercept.
+process 0 itself dies, the others lose the coordination service and JAX's runtime
+aborts them at once ("Terminating process because the JAX distributed service detected
+fatal errors"), where no Python code runs any more. So every process runs as the child
+of a small supervisor (:func:`supervise`, the command the user started), which
+outlives such an abort and ends with the same kind of one-line error.
 
 References:
   JAX documentation, "Multi-process environments" (``jax.distributed``).
@@ -45,7 +47,9 @@ import dataclasses
 import json
 import os
 import re
+import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -61,6 +65,7 @@ ENV_COORDINATOR, ENV_PROCESSES, ENV_PROCESS_ID = "JAX_COORDINATOR_ADDRESS", "JAX
 EXIT_CLUSTER = 3  # exit status of a process stopped because the cluster failed
 DEFAULT_TIMEOUT_S = 120.0
 _NS = "normtheory"  # key-value namespace; the coordination service lives for one launch
+SUPERVISOR_ENV = "NORMTHEORY_SUPERVISOR_PID"  # set in the child: its supervisor's pid
 
 
 @dataclasses.dataclass(frozen=True)
@@ -351,6 +356,60 @@ class Cluster:
 
     with _deadline(self.timeout, expired):
       jax.distributed.shutdown()
+
+
+def supervised() -> bool:
+  """Whether this process is the child of :func:`supervise`."""
+  return SUPERVISOR_ENV in os.environ
+
+
+def supervise(argv: list[str], prog: str, who: str, hint: str) -> int:
+  """Run ``python -m normtheory.cli ARGV`` as a child; say in one line why it died if a signal ended it.
+
+  The child is the real sweep process; this one only waits. SIGTERM and SIGHUP are
+  passed on; Ctrl-C reaches the child from the terminal, so it is ignored here. A
+  child aborted by JAX's runtime (SIGABRT: the coordinator or another process is gone)
+  ends with ``EXIT_CLUSTER``, another signal with 128 + its number.
+
+  Args:
+    argv: the command line of the sweep (with ``--distributed``).
+    prog: the program name that starts the error line.
+    who: this process, for the error line (e.g. "process 1").
+    hint: what is kept and how to resume, for the error line.
+
+  Returns:
+    the child's exit status.
+  """
+  child = subprocess.Popen([sys.executable, "-m", "normtheory.cli", *argv],
+                           env={**os.environ, SUPERVISOR_ENV: str(os.getpid())})
+  handlers = {s: signal.signal(s, lambda signum, frame: child.send_signal(signum)) for s in (signal.SIGTERM, signal.SIGHUP)}
+  handlers[signal.SIGINT] = signal.signal(signal.SIGINT, signal.SIG_IGN)
+  try:
+    status = child.wait()
+  finally:
+    for s, handler in handlers.items():
+      signal.signal(s, handler)
+  if status >= 0:
+    return status
+  if -status == signal.SIGABRT:
+    why = ("JAX's distributed runtime aborted it (its message is above): the coordinator (process 0) or "
+           "another process died or became unreachable")
+  else:
+    why = f"it was ended by {signal.Signals(-status).name}"
+  sys.stderr.write(f"{prog}: error: {who}: {why}; {hint}\n")
+  return EXIT_CLUSTER if -status == signal.SIGABRT else 128 - status
+
+
+def follow_supervisor() -> None:
+  """In the child of :func:`supervise`: end this process if the supervisor dies (e.g. SIGKILLed)."""
+  supervisor = int(os.environ[SUPERVISOR_ENV])
+
+  def watch():
+    while os.getppid() == supervisor:
+      time.sleep(0.2)
+    os._exit(EXIT_CLUSTER)
+
+  threading.Thread(target=watch, name="normtheory-supervisor-watch", daemon=True).start()
 
 
 def my_seeds(n_seeds: int) -> set[int]:
