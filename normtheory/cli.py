@@ -155,6 +155,10 @@ def _error(message) -> None:
   print(f"grad_scaling.py: error: {message}", file=sys.stderr)
 
 
+def _warn(line: str) -> None:
+  tqdm.write(f"grad_scaling.py: {line}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
   """Run the sweep; returns the exit status (0 ok, 1 some cells failed, 2 bad input or store, 3 cluster failed)."""
   argv = sys.argv[1:] if argv is None else argv
@@ -184,9 +188,13 @@ def main(argv: list[str] | None = None) -> int:
     lock.release()
     _error(e)
     return 2
+  parts = os.path.join(args.out, "parts")
+  if os.path.isdir(parts) and not args.quiet:
+    _warn(f"{parts} holds rows of an unfinished --distributed run; this run neither uses nor merges them"
+          " (the --distributed command merges them when it is run again)")
   try:
     failures = _measure(args, axes, argv, base, main_store, main_store, {}, leader=True)
-    _report(args, axes, main_store, leader=True)
+    _report(args, axes, main_store)
   finally:
     lock.release()
   return _failed(failures)
@@ -223,16 +231,19 @@ def _main_distributed(args, axes, argv, settings, base) -> int:
     locks[0].release()
     cluster.close()
     distributed.remove_empty_parts(args.out)
-    _report(args, axes, main_store, leader=True)
+    _report(args, axes, main_store)
     locks[1].release()
-    return 1 if any(failed.values()) else 0
+    for process, count in failed.items():
+      if count and process != cluster.index:
+        _warn(f"process {process}: {count} passes failed (its output says which cells)")
+    return max(_failed(failures), int(any(failed.values())))
   except store.StoreError as e:
     cluster.abort(2, str(e))
   except KeyboardInterrupt:
     cluster.abort(130, "interrupted")
   except BaseException as e:  # noqa: BLE001 - reported to every process, with the traceback here
     traceback.print_exc()
-    cluster.abort(1, f"{type(e).__name__}: {e}")
+    cluster.abort(1, f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}")
 
 
 def _resume_hint(out) -> str:
@@ -242,7 +253,7 @@ def _resume_hint(out) -> str:
 
 def _failed(failures: list) -> int:
   for f in failures:
-    tqdm.write(f"grad_scaling.py: {len(f.cells)} cells not stored: {f.error.splitlines()[0]}", file=sys.stderr)
+    _warn(f"{len(f.cells)} cells not stored: {f.error.splitlines()[0]}")
   return 1 if failures else 0
 
 
@@ -256,7 +267,6 @@ def _measure(args, axes, argv, base, main_store, results, info: dict, leader: bo
     leader: whether this process prints.
   """
   say = (lambda *a: None) if args.quiet or not leader else print
-  warn = lambda line: tqdm.write(f"grad_scaling.py: {line}", file=sys.stderr)
   say("grid: " + "  ".join(f"{k}={','.join(map(str, v))}" for k, v in axes.items()) + f"  seeds={args.seeds}  n={args.n}")
   stored = main_store.stored_seeds()
   if results is not main_store:
@@ -272,14 +282,14 @@ def _measure(args, axes, argv, base, main_store, results, info: dict, leader: bo
     results.start_run(run_info(argv) | info | {"chunk": chunk})
     with tqdm(total=total, initial=complete, unit="cell", disable=args.quiet or not leader) as bar:
       key = prng.make_key(args.seed, args.prng)
-      failures = sweep.run(passes, results, key, chunk, bar.update, depth=args.depth_metrics, warn=warn)
+      failures = sweep.run(passes, results, key, chunk, bar.update, depth=args.depth_metrics, warn=_warn)
   say(f"measured in {time.perf_counter() - start:.1f} s")
   return failures
 
 
-def _report(args, axes, main_store, leader: bool) -> None:
-  """The summary table of the grid and the fits of the whole store (fits.json), printed by the leader."""
-  say = (lambda *a: None) if args.quiet or not leader else print
+def _report(args, axes, main_store) -> None:
+  """The summary table of the grid and the fits of the whole store (fits.json), as process 0 prints them."""
+  say = (lambda *a: None) if args.quiet else print
   if not args.quiet:
     wanted = {(a, lo, d) for a in axes["arch"] for lo in axes["loss"] for d in axes["d"]}
     table = sweep.summary_table(main_store.grad)

@@ -230,7 +230,6 @@ class Cluster:
     self._stop = threading.Event()
     self._watcher: threading.Thread | None = None
     self._interval = max(0.05, timeout / 10)
-    self._merging = False  # process 0, once every process is done: the others no longer matter
 
   @property
   def leader(self) -> bool:
@@ -269,8 +268,7 @@ class Cluster:
           if value_now != value:
             seen[p] = (value_now, now)
           elif now - since > self.timeout and self._watching(p, entries):
-            state = "never joined the watch" if value is None else "sent no heartbeat"
-            self._fail(f"process {p} {state} for {self.timeout:g} s (killed, hung or cut off)")
+            self._fail(f"process {p} sent no heartbeat for {self.timeout:g} s (killed, hung or cut off)")
       elif now - last_ok > self.timeout:
         reason = str(error).splitlines()[0] if error else "no answer"
         self._fail(f"lost the coordinator {self.coordinator} for {self.timeout:g} s ({reason})")
@@ -278,7 +276,7 @@ class Cluster:
 
   def _watching(self, p: int, entries: dict[str, str]) -> bool:
     """A process matters until it is done; process 0 until it has merged."""
-    if self._stop.is_set() or (self.leader and self._merging):
+    if self._stop.is_set():
       return False
     if p == 0 and f"{_NS}/merged" not in entries:
       return True
@@ -310,6 +308,8 @@ class Cluster:
 
   def abort(self, status: int, message: str) -> None:
     """End this process with ``message`` and ``status``, after telling the others (which stop too); never returns."""
+    if threading.current_thread() is threading.main_thread():
+      signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
     record = {"process": self.index, "status": status, "message": message}
     try:
       self.client.key_value_set(f"{_NS}/abort", json.dumps(record))
@@ -323,17 +323,18 @@ class Cluster:
     self.client.key_value_set(f"{_NS}/done/{self.index}", str(failures))
 
   def _wait_for(self, ready: Callable[[dict[str, str]], bool]) -> dict[str, str]:
+    """Poll the key-value store until ``ready``; the watchdog ends the process if that never comes."""
     while True:
-      entries = self._entries()
-      if ready(entries):
-        return entries
+      with contextlib.suppress(Exception):  # a lasting failure is the watchdog's to judge
+        entries = self._entries()
+        if ready(entries):
+          return entries
       time.sleep(self._interval)
 
   def wait_all_done(self) -> dict[int, int]:
     """Process 0: wait (the watchdog bounds it) until every process is done; process -> failed passes."""
     keys = [f"{_NS}/done/{p}" for p in range(self.count)]
     entries = self._wait_for(lambda e: all(k in e for k in keys))
-    self._merging = True
     return {p: int(entries[k]) for p, k in enumerate(keys)}
 
   def announce_merged(self) -> None:
