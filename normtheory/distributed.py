@@ -245,8 +245,9 @@ class Cluster:
     return dict(self.client.key_value_dir_get(f"{_NS}/"))
 
   def _fail(self, message: str, status: int = EXIT_CLUSTER) -> None:
-    _die(f"{self.prog}: error: process {self.index}: {message}" + (f"; {self.hint}" if self.hint else ""),
-         status, self.cleanups)
+    """One stderr line (with the resume hint, unless the input was refused: status 2), then end the process."""
+    hint = f"; {self.hint}" if self.hint and status != 2 else ""
+    _die(f"{self.prog}: error: process {self.index}: {message}{hint}", status, self.cleanups)
 
   def _watch(self) -> None:
     beat, last_ok, error = 0, time.monotonic(), None
@@ -316,7 +317,7 @@ class Cluster:
     except Exception:  # noqa: BLE001 - another process failed first (its failure is followed) or the service is gone
       pass
     self._await_acks(origin=self.index)
-    _die(f"{self.prog}: error: process {self.index}: {message}", status, self.cleanups)
+    self._fail(message, status)
 
   def done(self, failures: int) -> None:
     """Say that this process has measured (and stored in its part) everything; ``failures``: failed passes."""
