@@ -10,12 +10,16 @@ Layout of a store directory (the contract other tools read; columns in
 * ``meta.json``: the store's fixed settings (dtype, eps, base seed, PRNG, ...), one
   entry per run (argv, package versions, JAX backend and device kind) and one per
   measured pass (its cells, seeds and wall time).
+* ``.lock``: only while a sweep writes the store (:class:`StoreLock`).
+* ``parts/process-p/``: only while a ``--distributed`` run is unfinished: the rows
+  process p measured, each part a store of this layout (:mod:`normtheory.distributed`).
 
 A *cell* is one value of the cell columns; settings that are not CSV columns are
 fixed per store, so two runs with a different dtype or base seed cannot mix rows
 that nobody could tell apart. Every write replaces a file by ``os.replace`` of a
-complete temporary file (depth metrics and hidden norms first, grad norms last,
-meta.json after), so a crash or Ctrl-C leaves either the old or the new file, never
+complete temporary file (in a new store meta.json first, so that no table is ever
+without its settings; then depth metrics and hidden norms, grad norms last, meta.json
+again), so a crash or Ctrl-C leaves either the old or the new file, never
 a partial row, and a (cell, seed) counts as stored only once its grad-norm rows are
 in place. A remeasured pair replaces its rows in the files the pass writes; the
 samples of a (cell, seed) are fixed by the store's settings, so rows it keeps in
@@ -31,12 +35,16 @@ A store is opened only if every file can be trusted: a table that
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import os
 import socket
 import time
 from pathlib import Path
+
+try:
+  import fcntl
+except ImportError:  # not POSIX: the owner record alone decides
+  fcntl = None
 
 import pandas as pd
 
@@ -116,7 +124,7 @@ class StoreLock:
         self._remove_created()
         raise StoreError(f"{self.path}: cannot create the lock file ({error.strerror})") from None
       if not self._lock(fd, fresh):
-        owner = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+        owner = _read_record(fd)
         os.close(fd)
         self._remove_created()
         raise StoreError(f"{self.dir} is being written by another sweep ({_describe_owner(owner)}, lock file {self.path});"
@@ -126,7 +134,8 @@ class StoreLock:
         continue
       record = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
       os.ftruncate(fd, 0)
-      os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+      os.lseek(fd, 0, os.SEEK_SET)
+      os.write(fd, (json.dumps(record) + "\n").encode())
       os.fsync(fd)
       self._fd = fd
       return self
@@ -155,15 +164,17 @@ class StoreLock:
     self.release()
 
   def _lock(self, fd: int, fresh: bool) -> bool:
+    """Whether this process may own the lock file open as ``fd`` (``fresh``: it just created it)."""
     try:
-      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-      return True
+      if fcntl is not None:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
     except BlockingIOError:
       return False
     except OSError as error:  # no flock on this file system: judge the owner record
       if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
         raise
-      return fresh or _stale(os.pread(fd, 4096, 0).decode("utf-8", "replace"))
+    return fresh or _stale(_read_record(fd))
 
   def _remove_created(self) -> None:
     for directory in self._created:  # innermost first
@@ -172,6 +183,11 @@ class StoreLock:
       except OSError:
         break
     self._created = []
+
+
+def _read_record(fd: int) -> str:
+  os.lseek(fd, 0, os.SEEK_SET)
+  return os.read(fd, 4096).decode("utf-8", "replace").strip()
 
 
 def _same_file(fd: int, path: Path) -> bool:
