@@ -243,7 +243,7 @@ def _typed(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
     text = frame[column].astype(str)
     if column in INTEGER_COLUMNS:
       number = pd.to_numeric(text, errors="coerce")
-      bad = (number.isna() | (number != number.round())).to_numpy()
+      bad = (~np.isfinite(number.astype(np.float64)) | (number != number.round())).to_numpy()
       if bad.any():
         refuse(column, bad, "not an integer")
       out[column] = number.astype(np.int64)

@@ -147,6 +147,7 @@ CORRUPTIONS = {
                           "line 6, column grad_norm"),
     "non-integer width": ("hidden_norms.csv", lambda t: _replace_line(t, 1, lambda l: _field(l, 2, "8.5")), "column d"),
     "NaN seed": ("grad_norms.csv", lambda t: _replace_line(t, 2, lambda l: _field(l, 10, "")), "column seed"),
+    "infinite layer": ("grad_norms.csv", lambda t: _replace_line(t, 4, lambda l: _field(l, 11, "inf")), "line 5, column layer"),
     "empty arch": ("grad_norms.csv", lambda t: _replace_line(t, 2, lambda l: _field(l, 0, "")), "column arch"),
     "repeated row": ("grad_norms.csv", lambda t: t + t.splitlines(keepends=True)[1], "repeats the key"),
     "header of another version": ("grad_norms.csv", lambda t: t.replace("grad_norm\n", "gradient_norm\n", 1), "header"),
