@@ -8,6 +8,11 @@ writes each figure of :mod:`normtheory.plot` as PNG and PDF plus ``captions.md``
 
   python experiments/make_figures.py --results results/sweep --out figures/
 
+A missing, empty or partial store, one whose tables cannot be trusted, or data the
+fits cannot use: exit status 2, one stderr line, nothing written. Every figure is
+drawn in memory before any file is written, and each file is replaced atomically,
+so a failure never leaves a half-written figure.
+
 References:
   Xiong et al. 2020, Theorem 1, Lemma 2 and Fig. 3.
   Su 2022, kexue.fm/archives/9009 (effective depth).
@@ -23,8 +28,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-from normtheory import fit, plot  # noqa: E402  (after the backend is chosen)
+from normtheory import fit, plot, store  # noqa: E402  (after the backend is chosen)
 from normtheory.cli_args import ArgumentParser, UsageError, usage_exit  # noqa: E402
+from normtheory.schema import atomic_write  # noqa: E402
 
 PROG = "make_figures.py"
 
@@ -43,28 +49,45 @@ def parse(argv: list[str]) -> argparse.Namespace:
   if args.n_boot < 2 or args.dpi < 1:
     p.error(f"--n-boot must be >= 2 and --dpi >= 1, got {args.n_boot} and {args.dpi}")
   try:
+    store.check_writable(args.out)
+    if pathlib.Path(args.out).exists() and not pathlib.Path(args.out).is_dir():
+      raise store.StoreError(f"--out {args.out}: not a directory")
     args.grad = fit.read_grad_norms(args.results)
     args.hidden = fit.read_hidden_norms(args.results)
     args.depth = fit.read_depth_metrics(args.results)
     args.ln_jacobian = fit.read_ln_jacobian(args.results)
   except (FileNotFoundError, ValueError) as e:
     p.error(str(e))
+  for table, frame in [("grad_norms.csv", args.grad), ("hidden_norms.csv", args.hidden)]:
+    if frame.empty:
+      p.error(f"{pathlib.Path(args.results) / table}: no rows (an empty or unfinished store): nothing to draw")
   return args
 
 
+def write_outputs(out: pathlib.Path, files: dict[str, bytes]) -> None:
+  """Write every file (already complete in memory) to ``out``, each replaced atomically."""
+  out.mkdir(parents=True, exist_ok=True)
+  for filename, data in files.items():
+    atomic_write(out / filename, data)
+
+
 def main(argv: list[str] | None = None) -> int:
-  """Draw every figure of the store; returns the exit status (0 ok, 2 bad input)."""
+  """Draw every figure of the store; returns the exit status (0 ok, 2 bad input or an unusable store)."""
   try:
     args = parse(sys.argv[1:] if argv is None else argv)
   except UsageError as e:
     return usage_exit(PROG, e)
-  fits = fit.fit_store(args.results, n_boot=args.n_boot, seed=args.seed)
+  try:
+    fits = fit.fit_store(args.results, n_boot=args.n_boot, seed=args.seed)
+    figs = plot.figures(args.grad, args.hidden, fits, args.depth, args.ln_jacobian)
+    files = {k: v for name, fig in figs.items() for k, v in plot.render(fig, name, dpi=args.dpi).items()}
+  except ValueError as e:  # the fitters' and plotters' way of saying the data cannot be used
+    return usage_exit(PROG, UsageError(f"cannot draw figures from {args.results}: {str(e).splitlines()[0]}"))
+  files["captions.md"] = "".join(f"**{name}**: {plot.CAPTIONS[name]}\n\n" for name in figs).encode()
   out = pathlib.Path(args.out)
-  figs = plot.figures(args.grad, args.hidden, fits, args.depth, args.ln_jacobian)
-  written = {name: plot.save(fig, out, name, dpi=args.dpi) for name, fig in figs.items()}
-  (out / "captions.md").write_text("".join(f"**{name}**: {plot.CAPTIONS[name]}\n\n" for name in written))
+  write_outputs(out, files)
   print(fit.report(fits))
-  print(f"wrote {len(written)} figures (PNG, PDF) and captions.md to {out}")
+  print(f"wrote {len(figs)} figures (PNG, PDF) and captions.md to {out}")
   return 0
 
 

@@ -8,6 +8,15 @@ measured cell also gets the effective-depth metrics of its samples
 (``depth_metrics.csv``) and the fits add the exponent of ``rel_update ∝ l^-kappa``.
 A cell counts as stored once its gradient norms are, so depth metrics are computed
 only for cells that a run measures: to add them to a finished grid, use a new --out.
+
+A run holds the store's lock (``DIR/.lock``) while it writes, so a second sweep on the
+same --out refuses to start. With ``--distributed`` each process measures its share of
+the seeds and process 0 merges them (:mod:`normtheory.distributed`).
+
+Exit status: 0 done; 1 some cells failed (the others are stored); 2 bad input, or a
+store that cannot be trusted or is locked (one stderr line naming the file; nothing
+written); 3 the cluster failed (a process lost, the coordinator unreachable: one
+stderr line; the main store unchanged, the same command resumes).
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ import os
 import platform
 import sys
 import time
+import traceback
 from importlib import metadata
 from typing import Any, NamedTuple
 
@@ -57,7 +67,15 @@ def build_parser() -> ArgumentParser:
   p.add_argument("--compile-cache", default=DEFAULT_CACHE,
                  help="JAX persistent compilation cache directory, so a re-run compiles nothing ('none': off)")
   p.add_argument("--distributed", action="store_true",
-                 help="multi-host: jax.distributed.initialize() from the environment; see normtheory.distributed")
+                 help="multi-process: each process measures its share of the seeds, process 0 merges; see normtheory.distributed")
+  p.add_argument("--coordinator", default=None,
+                 help=f"--distributed: HOST:PORT of process 0 (default ${distributed.ENV_COORDINATOR}, else detected)")
+  p.add_argument("--num-processes", type=int, default=None,
+                 help=f"--distributed: number of processes (default ${distributed.ENV_PROCESSES}, else detected)")
+  p.add_argument("--process-id", type=int, default=None,
+                 help=f"--distributed: this process's index 0..P-1 (default ${distributed.ENV_PROCESS_ID}, else detected)")
+  p.add_argument("--timeout", type=float, default=distributed.DEFAULT_TIMEOUT_S,
+                 help="--distributed: seconds to wait for every process to join, and of silence after which a process counts as lost")
   return p
 
 
@@ -97,9 +115,16 @@ def parse(argv: list[str]) -> Parsed:
                                ("--chunk", args.chunk, 1), ("--vocab", args.vocab, 2), ("--n-boot", args.n_boot, 1),
                                ("--eps", args.eps, 0), ("--seed", args.seed, 0)]:
     _at_least(flag, value, minimum)
+  if args.timeout <= 0:
+    raise UsageError(f"--timeout must be > 0, got {args.timeout:g}")
+  given = [flag for flag, value in [("--coordinator", args.coordinator), ("--num-processes", args.num_processes),
+                                    ("--process-id", args.process_id)] if value is not None]
+  if given and not args.distributed:
+    raise UsageError(f"{given[0]} needs --distributed")
   try:
+    args.cluster = distributed.cluster_spec(args.coordinator, args.num_processes, args.process_id) if args.distributed else None
     store.check_writable(args.out)
-  except store.StoreError as e:
+  except (ValueError, store.StoreError) as e:
     raise UsageError(str(e)) from None
   return Parsed(args, {"arch": archs, "loss": losses, "d": widths, "L": depths})
 
@@ -138,46 +163,138 @@ def run_info(argv: list[str]) -> dict[str, Any]:
   }
 
 
+def _warn(line: str) -> None:
+  tqdm.write(f"{PROG}: {line}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
-  """Run the sweep; returns the exit status (0 ok, 1 some cells failed, 2 bad input)."""
+  """Run the sweep; returns the exit status (0 ok, 1 some cells failed, 2 bad input or store, 3 cluster failed)."""
   argv = sys.argv[1:] if argv is None else argv
   try:
     args, axes = parse(argv)
     settings = {"dtype": args.dtype, "eps": args.eps, "base_seed": args.seed, "prng": args.prng, "vocab": args.vocab}
-    main_store = store.ResultsStore(args.out, settings)
+    store.ResultsStore(args.out, settings)  # refuse a store that cannot be trusted before anything starts
     base = Config(n=args.n, d_ff=args.d_ff, eps=args.eps, vocab=args.vocab, dtype=args.dtype)
   except (UsageError, store.StoreError, ValueError) as e:
     return usage_exit(PROG, e)
   if args.compile_cache != "none":
     enable_compile_cache(args.compile_cache)
+  if args.distributed and not distributed.supervised():
+    spec = args.cluster
+    who = "this process" if spec.process_id is None else f"process {spec.process_id}"
+    return distributed.supervise(argv, PROG, who, _resume_hint(args.out))
   if args.distributed:
-    distributed.initialize()
-  leader = jax.process_index() == 0
+    distributed.follow_supervisor()
+    return _main_distributed(args, axes, argv, settings, base)
+  lock = store.StoreLock(args.out)
+  try:
+    lock.acquire()
+    main_store = store.ResultsStore(args.out, settings)  # again, now that no other sweep writes it
+  except store.StoreError as e:
+    lock.release()
+    return usage_exit(PROG, e)
+  parts = os.path.join(args.out, "parts")
+  if os.path.isdir(parts) and not args.quiet:
+    _warn(f"{parts} holds rows of an unfinished --distributed run; this run neither uses nor merges them"
+          " (the --distributed command merges them when it is run again)")
+  try:
+    failures = _measure(args, axes, argv, base, main_store, main_store, {}, leader=True)
+    _report(args, axes, main_store)
+  finally:
+    lock.release()
+  return _failed(failures)
+
+
+def _main_distributed(args, axes, argv, settings, base) -> int:
+  """One process of a --distributed sweep (:mod:`normtheory.distributed`)."""
+  try:
+    cluster = distributed.initialize(args.cluster, args.timeout, PROG)
+  except ValueError as e:
+    return usage_exit(PROG, e)
+  part = distributed.part_dir(args.out)
+  cluster.hint = _resume_hint(args.out)
+  cluster.start()
+  locks = []
+  try:
+    for directory in ([args.out] if cluster.leader else []) + [part]:
+      locks.insert(0, store.StoreLock(directory).acquire())
+      cluster.cleanups = [lock.release for lock in locks]
+    main_store = store.ResultsStore(args.out, settings)
+    part_store = store.ResultsStore(part, settings)
+    info = {"process_index": cluster.index, "process_count": cluster.count, "coordinator": cluster.coordinator}
+    failures = _measure(args, axes, argv, base, main_store, part_store, info, leader=cluster.leader)
+    cluster.done(len(failures))
+    if not cluster.leader:
+      cluster.wait_merged()
+      locks[0].release()
+      cluster.close()
+      return _failed(failures)
+    failed = cluster.wait_all_done()
+    main_store = distributed.merge_parts(args.out, settings)
+    cluster.announce_merged()
+    locks[0].release()
+    cluster.close()
+    distributed.remove_empty_parts(args.out)
+    _report(args, axes, main_store)
+    locks[1].release()
+    for process, count in failed.items():
+      if count and process != cluster.index:
+        _warn(f"process {process}: {count} passes failed (its output says which cells)")
+    return max(_failed(failures), int(any(failed.values())))
+  except store.StoreError as e:
+    cluster.abort(2, str(e))
+  except KeyboardInterrupt:
+    cluster.abort(130, "interrupted")
+  except BaseException as e:  # noqa: BLE001 - reported to every process, with the traceback here
+    traceback.print_exc()
+    cluster.abort(1, f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}")
+
+
+def _resume_hint(out) -> str:
+  return (f"rows measured so far stay in {os.path.join(out, 'parts')} until process 0 merges them into {out}: "
+          "run the same command on every process to resume")
+
+
+def _failed(failures: list) -> int:
+  for f in failures:
+    _warn(f"{len(f.cells)} cells not stored: {f.error.splitlines()[0]}")
+  return 1 if failures else 0
+
+
+def _measure(args, axes, argv, base, main_store, results, info: dict, leader: bool) -> list:
+  """Measure this process's missing (cell, seed) pairs into ``results``; returns the failed passes.
+
+  Args:
+    main_store: the store the sweep completes (what it already holds is not measured).
+    results: where the measured rows go (``main_store``, or this process's part).
+    info: added to the run's meta.json entry (the process's place in the cluster).
+    leader: whether this process prints.
+  """
   say = (lambda *a: None) if args.quiet or not leader else print
-  warn = lambda line: tqdm.write(f"grad_scaling.py: {line}", file=sys.stderr)
   say("grid: " + "  ".join(f"{k}={','.join(map(str, v))}" for k, v in axes.items()) + f"  seeds={args.seeds}  n={args.n}")
-  seeds = distributed.my_seeds(args.seeds)
-  results = store.ResultsStore(distributed.part_dir(args.out), settings) if args.distributed else main_store
   stored = main_store.stored_seeds()
-  for cell, cell_seeds in results.stored_seeds().items():
-    stored[cell] = stored.get(cell, set()) | cell_seeds
-  passes, complete = sweep.plan(base, axes["arch"], axes["loss"], axes["d"], axes["L"], seeds, stored, d_ff=args.d_ff)
+  if results is not main_store:
+    for cell, cell_seeds in results.stored_seeds().items():
+      stored[cell] = stored.get(cell, set()) | cell_seeds
+  passes, complete = sweep.plan(base, axes["arch"], axes["loss"], axes["d"], axes["L"], distributed.my_seeds(args.seeds),
+                                stored, d_ff=args.d_ff)
   total = len(axes["arch"]) * len(axes["loss"]) * len(axes["d"]) * len(axes["L"])
   say(f"{total} cells: {complete} already stored in {args.out}, {total - complete} to measure")
   chunk = args.chunk or default_chunk(args, axes)
-  key = prng.make_key(args.seed, args.prng)
   start = time.perf_counter()
   failures = []
   if passes:
-    results.start_run(run_info(argv) | {"chunk": chunk})
+    results.start_run(run_info(argv) | info | {"chunk": chunk})
     with tqdm(total=total, initial=complete, unit="cell", disable=args.quiet or not leader) as bar:
-      failures = sweep.run(passes, results, key, chunk, bar.update, depth=args.depth_metrics, warn=warn)
-  if args.distributed:
-    distributed.barrier("normtheory-sweep-measured")
-    if not leader:
-      return 1 if failures else 0
-    main_store = distributed.merge_parts(args.out, settings)
+      key = prng.make_key(args.seed, args.prng)
+      failures = sweep.run(passes, results, key, chunk, bar.update, depth=args.depth_metrics, warn=_warn)
   say(f"measured in {time.perf_counter() - start:.1f} s")
+  return failures
+
+
+def _report(args, axes, main_store) -> None:
+  """The summary table of the grid and the fits of the whole store (fits.json), as process 0 prints them."""
+  say = (lambda *a: None) if args.quiet else print
   if not args.quiet:
     wanted = {(a, lo, d) for a in axes["arch"] for lo in axes["loss"] for d in axes["d"]}
     table = sweep.summary_table(main_store.grad)
@@ -187,8 +304,7 @@ def main(argv: list[str] | None = None) -> int:
   if not main_store.grad.empty:
     fits = fit.write_fits(args.out, n_boot=args.n_boot)
     say(fit.report(fits))
-  if failures:
-    for f in failures:
-      warn(f"{len(f.cells)} cells not stored: {f.error.splitlines()[0]}")
-    return 1
-  return 0
+
+
+if __name__ == "__main__":  # the child of distributed.supervise
+  sys.exit(main())

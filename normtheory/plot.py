@@ -19,6 +19,7 @@ References:
 
 from __future__ import annotations
 
+import io
 import pathlib
 import zlib
 
@@ -719,11 +720,22 @@ def figures(
   return out
 
 
+def render(fig: Figure, name: str, dpi: int = 200) -> dict[str, bytes]:
+  """``{name.png: bytes, name.pdf: bytes}``: the figure drawn in memory (PNG at ``dpi``), nothing written."""
+  files = {}
+  for fmt in ("png", "pdf"):
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=fmt, dpi=dpi)
+    files[f"{name}.{fmt}"] = buffer.getvalue()
+  return files
+
+
 def save(fig: Figure, out_dir, name: str, dpi: int = 200) -> list[pathlib.Path]:
-  """Write ``out_dir/name.png`` (at ``dpi``) and ``out_dir/name.pdf``; returns the paths."""
+  """Write ``out_dir/name.png`` (at ``dpi``) and ``out_dir/name.pdf``, each atomically; returns the paths."""
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
-  paths = [out_dir / f"{name}.png", out_dir / f"{name}.pdf"]
-  for path in paths:
-    fig.savefig(path, dpi=dpi)
+  paths = []
+  for filename, data in render(fig, name, dpi).items():
+    schema.atomic_write(out_dir / filename, data)
+    paths.append(out_dir / filename)
   return paths

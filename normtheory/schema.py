@@ -25,6 +25,7 @@ References:
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -36,6 +37,12 @@ import pandas as pd
 CELL_COLUMNS = ("arch", "loss", "d", "L", "n", "d_ff", "batch", "attention", "heads", "inputs")
 # Value of each column added after the first stores were written, as those stores measured it.
 CELL_DEFAULTS = {"batch": 1, "attention": "uniform", "heads": 1, "inputs": "gaussian"}
+
+# Columns that hold integers (every other key column holds a non-empty string).
+INTEGER_COLUMNS = frozenset({"d", "L", "n", "d_ff", "batch", "heads", "seed", "layer"})
+# Value of each store setting (meta.json "settings") added after the first stores were
+# written, as those stores measured it: a meta.json without the key means this value.
+SETTING_DEFAULTS = {"tied": False}
 
 GRAD_FILE = "grad_norms.csv"
 HIDDEN_FILE = "hidden_norms.csv"
@@ -54,6 +61,10 @@ GRAD_COLUMNS = TABLES[GRAD_FILE]
 HIDDEN_COLUMNS = TABLES[HIDDEN_FILE]
 DEPTH_COLUMNS = TABLES[DEPTH_FILE]
 LN_JACOBIAN_COLUMNS = TABLES[LN_JACOBIAN_FILE]
+
+
+_UMASK = os.umask(0o022)  # read once (os.umask can only be read by setting it), then restored
+os.umask(_UMASK)
 
 
 class StoreError(ValueError):
@@ -129,16 +140,18 @@ def empty_table(table: str) -> pd.DataFrame:
   return pd.DataFrame(columns=list(TABLES[table]))
 
 
-def atomic_write(path: str | os.PathLike, text: str) -> None:
-  """Replace ``path`` by ``text`` atomically: a complete temporary file, fsync, ``os.replace``.
+def atomic_write(path: str | os.PathLike, text: str | bytes) -> None:
+  """Replace ``path`` by ``text`` (str or bytes) atomically: a complete temporary file, fsync, ``os.replace``.
 
   A crash or Ctrl-C at any point leaves either the old file or the new one, never a
-  partial file; the temporary file is removed on failure.
+  partial file; the temporary file is removed on failure. The new file keeps the old
+  one's permissions (a new file gets the umask's, as ``open`` would give it).
   """
   path = Path(path)
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
   try:
-    with os.fdopen(fd, "w") as f:
+    os.fchmod(fd, path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_UMASK)
+    with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as f:
       f.write(text)
       f.flush()
       os.fsync(f.fileno())
@@ -166,20 +179,89 @@ def with_defaults(frame: pd.DataFrame, table: str, source: str = "frame") -> pd.
 
 
 def read_table(out_dir: str | os.PathLike, table: str = GRAD_FILE) -> pd.DataFrame:
-  """One table of a store as a DataFrame (empty, with the right columns, if the file is absent).
+  """One table of a store as a typed DataFrame (empty, with the right columns, if the file is absent).
+
+  Older layouts are upgraded (:func:`with_defaults`); anything that cannot be trusted
+  is refused rather than guessed: an empty or non-UTF-8 file, a last line without its
+  line end (a truncated copy), a line with another number of fields than the header,
+  a key field that is empty or, in an integer column (``INTEGER_COLUMNS``), not an
+  integer, a value that is not a number, or two rows with the same key. The value
+  column (the last) may hold NaN or inf: non-finite measurements are stored as measured.
 
   Args:
     out_dir: the store directory.
     table: a key of ``TABLES``.
 
+  Returns:
+    DataFrame with the columns ``TABLES[table]``; integer columns int64, the value float64.
+
   Raises:
-    StoreError: the file cannot be parsed, or its header is not a layout of ``table``.
+    StoreError: naming the file and the problem (with its line number where there is one).
   """
   path = Path(out_dir) / table
   if not path.exists():
     return empty_table(table)
+  data = path.read_bytes()
+  _check_fields(data, path)
   try:
-    frame = pd.read_csv(path)
-  except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+    frame = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
+  except (pd.errors.ParserError, UnicodeDecodeError) as error:
     raise StoreError(f"{path}: not a readable CSV ({type(error).__name__}: {str(error).splitlines()[0]})") from None
-  return with_defaults(frame, table, str(path))
+  return _typed(with_defaults(frame, table, str(path)), path)
+
+
+def _check_fields(data: bytes, path: Path) -> None:
+  """Refuse an empty file, a truncated last line, or a line whose field count differs from the header's."""
+  if not data.strip():
+    raise StoreError(f"{path}: empty file (not even a header)")
+  if not data.endswith(b"\n"):
+    raise StoreError(f"{path}: truncated (the last line has no line end)")
+  try:
+    data.decode("utf-8")
+  except UnicodeDecodeError as error:
+    raise StoreError(f"{path}: not UTF-8 text (byte {error.start})") from None
+  byte_N = np.frombuffer(data, np.uint8)
+  ends = np.flatnonzero(byte_N == ord("\n"))
+  commas_before = np.concatenate([[0], np.cumsum(byte_N == ord(","))])
+  commas_per_line = np.diff(np.concatenate([[0], commas_before[ends]]))
+  bad = np.flatnonzero(commas_per_line != commas_per_line[0])
+  if bad.size:
+    line = int(bad[0])
+    raise StoreError(f"{path}: line {line + 1} has {commas_per_line[line] + 1} fields, the header {commas_per_line[0] + 1}")
+
+
+def _typed(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
+  """``frame`` (string fields, a table's columns) with typed columns; StoreError at the first bad field."""
+  keys, value = list(frame.columns[:-1]), frame.columns[-1]
+  out = {}
+
+  def refuse(column: str, bad_R: np.ndarray, what: str):
+    row = int(np.flatnonzero(bad_R)[0])
+    raise StoreError(f"{path}: line {row + 2}, column {column}: {what} ({frame[column].iloc[row]!r})")
+
+  for column in keys:
+    text = frame[column].astype(str)
+    if column in INTEGER_COLUMNS:
+      number = pd.to_numeric(text, errors="coerce")
+      bad = (~np.isfinite(number.astype(np.float64)) | (number != number.round())).to_numpy()
+      if bad.any():
+        refuse(column, bad, "not an integer")
+      out[column] = number.astype(np.int64)
+    else:
+      bad = (text.str.strip() == "").to_numpy()
+      if bad.any():
+        refuse(column, bad, "empty")
+      out[column] = text
+  text = frame[value].astype(str).str.strip()
+  number = pd.to_numeric(text.where(text != "", "nan"), errors="coerce")
+  bad = (number.isna() & ~text.str.lower().isin(["", "nan"])).to_numpy()
+  if bad.any():
+    refuse(value, bad, "not a number")
+  out[value] = number.astype(np.float64)
+  typed = pd.DataFrame(out)
+  repeated = typed.duplicated(keys).to_numpy()
+  if repeated.any():
+    row = int(np.flatnonzero(repeated)[0])
+    raise StoreError(f"{path}: line {row + 2} repeats the key ({','.join(keys)}) of an earlier row"
+                     f" ({int(repeated.sum())} such rows)")
+  return typed

@@ -13,27 +13,46 @@ Layout of a store directory (the contract other tools read; columns in
 * ``fits.json``: the fits of :mod:`normtheory.fit` (written by the sweep and
   ``fit.write_fits``).
 
+* ``.lock``: only while a sweep writes the store (:class:`StoreLock`).
+* ``parts/process-p/``: only while a ``--distributed`` run is unfinished: the rows
+  process p measured, each part a store of this layout (:mod:`normtheory.distributed`).
+
 :func:`load` reads all of it into :class:`Frames`, the same container
 :func:`normtheory.measure_grid` returns without a store.
 
 A *cell* is one value of the cell columns; settings that are not CSV columns are
 fixed per store, so two runs with a different dtype or base seed cannot mix rows
 that nobody could tell apart. Every write replaces a file by ``os.replace`` of a
-complete temporary file (depth metrics and hidden norms first, grad norms last,
-meta.json after), so a crash or Ctrl-C leaves either the old or the new file, never
+complete temporary file (in a new store meta.json first, so that no table is ever
+without its settings; then depth metrics and hidden norms, grad norms last, meta.json
+again), so a crash or Ctrl-C leaves either the old or the new file, never
 a partial row, and a (cell, seed) counts as stored only once its grad-norm rows are
 in place. A remeasured pair replaces its rows in the files the pass writes; the
 samples of a (cell, seed) are fixed by the store's settings, so rows it keeps in
 the other files (depth metrics from an earlier run) still describe the same samples.
+
+A store is opened only if every file can be trusted: a table that
+:func:`normtheory.schema.read_table` refuses, a meta.json that is not JSON or has no
+"settings", tables without a meta.json, or other settings raise
+:class:`~normtheory.schema.StoreError` before anything is written. A writer holds
+:class:`StoreLock` (``DIR/.lock``) so that two sweeps never interleave their rewrites.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from collections.abc import Mapping, Sequence
+import socket
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
+
+try:
+  import fcntl
+except ImportError:  # not POSIX: the owner record alone decides
+  fcntl = None
 
 import pandas as pd
 
@@ -45,6 +64,7 @@ from normtheory.schema import (
     HIDDEN_FILE,
     LN_JACOBIAN_FILE,
     META_FILE,
+    SETTING_DEFAULTS,
     TABLES,
     StoreError,
     atomic_write,
@@ -109,9 +129,9 @@ def read_json(path: str | os.PathLike) -> dict[str, Any] | None:
   if not path.exists():
     return None
   try:
-    return json.loads(path.read_text())
+    return json.loads(path.read_bytes())
   except (json.JSONDecodeError, UnicodeDecodeError) as error:
-    raise StoreError(f"{path}: not valid JSON ({error})") from None
+    raise StoreError(f"{path}: not JSON ({error})") from None
 
 
 def load(out_dir: str | os.PathLike) -> Frames:
@@ -150,22 +170,203 @@ def check_writable(out_dir: str | os.PathLike) -> None:
     raise StoreError(f"--out {out_dir}: not a writable directory")
 
 
+LOCK_FILE = ".lock"
+
+
+class StoreLock:
+  """An exclusive lock on a store directory, so that two sweeps never interleave their writes.
+
+  The lock is the file ``DIR/.lock`` (created with ``O_CREAT | O_EXCL``) holding the
+  owner's pid, host and start time, and an ``flock`` on it held for the owner's
+  lifetime. The kernel drops the flock when the owner dies, however it dies, so the
+  lock file of a dead owner is stale and the next sweep takes it over. Where the file
+  system has no flock, the owner record decides: stale when its host is this host and
+  its pid is not running. Release (also on exceptions and Ctrl-C, as a context
+  manager) removes the file, and the directories that acquiring created if they are
+  left empty.
+
+  Example:
+    >>> with StoreLock("results/run") as lock:  # doctest: +SKIP
+    ...   ...  # write the store
+
+  Args:
+    out_dir: the store directory (created if missing).
+  """
+
+  def __init__(self, out_dir: str | os.PathLike):
+    self.dir = Path(out_dir)
+    self.path = self.dir / LOCK_FILE
+    self._fd: int | None = None
+    self._created: list[Path] = []
+
+  def acquire(self) -> "StoreLock":
+    """Take the lock; StoreError naming the owner if a live process holds it."""
+    missing = [p for p in [self.dir, *self.dir.parents] if not p.exists()]
+    try:
+      self.dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+      raise StoreError(f"{self.dir}: cannot create the directory ({error.strerror})") from None
+    self._created = missing
+    for _ in range(10):  # retried only when the file is replaced between open and lock
+      try:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        fresh = True
+      except FileExistsError:
+        try:
+          fd = os.open(self.path, os.O_RDWR)
+        except FileNotFoundError:
+          continue
+        fresh = False
+      except OSError as error:
+        self._remove_created()
+        raise StoreError(f"{self.path}: cannot create the lock file ({error.strerror})") from None
+      if not self._lock(fd, fresh):
+        owner = _read_record(fd)
+        os.close(fd)
+        self._remove_created()
+        raise StoreError(f"{self.dir} is being written by another sweep ({_describe_owner(owner)}, lock file {self.path});"
+                         " wait for it to finish or use another --out")
+      if not _same_file(fd, self.path):
+        os.close(fd)
+        continue
+      record = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+      os.ftruncate(fd, 0)
+      os.lseek(fd, 0, os.SEEK_SET)
+      os.write(fd, (json.dumps(record) + "\n").encode())
+      os.fsync(fd)
+      self._fd = fd
+      return self
+    self._remove_created()
+    raise StoreError(f"{self.path}: the lock file keeps changing; is another sweep starting on {self.dir}?")
+
+  def release(self) -> None:
+    """Give the lock up: remove the lock file, then empty directories that acquire created."""
+    if self._fd is None:
+      return
+    if _same_file(self._fd, self.path):
+      self.path.unlink()
+    os.close(self._fd)
+    self._fd = None
+    self._remove_created()
+
+  @property
+  def held(self) -> bool:
+    """Whether this object holds the lock."""
+    return self._fd is not None
+
+  def __enter__(self) -> "StoreLock":
+    return self.acquire()
+
+  def __exit__(self, *exc) -> None:
+    self.release()
+
+  def _lock(self, fd: int, fresh: bool) -> bool:
+    """Whether this process may own the lock file open as ``fd`` (``fresh``: it just created it)."""
+    try:
+      if fcntl is not None:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+      return False
+    except OSError as error:  # no flock on this file system: judge the owner record
+      if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+        raise
+    return fresh or _stale(_read_record(fd))
+
+  def _remove_created(self) -> None:
+    for directory in self._created:  # innermost first
+      try:
+        directory.rmdir()
+      except OSError:
+        break
+    self._created = []
+
+
+def _read_record(fd: int) -> str:
+  os.lseek(fd, 0, os.SEEK_SET)
+  return os.read(fd, 4096).decode("utf-8", "replace").strip()
+
+
+def _same_file(fd: int, path: Path) -> bool:
+  try:
+    return os.stat(path).st_ino == os.fstat(fd).st_ino
+  except FileNotFoundError:
+    return False
+
+
+def _owner(text: str) -> dict:
+  try:
+    owner = json.loads(text)
+  except json.JSONDecodeError:
+    return {}
+  return owner if isinstance(owner, dict) else {}
+
+
+def _describe_owner(text: str) -> str:
+  owner = _owner(text)
+  if "pid" not in owner:
+    return "owner not yet recorded"
+  return f"pid {owner['pid']} on {owner.get('host', '?')} since {owner.get('since', '?')}"
+
+
+def _stale(text: str) -> bool:
+  """Whether an owner record names a process of this host that is not running."""
+  owner = _owner(text)
+  if owner.get("host") != socket.gethostname() or not isinstance(owner.get("pid"), int):
+    return False
+  try:
+    os.kill(owner["pid"], 0)
+  except ProcessLookupError:
+    return True
+  except PermissionError:
+    return False
+  return False
+
+
+def read_meta(out_dir: str | os.PathLike) -> dict | None:
+  """``DIR/meta.json`` as a dict (None if absent); StoreError if it is not JSON or has no "settings" object."""
+  path = Path(out_dir) / META_FILE
+  meta = read_json(path)
+  if meta is None:
+    return None
+  if not isinstance(meta, dict) or not isinstance(meta.get("settings"), dict):
+    raise StoreError(f"{path}: no \"settings\" object (not a normtheory meta.json)")
+  for key in ("runs", "passes", "problems"):
+    if not isinstance(meta.setdefault(key, []), list):
+      raise StoreError(f"{path}: \"{key}\" is not a list")
+  return meta
+
+
 class ResultsStore:
   """A results directory with fixed settings, opened for appending.
+
+  Opening reads and checks every file (nothing is written until ``start_run`` or
+  ``append``); hold a :class:`StoreLock` on the directory while writing.
 
   Args:
     out_dir: the directory (created on the first write).
     settings: the store-level settings of this run; must equal those already stored.
+    defaults: the value a setting had before it was recorded (``SETTING_DEFAULTS``):
+      a meta.json without the key counts as having this value.
+
+  Raises:
+    StoreError: a file of the store cannot be trusted, or the store has other settings.
   """
 
-  def __init__(self, out_dir: str | os.PathLike, settings: dict[str, Any]):
+  def __init__(self, out_dir: str | os.PathLike, settings: dict[str, Any], defaults: dict[str, Any] = SETTING_DEFAULTS):
     self.path = Path(out_dir)
-    self.settings = dict(settings)
-    meta_path = self.path / META_FILE
-    self.meta = json.loads(meta_path.read_text()) if meta_path.exists() else {"settings": self.settings, "runs": [], "passes": []}
-    if self.meta["settings"] != self.settings:
-      diff = {k: (self.meta["settings"].get(k), v) for k, v in self.settings.items() if self.meta["settings"].get(k) != v}
+    self.settings = dict(defaults) | dict(settings)
+    meta = read_meta(self.path)
+    present = [name for name in TABLES if (self.path / name).exists()]
+    if meta is None and present:
+      raise StoreError(f"{self.path / META_FILE}: missing, so the settings of the rows in {present[0]} are unknown")
+    self.meta = meta if meta is not None else {"settings": {}, "runs": [], "passes": []}
+    stored = dict(defaults) | self.meta["settings"] if meta is not None else self.settings
+    if stored != self.settings:
+      diff = {k: (stored.get(k), self.settings.get(k)) for k in stored.keys() | self.settings.keys()
+              if stored.get(k) != self.settings.get(k)}
       raise StoreError(f"--out {out_dir} holds results with other settings (stored, asked): {diff}; use another --out")
+    self.meta["settings"] = self.settings
     self.tables = {name: read_table(self.path, name) for name in TABLES}
 
   @property
@@ -197,7 +398,7 @@ class ResultsStore:
       depth: the same cells' depth-metric rows (columns ``depth_metrics.COLUMNS``), if measured.
     """
     new = concat_tables(results) | ({} if depth is None else {DEPTH_FILE: depth})
-    self.path.mkdir(parents=True, exist_ok=True)
+    self._ensure_meta()
     for name in sorted(new, key=lambda name: name == GRAD_FILE):  # grad norms last: they mark a (cell, seed) as stored
       self.tables[name] = _replace_rows(self.tables[name], new[name])
       atomic_write(self.path / name, self.tables[name].to_csv(index=False))
@@ -210,7 +411,7 @@ class ResultsStore:
 
   def absorb(self, other: "ResultsStore") -> None:
     """Fold another store's rows (and its runs, passes and problems) into this one."""
-    self.path.mkdir(parents=True, exist_ok=True)
+    self._ensure_meta()
     for name in (DEPTH_FILE, HIDDEN_FILE, GRAD_FILE):  # grad norms last: they mark a (cell, seed) as stored
       if not other.tables[name].empty:
         self.tables[name] = _replace_rows(self.tables[name], other.tables[name])
@@ -223,6 +424,11 @@ class ResultsStore:
     """Note a failed pass or non-finite values in meta.json (under "problems")."""
     self.meta.setdefault("problems", []).append(problem)
     self._write_meta()
+
+  def _ensure_meta(self) -> None:
+    """meta.json before any table, so that no table is ever stored without its settings."""
+    if not (self.path / META_FILE).exists():
+      self._write_meta()
 
   def _write_meta(self) -> None:
     self.path.mkdir(parents=True, exist_ok=True)

@@ -1,14 +1,28 @@
-"""Sweep reliability: out-of-memory retries, failed cells, non-finite values, multi-host merge."""
+"""Sweep reliability: out-of-memory retries, failed cells, non-finite values, multi-host merge; stores that
+cannot be trusted, locked stores, and figures from stores that cannot be drawn."""
 
-import dataclasses
+import errno
+import fcntl
+import importlib.util
 import json
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from normtheory import cli, distributed, engine, prng, store, sweep
+from normtheory import cli, distributed, engine, plot, prng, schema, store, sweep
 from normtheory.config import Config
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "experiments" / "grad_scaling.py"
 
 # The grid of tests/conftest.py's tiny store, so these runs reuse its compiled steps.
 TINY = ["--d", "8,16", "--L", "1..4", "--seeds", "3", "--n", "4", "--n-boot", "10", "--quiet"]
@@ -94,3 +108,259 @@ def test_merged_process_parts_equal_a_single_process_run(tmp_path):
   b = single.grad.sort_values(keys).reset_index(drop=True)
   pd.testing.assert_frame_equal(a, b)
   assert distributed.my_seeds(5) == {0, 1, 2, 3, 4}  # one process takes every seed
+
+
+# --- The store under bad or concurrent use -------------------------------------------------------
+
+STORE_ARGS = ["--d", "8", "--L", "1,2", "--seeds", "2", "--n", "4", "--n-boot", "10", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def template_store(tmp_path_factory):
+  """A complete store of a tiny grid, made by the CLI."""
+  out = tmp_path_factory.mktemp("template") / "store"
+  assert cli.main([*STORE_ARGS, "--out", str(out)]) == 0
+  return out
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+  """Every file under ``directory`` (hidden ones included), path -> bytes."""
+  return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def _replace_line(text: str, number: int, edit) -> str:
+  lines = text.splitlines(keepends=True)
+  lines[number] = edit(lines[number])
+  return "".join(lines)
+
+
+def _field(line: str, column: int, value: str) -> str:
+  fields = line.rstrip("\n").split(",")
+  fields[column] = value
+  return ",".join(fields) + "\n"
+
+
+CORRUPTIONS = {
+    # name: (file, edit of its text or bytes, words the error line must hold)
+    "truncated last line": ("grad_norms.csv", lambda t: t[: len(t) - 7], "truncated"),
+    "missing field": ("grad_norms.csv", lambda t: _replace_line(t, 3, lambda l: l.rsplit(",", 1)[0] + "\n"), "line 4"),
+    "extra field": ("hidden_norms.csv", lambda t: _replace_line(t, 2, lambda l: l.rstrip("\n") + ",7\n"), "line 3"),
+    "non-numeric value": ("grad_norms.csv", lambda t: _replace_line(t, 5, lambda l: _field(l, 13, "0.5x")),
+                          "line 6, column grad_norm"),
+    "non-integer width": ("hidden_norms.csv", lambda t: _replace_line(t, 1, lambda l: _field(l, 2, "8.5")), "column d"),
+    "NaN seed": ("grad_norms.csv", lambda t: _replace_line(t, 2, lambda l: _field(l, 10, "")), "column seed"),
+    "infinite layer": ("grad_norms.csv", lambda t: _replace_line(t, 4, lambda l: _field(l, 11, "inf")), "line 5, column layer"),
+    "empty arch": ("grad_norms.csv", lambda t: _replace_line(t, 2, lambda l: _field(l, 0, "")), "column arch"),
+    "repeated row": ("grad_norms.csv", lambda t: t + t.splitlines(keepends=True)[1], "repeats the key"),
+    "header of another version": ("grad_norms.csv", lambda t: t.replace("grad_norm\n", "gradient_norm\n", 1), "header"),
+    "empty file": ("hidden_norms.csv", lambda t: "", "empty file"),
+    "not UTF-8": ("grad_norms.csv", lambda t: t.encode() + b"\xff\xfe,\n", "UTF-8"),
+    "meta.json not JSON": ("meta.json", lambda t: t[: len(t) // 2], "not JSON"),
+    "meta.json without settings": ("meta.json", lambda t: json.dumps({"runs": []}), "settings"),
+    "meta.json missing": ("meta.json", None, "missing"),
+}
+
+
+@pytest.mark.parametrize("name", list(CORRUPTIONS))
+def test_a_store_that_cannot_be_trusted_is_refused_with_one_line_and_left_byte_for_byte(
+    template_store, tmp_path, capsys, name):
+  """A truncated or malformed table, a meta.json that is not JSON / has no settings / is missing, or columns
+  of another version: exit status 2, one stderr line naming the file, and every byte of the store unchanged
+  (no lock file or temporary file left behind)."""
+  out = tmp_path / "store"
+  shutil.copytree(template_store, out)
+  filename, edit, words = CORRUPTIONS[name]
+  target = out / filename
+  if edit is None:
+    target.unlink()
+  else:
+    edited = edit(target.read_text())
+    target.write_bytes(edited if isinstance(edited, bytes) else edited.encode())
+  before = snapshot(out)
+  assert cli.main([*STORE_ARGS, "--out", str(out)]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and filename in err[0] and words in err[0], err
+  assert snapshot(out) == before
+
+
+def test_the_value_column_keeps_nan_and_inf_but_key_columns_do_not(tmp_path):
+  """Non-finite measurements are stored as measured (empty field, nan, inf, -inf read back as such);
+  the same in a key column is refused."""
+  header = ",".join(schema.HIDDEN_COLUMNS)
+  rows = [f"pre,linear,8,1,4,8,1,uniform,1,gaussian,{seed},1,{value}" for seed, value in
+          enumerate(['""', "", "nan", "inf", "-inf", "1e-300"])]
+  (tmp_path / schema.HIDDEN_FILE).write_text("\n".join([header, *rows]) + "\n")
+  values = schema.read_table(tmp_path, schema.HIDDEN_FILE).sq_norm.to_numpy()
+  assert np.isnan(values[:3]).all() and values[3] == np.inf and values[4] == -np.inf and values[5] == 1e-300
+  (tmp_path / schema.HIDDEN_FILE).write_text(f"{header}\npre,linear,8,1,4,8,1,uniform,1,gaussian,nan,1,0.5\n")
+  with pytest.raises(schema.StoreError, match="line 2, column seed: not an integer"):
+    schema.read_table(tmp_path, schema.HIDDEN_FILE)
+
+
+def test_a_setting_missing_from_an_old_meta_json_counts_as_its_default(tmp_path):
+  """meta.json written before a setting existed opens with that setting at its default, and refuses another value;
+  a setting the store has and this run lacks is refused too."""
+  settings = {"dtype": "float32", "eps": 1e-6, "base_seed": 0, "prng": "threefry2x32", "vocab": 1000}
+  (tmp_path / "meta.json").write_text(json.dumps({"settings": settings, "runs": [], "passes": []}))
+  assert store.ResultsStore(tmp_path, settings | {"tied": False}, defaults={"tied": False}).settings["tied"] is False
+  with pytest.raises(schema.StoreError, match="tied"):
+    store.ResultsStore(tmp_path, settings | {"tied": True}, defaults={"tied": False})
+  with pytest.raises(schema.StoreError, match="vocab"):
+    store.ResultsStore(tmp_path, {k: v for k, v in settings.items() if k != "vocab"}, defaults={})
+
+
+def test_a_second_sweep_on_a_locked_store_refuses_naming_the_owner(template_store, tmp_path, capsys):
+  """While another writer holds DIR/.lock, the CLI exits 2 with one line naming the owner's pid and the lock
+  file, and writes nothing; the holder's release removes the lock file."""
+  out = tmp_path / "store"
+  shutil.copytree(template_store, out)
+  with store.StoreLock(out):
+    before = snapshot(out)
+    assert cli.main([*STORE_ARGS, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"pid {os.getpid()}" in err[0] and ".lock" in err[0], err
+    assert snapshot(out) == before
+  assert not (out / ".lock").exists()
+
+
+def dead_pid() -> int:
+  """The pid of a process that has exited (and been reaped)."""
+  child = subprocess.Popen([sys.executable, "-c", "pass"])
+  child.wait()
+  return child.pid
+
+
+def test_a_stale_lock_of_a_dead_process_is_taken_over(template_store, tmp_path):
+  """A lock file left by a killed sweep (its pid dead, no flock held) does not block the next sweep, which
+  completes and removes it."""
+  out = tmp_path / "store"
+  shutil.copytree(template_store, out)
+  stale = {"pid": dead_pid(), "host": socket.gethostname(), "since": "2026-01-01T00:00:00"}
+  (out / ".lock").write_text(json.dumps(stale))
+  assert cli.main([*STORE_ARGS, "--out", str(out)]) == 0
+  assert not (out / ".lock").exists()
+
+
+def test_without_flock_the_owner_record_decides(tmp_path, monkeypatch):
+  """On a file system without flock, a lock whose pid runs on this host is respected, one whose pid is dead
+  is taken over, and the lock is released on an exception."""
+
+  def no_flock(fd, operation):
+    raise OSError(errno.ENOLCK, "No locks available")
+
+  monkeypatch.setattr(fcntl, "flock", no_flock)
+  host = socket.gethostname()
+  (tmp_path / ".lock").write_text(json.dumps({"pid": os.getpid(), "host": host}))
+  with pytest.raises(schema.StoreError, match=f"pid {os.getpid()} on {host}"):
+    store.StoreLock(tmp_path).acquire()
+  (tmp_path / ".lock").write_text(json.dumps({"pid": dead_pid(), "host": host}))
+  with pytest.raises(RuntimeError), store.StoreLock(tmp_path):
+    assert json.loads((tmp_path / ".lock").read_text())["pid"] == os.getpid()
+    raise RuntimeError("boom")
+  assert not (tmp_path / ".lock").exists()
+
+
+def test_a_lock_in_a_new_directory_leaves_nothing_when_released(tmp_path):
+  """Locking a store that does not exist yet creates its directories; releasing with nothing written removes them."""
+  with store.StoreLock(tmp_path / "a" / "b"):
+    assert (tmp_path / "a" / "b" / ".lock").exists()
+  assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_two_sweeps_started_on_one_store_the_second_refuses(tmp_path, capsys):
+  """A real sweep in another process holds the lock: a second sweep on the same --out exits 2 naming that
+  process, and the first completes undisturbed."""
+  out = tmp_path / "store"
+  first = subprocess.Popen([sys.executable, str(SCRIPT), *STORE_ARGS, "--d", "8,12", "--out", str(out)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  try:
+    deadline = time.time() + 300
+    while not (out / ".lock").exists() and first.poll() is None and time.time() < deadline:
+      time.sleep(0.01)
+    assert first.poll() is None, "the first sweep ended before it could be raced"
+    assert cli.main([*STORE_ARGS, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"pid {first.pid}" in err[0], err
+    assert first.wait(timeout=600) == 0, first.stderr.read()
+  finally:
+    if first.poll() is None:
+      first.kill()
+  assert not (out / ".lock").exists()
+  assert len(schema.read_table(out)) == 2 * 2 * 6 * (1 + 2) * 2  # arch x d x params x sum(L) x seeds
+
+
+def test_atomic_write_keeps_the_permissions_of_the_file_it_replaces(tmp_path):
+  """A new file gets the umask's permissions (not mkstemp's 0600); a replaced file keeps its own."""
+  umask = os.umask(0o022)
+  os.umask(umask)
+  schema.atomic_write(tmp_path / "new.csv", "a\n")
+  assert stat.S_IMODE((tmp_path / "new.csv").stat().st_mode) == 0o666 & ~umask
+  (tmp_path / "new.csv").chmod(0o640)
+  schema.atomic_write(tmp_path / "new.csv", b"b\n")
+  assert stat.S_IMODE((tmp_path / "new.csv").stat().st_mode) == 0o640
+  assert (tmp_path / "new.csv").read_bytes() == b"b\n"
+
+
+# --- make_figures.py on stores it cannot draw -------------------------------------------------------
+
+
+def _make_figures():
+  spec = importlib.util.spec_from_file_location("make_figures", ROOT / "experiments" / "make_figures.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _header_only(out: Path):
+  for name in (schema.GRAD_FILE, schema.HIDDEN_FILE):
+    (out / name).write_text((out / name).read_text().splitlines(keepends=True)[0])
+
+
+def _no_last_layer(out: Path):
+  grad = pd.read_csv(out / schema.GRAD_FILE)
+  grad[grad.layer < grad.L].to_csv(out / schema.GRAD_FILE, index=False)
+
+
+FIGURE_STORES = {
+    "missing directory": (lambda out: shutil.rmtree(out), "no results directory"),
+    "empty directory": (lambda out: [p.unlink() for p in out.iterdir()], "missing"),
+    "header only": (_header_only, "no rows"),
+    "hidden norms missing": (lambda out: (out / schema.HIDDEN_FILE).unlink(), "hidden_norms.csv"),
+    "truncated table": (lambda out: (out / schema.GRAD_FILE).write_bytes((out / schema.GRAD_FILE).read_bytes()[:-5]),
+                        "truncated"),
+    "no last-layer rows": (_no_last_layer, "cannot draw figures"),
+}
+
+
+@pytest.mark.parametrize("name", list(FIGURE_STORES))
+def test_make_figures_on_an_empty_missing_or_partial_store_exits_2_and_writes_nothing(
+    template_store, tmp_path, capsys, name):
+  """make_figures.py on a store it cannot draw: exit status 2, one stderr line, and no figure folder."""
+  results = tmp_path / "store"
+  shutil.copytree(template_store, results)
+  damage, words = FIGURE_STORES[name]
+  damage(results)
+  assert _make_figures().main(["--results", str(results), "--out", str(tmp_path / "figs"), "--n-boot", "10"]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and words in err[0], err
+  assert not (tmp_path / "figs").exists()
+
+
+def test_make_figures_writes_no_file_when_a_figure_fails_to_draw(template_store, tmp_path, monkeypatch, capsys):
+  """Every figure is drawn in memory first: one that fails leaves the output folder exactly as it was."""
+  figs = tmp_path / "figs"
+  figs.mkdir()
+  (figs / "fig_last_layer_vs_depth.png").write_bytes(b"an older figure")
+  before = snapshot(figs)
+  real_render = plot.render
+
+  def failing_render(fig, name, dpi=200):
+    if name == "fig_hidden_norms":
+      raise ValueError("simulated drawing failure")
+    return real_render(fig, name, dpi)
+
+  monkeypatch.setattr(plot, "render", failing_render)
+  status = _make_figures().main(["--results", str(template_store), "--out", str(figs), "--n-boot", "10"])
+  assert status == 2 and "simulated drawing failure" in capsys.readouterr().err
+  assert snapshot(figs) == before
