@@ -1,14 +1,15 @@
 """normtheory: exact checks of where to put LayerNorm in a Transformer.
 
 Submodules: ``fit`` (bounds, power laws, bootstrap CIs), ``theory`` (the paper's
-lemmas and a mean-field predictor), ``depth_metrics`` (effective depth); import
+lemmas and a mean-field predictor), ``depth_metrics`` (effective depth), ``probe``
+(exact per-layer gradient norms of your own JAX/Flax model, with the same fits); import
 ``normtheory.plot`` for the figures and ``normtheory.training`` for the warm-up demo.
 
 References:
   Xiong et al. 2020, "On Layer Normalization in the Transformer Architecture".
 """
 
-from normtheory import depth_metrics, fit, schema, theory
+from normtheory import depth_metrics, fit, probe, schema, theory
 from normtheory.architectures import ARCHITECTURES
 from normtheory.config import ARCHS, LOSSES, PARAM_NAMES, Config
 from normtheory.measure import GRAD_COLUMNS, HIDDEN_COLUMNS, GradNorms, grad_norms
@@ -18,6 +19,7 @@ __all__ = [
     "ARCHS",
     "depth_metrics",
     "fit",
+    "probe",
     "schema",
     "theory",
     "Config",

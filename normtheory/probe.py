@@ -27,7 +27,8 @@ Which parameters form the layer stack (:func:`layout`):
    the rest of its path (``mlp/w2/kernel``).
 2. **Stacked (scanned) layers**, tried when no list/dict is found or ``axis`` is
    given (``nnx.vmap``/``nnx.scan`` style): the subtree whose arrays all have
-   length ``num_layers`` along ``axis`` (default 0), the one with most arrays.
+   length ``num_layers`` along ``axis`` (default 0): the one with most arrays
+   (ties: the deepest, so ``layers/W2`` has param ``W2``).
    Without ``num_layers`` this needs the ``axis=`` hint (then any common length).
    ``param`` is the path below that subtree; each slice along ``axis`` is a layer.
 
@@ -74,6 +75,7 @@ import re
 import warnings
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -92,6 +94,9 @@ POST_LIKE = "Post-LN-like (flat in L)"
 PRE_LIKE = "Pre-LN-like (falls ≈ L^-½)"
 NEITHER = "neither"
 SWEEP_AXES = ("d", "L")
+# Columns of fit_groups after the model's cell columns.
+GROUP_COLUMNS = ("param", "in_stack", "depths", "widths", "n_seeds", "nonfinite_seeds", "gamma", "gamma_lo",
+                  "gamma_hi", "alpha", "alpha_lo", "alpha_hi", "r2", "verdict", "reason")
 _INDEXED = re.compile(r"^(?:(?P<stem>.+)_)?(?P<index>\d+)$")
 
 
@@ -190,7 +195,7 @@ def _by_rules(flat, num_layers: int | None, axis: int | None) -> list[Leaf]:
   if num_layers is not None or axis is not None:
     subtrees = _stacked_subtrees(flat, num_layers, axis or 0)
     if subtrees:
-      prefix = max(subtrees, key=lambda p: (subtrees[p], -len(p)))
+      prefix = max(subtrees, key=lambda p: (subtrees[p], len(p)))  # most arrays, then the deepest
       return [Leaf(_join(c), _join(c[len(prefix):]), axis=axis or 0) if c[: len(prefix)] == prefix
               else Leaf(_join(c), _join(c)) for c, _ in flat]
   raise LayoutError(_no_stack_message(flat, stacks, num_layers, axis))
@@ -261,14 +266,24 @@ def _num_layers(leaves: Sequence[Leaf], flat) -> int:
 # ---------------------------------------------------------------- measurement
 
 
-def _bind(made) -> tuple:
-  """(params, model_of(params), pure(tree)) for an ``nnx.Module`` or an ``(apply_fn, params)`` pair."""
+@dataclasses.dataclass(frozen=True)
+class _Split:
+  """One seed's model: what is differentiated, the rest, and how to rebuild what ``loss_fn`` takes."""
+
+  params: Any  # the parameters (an nnx State of nnx.Param, or the user's pytree)
+  rest: Any  # everything else of an NNX model (RNG state, batch statistics, ...); None otherwise
+  rebuild: Callable  # (params, rest) -> the model handed to loss_fn
+  pure: Callable  # a params-shaped tree -> plain pytree (the paths the layout reads)
+
+
+def _split(made) -> _Split:
+  """Split an ``nnx.Module`` or an ``(apply_fn, params)`` pair."""
   if isinstance(made, nnx.Module):
     graphdef, params, rest = nnx.split(made, nnx.Param, ...)
-    return params, lambda p: nnx.merge(graphdef, p, rest), nnx.to_pure_dict
+    return _Split(params, rest, lambda p, r: nnx.merge(graphdef, p, r), nnx.to_pure_dict)
   if isinstance(made, tuple) and len(made) == 2 and callable(made[0]):
     apply_fn, params = made
-    return params, lambda p: functools.partial(apply_fn, p), lambda tree: tree
+    return _Split(params, None, lambda p, r: functools.partial(apply_fn, p), lambda tree: tree)
   raise TypeError(f"make_model must return an nnx.Module or an (apply_fn, params) pair; got {type(made).__name__}")
 
 
@@ -289,24 +304,27 @@ def _reduce(leaves: Sequence[Leaf], grads_flat: list[jax.Array]) -> list[jax.Arr
   return out
 
 
-def _measure(make_model, make_batch, loss_fn, leaves, num_layers):
-  """The jitted, seed-vmapped step: keys_S -> (loss_S, norms per leaf, sq_norm_SxL or None)."""
+def _step(model: _Split, make_batch, loss_fn, leaves, num_layers):
+  """The jitted, seed-vmapped step: (params_S, rest_S, data keys_S) -> (loss_S, norms per leaf, sq_norm_SxL)."""
 
-  def one(seed_key):
-    params, model_of, pure = _bind(make_model(sampling.params_key(seed_key)))
-    batch = make_batch(sampling.data_key(seed_key))
+  def one(params, rest, data_key):
+    batch = make_batch(data_key)
 
     def loss(p):
-      out = loss_fn(model_of(p), batch)
+      out = loss_fn(model.rebuild(p, rest), batch)
       value, taps = out if isinstance(out, tuple) else (out, None)
       if jnp.shape(value) != ():
         raise ValueError(f"loss_fn must return a scalar (or (scalar, taps)); got shape {jnp.shape(value)}")
       return value, (None if taps is None else _sq_norms(taps, num_layers))
 
     (value, sq_L), grads = jax.value_and_grad(loss, has_aux=True)(params)
-    return value, _reduce(leaves, jax.tree.leaves(pure(grads))), sq_L
+    return value, _reduce(leaves, jax.tree.leaves(model.pure(grads))), sq_L
 
   return jax.jit(jax.vmap(one))
+
+
+def _stack(trees: list):
+  return jax.tree.map(lambda *a: jnp.stack(a), *trees)
 
 
 def grad_norms(
@@ -345,24 +363,22 @@ def grad_norms(
   seeds_S = seed_indices(seeds)
   if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1):
     raise ValueError(f"chunk must be an integer >= 1, got {chunk!r}")
-  base_key = as_key(key)
-  keys_S = sampling.seed_keys(base_key, seeds_S)
-
-  def abstract_params(seed_key):
-    params, _, pure = _bind(make_model(sampling.params_key(seed_key)))
-    return pure(params)
-
-  shapes = jax.eval_shape(abstract_params, keys_S[0])
-  leaves = layout(shapes, num_layers, axis, layer_of)
-  step = _measure(make_model, make_batch, loss_fn, leaves, _num_layers(leaves, _flat(shapes)))
+  keys_S = sampling.seed_keys(as_key(key), seeds_S)
   size = len(seeds_S) if chunk is None else int(chunk)
-  parts = []
+  step, parts = None, []
   for start in range(0, len(seeds_S), size):
-    chunk_keys = keys_S[start: start + size]
-    pad = size - chunk_keys.shape[0]
-    padded = jnp.concatenate([chunk_keys, jnp.repeat(chunk_keys[-1:], pad, axis=0)]) if pad else chunk_keys
-    parts.append(jax.tree.map(lambda a, k=size - pad: np.asarray(a)[:k], step(padded)))
-  loss_S, norms, sq_SxL = jax.tree.map(lambda *a: np.concatenate(a), *parts) if len(parts) > 1 else parts[0]
+    keys_C = keys_S[start: start + size]
+    keys_C = jnp.concatenate([keys_C, jnp.repeat(keys_C[-1:], size - keys_C.shape[0], axis=0)])  # pad the last
+    # Built eagerly, seed by seed: initializers run op by op instead of being compiled into the step.
+    models = [_split(make_model(sampling.params_key(k))) for k in keys_C]
+    if step is None:
+      leaves = layout(models[0].pure(models[0].params), num_layers, axis, layer_of)
+      flat = _flat(models[0].pure(models[0].params))
+      step = _step(models[0], make_batch, loss_fn, leaves, _num_layers(leaves, flat))
+    data_keys_C = jax.vmap(sampling.data_key)(keys_C)
+    out = step(_stack([m.params for m in models]), _stack([m.rest for m in models]), data_keys_C)
+    parts.append(jax.tree.map(lambda a, k=min(size, len(seeds_S) - start): np.asarray(a)[:k], out))
+  loss_S, norms, sq_SxL = jax.tree.map(lambda *a: np.concatenate(a), *parts)
   return _frame(seeds_S, leaves, loss_S, norms, sq_SxL)
 
 
@@ -510,7 +526,8 @@ def depth_sweep(
     for L in depths:
       here = {**cell, "d": d, "L": L}
       done = _rows_of(stored, here)
-      todo = [s for s in seeds_S if s not in set(done["seed"])]
+      have = set() if done.empty else set(done["seed"])
+      todo = [s for s in seeds_S if s not in have]
       if todo:
         frame = grad_norms(lambda k, L=L, d=d: make_model(L, d, k), lambda k, d=d: make_batch(d, k), loss_fn,
                            todo, key, num_layers=L, axis=axis, layer_of=layer_of, chunk=chunk)
@@ -682,7 +699,7 @@ def report(groups: pd.DataFrame, frame: pd.DataFrame | None = None) -> str:
       "g = C d^alpha L^-gamma, 95% paired-bootstrap CIs over seeds. Words: Post-LN-like if the CI of gamma",
       f"lies in [{lo_f:g}, {hi_f:g}], Pre-LN-like if it lies in [{lo_p:g}, {hi_p:g}], otherwise neither.",
   ]
-  models = [c for c in groups.columns if c not in _GROUP_COLUMNS]
+  models = [c for c in groups.columns if c not in GROUP_COLUMNS]
   for model, part in (groups.groupby(models, sort=False) if models else [((), groups)]):
     model = model if isinstance(model, tuple) else (model,)
     first = part.iloc[0]
@@ -703,9 +720,6 @@ def report(groups: pd.DataFrame, frame: pd.DataFrame | None = None) -> str:
                    f"{alpha} -> {g['verdict']}" + ("" if g["verdict"] != NEITHER else f": {g['reason']}") + bad)
   return "\n".join(lines)
 
-
-_GROUP_COLUMNS = ("param", "in_stack", "depths", "widths", "n_seeds", "nonfinite_seeds", "gamma", "gamma_lo",
-                  "gamma_hi", "alpha", "alpha_lo", "alpha_hi", "r2", "verdict", "reason")
 
 
 # ----------------------------------------------------- for normtheory.plot
