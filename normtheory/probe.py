@@ -93,6 +93,7 @@ PRE_BAND = (0.35, 0.65)  # gamma inside: falls like L^-1/2, as Pre-LN (Theorem 1
 POST_LIKE = "Post-LN-like (flat in L)"
 PRE_LIKE = "Pre-LN-like (falls ≈ L^-½)"
 NEITHER = "neither"
+ZERO_RTOL = 1e-5  # a group below this times the model's median group norm is zero up to float rounding
 SWEEP_AXES = ("d", "L")
 # Columns of fit_groups after the model's cell columns.
 GROUP_COLUMNS = ("param", "in_stack", "depths", "widths", "n_seeds", "nonfinite_seeds", "gamma", "gamma_lo",
@@ -601,7 +602,9 @@ def classify(ci: Sequence[float] | None) -> tuple[str, str]:
     return NEITHER, "falls faster than L^-1/2"
   if lo > FLAT_BAND[1] and hi < PRE_BAND[0]:
     return NEITHER, "falls, slower than L^-1/2"
-  return NEITHER, "CI not inside one band (undetermined on this grid)"
+  if lo <= FLAT_BAND[1] and hi >= PRE_BAND[0]:
+    return NEITHER, "CI meets both bands (undetermined: more seeds or depths)"
+  return NEITHER, "CI crosses the edge of a band"
 
 
 def _estimate(fits: dict, name: str) -> tuple[float, float, float]:
@@ -619,7 +622,10 @@ def fit_groups(frame: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.Dat
   Point estimates fit the per-cell means over finite seeds
   (:func:`normtheory.fit.power_law_fit`); each bootstrap replicate resamples the
   seed indices once for every cell of the group (the cells of one seed share its
-  keys), averages and refits; 95% percentile CIs.
+  keys), averages and refits; 95% percentile CIs. A group whose gradient is zero
+  up to float rounding (every cell mean below ``ZERO_RTOL`` times the model's
+  median group norm, e.g. an attention key bias, which softmax ignores) is not
+  fitted: its exponent would be that of rounding noise.
 
   Args:
     frame: a probe table with ``d`` and ``L`` columns (:func:`depth_sweep`).
@@ -628,9 +634,10 @@ def fit_groups(frame: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.Dat
 
   Returns:
     One row per (model, param): the model's cell columns, ``param``, ``in_stack``,
-    ``depths``, ``widths``, ``n_seeds``, ``nonfinite_seeds`` (seeds left out in at
-    least one cell), ``gamma, gamma_lo, gamma_hi``, ``alpha, alpha_lo, alpha_hi``
-    (NaN with one width), ``r2``, ``verdict`` (:func:`classify`) and ``reason``.
+    ``depths``, ``widths``, ``n_seeds``, ``nonfinite_seeds`` (seeds with a flagged
+    row, left out), ``gamma, gamma_lo, gamma_hi``, ``alpha, alpha_lo, alpha_hi``
+    (NaN with one width, or not fitted), ``r2``, ``verdict`` (:func:`classify`)
+    and ``reason``.
   """
   if n_boot < 2:
     raise ValueError(f"n_boot must be >= 2, got {n_boot!r}")
@@ -644,39 +651,59 @@ def fit_groups(frame: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.Dat
     in_stack = part["layer"].notna().to_numpy()
     last = in_stack & (part["layer"].to_numpy(dtype=np.float64, na_value=np.nan) == part["L"].to_numpy())
     chosen = part[last | ~in_stack]
-    for (param, stacked), group in chosen.groupby([chosen["param"], chosen["layer"].notna()], sort=False):
-      label = "/".join(map(str, (*model.values(), param)))
-      rows.append({**model, "param": param, "in_stack": bool(stacked),
-                   **_fit_one(group, n_boot, np.random.default_rng([seed, zlib.crc32(label.encode())]))})
+    groups = {key: _cells_of(group) for key, group in chosen.groupby([chosen["param"], chosen["layer"].notna()],
+                                                                      sort=False)}
+    scale = np.nanmedian([_largest(g[2]) for g in groups.values()])
+    for (param, stacked), (cells, v_SxC, g_C, out) in groups.items():
+      rng = np.random.default_rng([seed, zlib.crc32("/".join(map(str, (*model.values(), param))).encode())])
+      rows.append({**model, "param": param, "in_stack": bool(stacked), **out,
+                   **_fit_cells(cells, v_SxC, g_C, scale, n_boot, rng)})
   return pd.DataFrame(rows)
 
 
-def _fit_one(group: pd.DataFrame, n_boot: int, rng: np.random.Generator) -> dict:
+def _cells_of(group: pd.DataFrame) -> tuple:
+  """(cells (d, L), values_SxC with NaN for flagged rows, per-cell means g_C, descriptive columns) of one group."""
   if group.duplicated(["d", "L", "seed"]).any():
     raise ValueError(f"several rows share (d, L, seed) for param {group['param'].iloc[0]!r}: "
                      "one array per group per layer is expected (name groups apart with layer_of=)")
   values = group["grad_norm"].where(~group["nonfinite"])
   values_SxC = group.assign(value=values).pivot(index="seed", columns=["d", "L"], values="value")
   cells = values_SxC.columns.to_frame(index=False)
-  out = {"depths": ",".join(map(str, sorted(cells["L"].unique()))),
-         "widths": ",".join(map(str, sorted(cells["d"].unique()))),
-         "n_seeds": values_SxC.shape[0],
-         "nonfinite_seeds": int(group.loc[group["nonfinite"], "seed"].nunique())}
   v_SxC = values_SxC.to_numpy(np.float64)
   with warnings.catch_warnings():
-    warnings.simplefilter("ignore", RuntimeWarning)
+    warnings.simplefilter("ignore", RuntimeWarning)  # a cell with no finite seed -> NaN
     g_C = np.nanmean(v_SxC, axis=0)
+  out = {"depths": ",".join(map(str, sorted(cells["L"].unique()))),
+         "widths": ",".join(map(str, sorted(cells["d"].unique()))),
+         "n_seeds": v_SxC.shape[0],
+         "nonfinite_seeds": int(group.loc[group["nonfinite"], "seed"].nunique())}
+  return cells, v_SxC, g_C, out
+
+
+def _largest(g_C: np.ndarray) -> float:
+  finite = g_C[np.isfinite(g_C)]
+  return float(finite.max()) if finite.size else np.nan
+
+
+def _fit_cells(cells, v_SxC, g_C, scale: float, n_boot: int, rng: np.random.Generator) -> dict:
+  """The power-law fit, its words, and why not where it is not fitted."""
+  nan3 = (np.nan, np.nan, np.nan)
   keep = np.isfinite(g_C) & (g_C > 0)
-  d_C, L_C = cells["d"].to_numpy(np.float64)[keep], cells["L"].to_numpy(np.float64)[keep]
-  fits = {}
-  if np.unique(L_C).size >= 2:
-    g_BxC = paired_bootstrap_means(v_SxC[:, keep], n_boot, rng)
-    fits = fit.power_law_fit(d_C, L_C, g_C[keep], g_BxC)
-  gamma, alpha = _estimate(fits, "gamma"), _estimate(fits, "alpha")
-  verdict, reason = classify(None if np.isnan(gamma[0]) else gamma[1:])
-  if not keep.all():
-    reason += f"; {int((~keep).sum())} cells without a positive finite mean left out"
-  return {**out, "gamma": gamma[0], "gamma_lo": gamma[1], "gamma_hi": gamma[2],
+  top = _largest(g_C)
+  if keep.any() and top < ZERO_RTOL * scale:
+    fits, (verdict, reason) = {}, (NEITHER, f"zero up to float rounding (largest mean {top:.2g} < {ZERO_RTOL:g} x "
+                                             f"the model's median group norm {scale:.2g})")
+  else:
+    d_C, L_C = cells["d"].to_numpy(np.float64)[keep], cells["L"].to_numpy(np.float64)[keep]
+    fits = {}
+    if np.unique(L_C).size >= 2:
+      fits = fit.power_law_fit(d_C, L_C, g_C[keep], paired_bootstrap_means(v_SxC[:, keep], n_boot, rng))
+    gamma = _estimate(fits, "gamma")
+    verdict, reason = classify(None if np.isnan(gamma[0]) else gamma[1:])
+    if not keep.all():
+      reason += f"; {int((~keep).sum())} cells without a positive finite mean left out"
+  gamma, alpha = (_estimate(fits, "gamma"), _estimate(fits, "alpha")) if fits else (nan3, nan3)
+  return {"gamma": gamma[0], "gamma_lo": gamma[1], "gamma_hi": gamma[2],
           "alpha": alpha[0], "alpha_lo": alpha[1], "alpha_hi": alpha[2],
           "r2": np.nan if fits.get("r2") is None else fits["r2"], "verdict": verdict, "reason": reason}
 

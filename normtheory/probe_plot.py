@@ -23,7 +23,8 @@ CAPTION = (
     "Depth exponent gamma of g = C d^alpha L^-gamma per parameter group (inside the layer stack: at the last "
     "layer L; outside: the array itself), point and 95% paired-bootstrap CI over seeds, one panel per model. "
     "Shaded: the classification bands, flat in L (Post-LN-like, blue) and falling like L^-1/2 (Pre-LN-like, "
-    "orange); a group is named when its whole CI lies in a band, gray otherwise.")
+    "orange); a group is named when its whole CI lies in a band, gray otherwise; groups whose gradient is zero up to "
+    "float rounding are marked, not fitted.")
 
 
 def fig_exponents(groups: pd.DataFrame) -> Figure:
@@ -49,9 +50,11 @@ def fig_exponents(groups: pd.DataFrame) -> Figure:
       ax.axvline(x, color="0.6", linewidth=0.8, linestyle=":")
     for _, g in part[np.isfinite(part["gamma"])].iterrows():
       color = VERDICT_COLORS.get(g["verdict"], "0.45")
-      err = [[g["gamma"] - g["gamma_lo"]], [g["gamma_hi"] - g["gamma"]]]
+      err = np.maximum(0.0, [[g["gamma"] - g["gamma_lo"]], [g["gamma_hi"] - g["gamma"]]])  # >= 0 despite rounding
       ax.errorbar(g["gamma"], y[g["param"]], xerr=err, color=color, marker="o" if g["in_stack"] else "D",
                   markersize=4, capsize=2, linewidth=1.2)
+    for _, g in part[part["reason"].str.startswith("zero")].iterrows():
+      ax.annotate("zero (rounding)", (0.0, y[g["param"]]), color="0.45", fontsize=6, va="center", ha="center")
     ax.set(title=", ".join(map(str, model)) or "model", xlabel=r"$\gamma$ in $L^{-\gamma}$")
   axes[0].set_yticks(range(len(params)), labels=params, fontsize=7)
   axes[0].invert_yaxis()
