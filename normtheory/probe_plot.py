@@ -2,11 +2,11 @@
 
 The gradient-norm figures of a probe (last layer vs depth, per-layer profile) are
 :func:`normtheory.plot.fig_last_layer_vs_depth` and
-:func:`normtheory.plot.fig_layer_profile` of :func:`normtheory.probe.to_grad_table`.
+:func:`normtheory.plot.fig_layer_profile` of :func:`normtheory.probe_fit.to_grad_table`.
 
 References:
   Xiong et al. 2020, Theorem 1: γ = 0 (Post-LN) and γ = ½ (Pre-LN) for the last
-    layer's gradient ``∝ L^-γ``; the shaded bands are :mod:`normtheory.probe`'s
+    layer's gradient ``∝ L^-γ``; the shaded bands are :mod:`normtheory.probe_fit`'s
     classification rule around them.
 """
 
@@ -16,9 +16,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from normtheory import plot, probe
+from normtheory import plot, probe_fit
 
-VERDICT_COLORS = {probe.POST_LIKE: plot.arch_style("post")["color"], probe.PRE_LIKE: plot.arch_style("pre")["color"]}
+VERDICT_COLORS = {probe_fit.POST_LIKE: plot.arch_style("post")["color"],
+                  probe_fit.PRE_LIKE: plot.arch_style("pre")["color"]}
 CAPTION = (
     "Depth exponent gamma of g = C d^alpha L^-gamma per parameter group (inside the layer stack: at the last "
     "layer L; outside: the array itself), point and 95% paired-bootstrap CI over seeds, one panel per model. "
@@ -31,12 +32,12 @@ def fig_exponents(groups: pd.DataFrame) -> Figure:
   """γ and its CI per parameter group, one panel per model, the two classification bands shaded.
 
   Args:
-    groups: :func:`normtheory.probe.fit_groups`'s result.
+    groups: :func:`normtheory.probe_fit.fit_groups`'s result.
 
   Returns:
     The Figure.
   """
-  models = [c for c in groups.columns if c not in probe.GROUP_COLUMNS]
+  models = [c for c in groups.columns if c not in probe_fit.GROUP_COLUMNS]
   parts = list(groups.groupby(models, sort=False)) if models else [((), groups)]
   params = list(dict.fromkeys(groups.sort_values("in_stack", ascending=False, kind="stable")["param"]))
   fig = Figure(figsize=(3.0 * len(parts) + 1.6, 0.8 + 0.24 * len(params)), layout="constrained")
@@ -44,8 +45,8 @@ def fig_exponents(groups: pd.DataFrame) -> Figure:
   y = {p: i for i, p in enumerate(params)}
   for ax, (model, part) in zip(axes, parts):
     model = model if isinstance(model, tuple) else (model,)
-    ax.axvspan(*probe.FLAT_BAND, color=VERDICT_COLORS[probe.POST_LIKE], alpha=0.12, linewidth=0)
-    ax.axvspan(*probe.PRE_BAND, color=VERDICT_COLORS[probe.PRE_LIKE], alpha=0.12, linewidth=0)
+    ax.axvspan(*probe_fit.FLAT_BAND, color=VERDICT_COLORS[probe_fit.POST_LIKE], alpha=0.12, linewidth=0)
+    ax.axvspan(*probe_fit.PRE_BAND, color=VERDICT_COLORS[probe_fit.PRE_LIKE], alpha=0.12, linewidth=0)
     for x in (0.0, 0.5):
       ax.axvline(x, color="0.6", linewidth=0.8, linestyle=":")
     for _, g in part[np.isfinite(part["gamma"])].iterrows():

@@ -232,7 +232,8 @@ def _plain(key, how):
   """(apply_fn, params) of the toy model in plain JAX: a list of layer dicts, or stacked and run by lax.scan."""
   p = _weights(key)
   if how == "plain_list":
-    return _apply_list, {"inp": p["inp"], "out": p["out"], "layers": [{"w": p["w"][i], "b": p["b"][i]} for i in range(L)]}
+    layers = [{"w": p["w"][i], "b": p["b"][i]} for i in range(L)]
+    return _apply_list, {"inp": p["inp"], "out": p["out"], "layers": layers}
   return _apply_stacked, {"inp": p["inp"], "out": p["out"], "layers": {"w": p["w"], "b": p["b"]}}
 
 
