@@ -31,9 +31,10 @@ import sys
 
 import jax
 import jax.numpy as jnp
-import matplotlib
 import pandas as pd
 from flax import nnx
+
+from normtheory import plot, probe, probe_plot, schema
 
 VOCAB = 256  # token vocabulary
 SEQ = 16  # tokens per sequence
@@ -43,6 +44,16 @@ MLP_RATIO = 4  # MLP width / d
 PLACEMENTS = ("post", "pre")
 LAYOUTS = ("list", "scan")
 GROUP = "fc2/kernel"  # the block's last weight, Theorem 1's W2
+CAPTIONS = {
+    "fig_probe_last_layer_vs_depth": (
+        "The example GPT (list of blocks, Flax default init, random tokens, next-token cross-entropy): "
+        "||dLoss/d fc2/kernel|| of the last block vs depth L (log-log), mean over seeds with a 5-95% band; dotted: "
+        "the fit C L^-gamma; gray: Theorem 1's shapes C d sqrt(ln d) (Post) and C d sqrt(ln d / L) (Pre) scaled by "
+        "the envelope max g/shape (normtheory.plot.fig_last_layer_vs_depth of normtheory.probe.to_grad_table)."),
+    "fig_probe_layer_profile": (
+        "The example GPT: mean ||dLoss/d fc2/kernel|| of every block l for several depths L, one panel per "
+        "placement (the analogue of Xiong et al. Fig. 3(a,b))."),
+}
 
 
 class Block(nnx.Module):
@@ -162,10 +173,8 @@ def parse(argv) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
   """Run the sweep, print the verdicts, write the figures; returns the fitted groups and figure paths."""
-  args = parse(sys.argv[1:] if argv is None else argv)
-  matplotlib.use("Agg")
-  from normtheory import plot, probe, probe_plot
-
+  argv = sys.argv[1:] if argv is None else argv
+  args = parse(argv)
   frames = []
   for layout in args.layouts:
     for placement in PLACEMENTS:
@@ -186,6 +195,10 @@ def main(argv=None) -> dict:
       "fig_probe_exponents": probe_plot.fig_exponents(groups),
   }
   paths = {name: plot.save(fig, args.figures, name, dpi=args.dpi) for name, fig in figures.items()}
+  captions = {**CAPTIONS, "fig_probe_exponents": probe_plot.CAPTION}
+  captions = "\n".join(f"- `{name}`: {captions[name]}" for name in figures)
+  command = " ".join(["python experiments/probe_example.py", *argv])
+  schema.atomic_write(pathlib.Path(args.figures) / "captions.md", f"# Figures of `{command}`\n\n{captions}\n")
   print(f"wrote {args.out}/probe_norms.csv and {len(paths)} figures to {args.figures}/")
   return {"groups": groups, "figures": paths}
 

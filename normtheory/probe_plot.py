@@ -55,8 +55,11 @@ def fig_exponents(groups: pd.DataFrame) -> Figure:
       ax.errorbar(g["gamma"], y[g["param"]], xerr=err, color=color, marker="o" if g["in_stack"] else "D",
                   markersize=4, capsize=2, linewidth=1.2)
     for _, g in part[part["reason"].str.startswith("zero")].iterrows():
-      ax.annotate("zero (rounding)", (0.0, y[g["param"]]), color="0.45", fontsize=6, va="center", ha="center")
+      ax.annotate("zero (rounding)", (0.0, y[g["param"]]), color="0.45", fontsize=7, va="center", ha="left")
     ax.set(title=", ".join(map(str, model)) or "model", xlabel=r"$\gamma$ in $L^{-\gamma}$")
   axes[0].set_yticks(range(len(params)), labels=params, fontsize=7)
-  axes[0].invert_yaxis()
+  axes[0].set_ylim(len(params) - 0.5, -0.5)  # first group on top
+  axes[0].plot([], [], "o", color="0.3", markersize=4, label="in the stack (layer L)")
+  axes[0].plot([], [], "D", color="0.3", markersize=4, label="outside the stack")
+  axes[0].legend(fontsize=6, loc="lower right")
   return fig
