@@ -241,7 +241,6 @@ def report(groups: pd.DataFrame, frame: pd.DataFrame | None = None) -> str:
   return "\n".join(lines)
 
 
-
 def to_grad_table(frame: pd.DataFrame, arch: str | None = None) -> pd.DataFrame:
   """A probe table in the layout of ``grad_norms.csv``, for :mod:`normtheory.plot` and :mod:`normtheory.fit`.
 
