@@ -150,11 +150,11 @@ def _no_stack_message(flat, stacks, num_layers, axis) -> str:
     stacked = f"a subtree whose arrays all have length {length} along axis {axis or 0}: none"
   paths = ", ".join(f"{_join(c)} {s}" for c, s in flat[:12]) + (", ..." if len(flat) > 12 else "")
   looked = ("" if axis is not None else
-            f"(1) a list or dict of layers: a path component that is an integer or ends in _<integer>, "
-            f"with {size}{found}; ")
+            "(1) a list or dict of layers: a path component above the array that is an integer or ends in "
+            f"_<integer>, with {size}{found}; ")
   return (f"no layer stack found among {len(flat)} parameter arrays. Looked for {looked}"
           f"(2) stacked layers: {stacked}. Parameters: {paths}. "
-          f"Pass num_layers=, axis= or layer_of=(path -> None | (layer, param) | (STACKED, param)).")
+          "Pass num_layers=, axis= or layer_of=(path -> None | (layer, param) | (STACKED, param)).")
 
 
 def layout(
@@ -177,6 +177,12 @@ def layout(
 
   Raises:
     LayoutError: no layer stack is found (without ``layer_of``).
+
+  Example:
+    Sibling lists of arrays, ``{"ws": [w_0, ..], "bs": [b_0, ..]}``, are not a
+    stack by the rules (the index is the array itself); name them with::
+
+      layer_of=lambda path: (int(path.split("/")[1]) + 1, path.split("/")[0])
   """
   flat = _flat(params)
   if layer_of is None:
