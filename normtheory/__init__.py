@@ -4,7 +4,8 @@ One model: :func:`grad_norms`. A grid of models, with the sweep's depth-sharing
 engine and no store: :func:`measure_grid`. A results store written by the sweep CLI:
 :func:`load`. Both give :class:`Frames`, the tidy tables that ``fit`` (bounds, power
 laws, bootstrap CIs) and ``plot`` (the figures) take. ``theory`` has the paper's
-lemmas and a mean-field predictor, ``depth_metrics`` the effective-depth metrics;
+lemmas and a mean-field predictor, ``depth_metrics`` the effective-depth metrics,
+``probe`` exact per-layer gradient norms of your own JAX/Flax model with the same fits;
 ``import normtheory.warmup`` for the warm-up training demo.
 
 Example:
@@ -17,7 +18,7 @@ References:
   Xiong et al. 2020, "On Layer Normalization in the Transformer Architecture".
 """
 
-from normtheory import depth_metrics, fit, plot, schema, store, theory
+from normtheory import depth_metrics, fit, plot, probe, schema, store, theory
 from normtheory.architectures import ARCHITECTURES
 from normtheory.config import ARCHS, LOSSES, PARAM_NAMES, Config
 from normtheory.measure import GRAD_COLUMNS, HIDDEN_COLUMNS, GradNorms, grad_norms
@@ -30,6 +31,7 @@ __all__ = [
     "depth_metrics",
     "fit",
     "plot",
+    "probe",
     "schema",
     "store",
     "theory",

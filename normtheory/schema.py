@@ -50,6 +50,11 @@ DEPTH_FILE = "depth_metrics.csv"
 LN_JACOBIAN_FILE = "ln_jacobian.csv"
 META_FILE = "meta.json"
 FITS_FILE = "fits.json"
+# normtheory.probe's table of a user's model: the user names its cell columns (then d, L),
+# so its full header is checked per store rather than listed in TABLES.
+PROBE_FILE = "probe_norms.csv"
+PROBE_COLUMNS = ("seed", "path", "layer", "param", "grad_norm", "loss", "nonfinite")
+PROBE_OPTIONAL_COLUMNS = ("sq_norm",)  # present when the loss function returns residual-stream taps
 
 TABLES: dict[str, tuple[str, ...]] = {
     GRAD_FILE: (*CELL_COLUMNS, "seed", "layer", "param", "grad_norm"),

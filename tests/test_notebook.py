@@ -22,10 +22,10 @@ def test_notebook_is_committed_with_outputs_stripped():
 
 @pytest.mark.slow
 def test_notebook_executes_headless_and_draws_every_figure():
-  """nbclient runs every cell without error (CellExecutionError otherwise); five figures come out as PNG."""
+  """nbclient runs every cell without error (CellExecutionError otherwise); six figures come out as PNG."""
   nb = nbformat.read(NOTEBOOK, as_version=4)
   client = nbclient.NotebookClient(nb, timeout=240, kernel_name="python3",
                                    resources={"metadata": {"path": str(NOTEBOOK.parent)}})
   client.execute()
   images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
-  assert len(images) == 5
+  assert len(images) == 6  # the tour's five figures and the probe section's one
