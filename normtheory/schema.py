@@ -36,6 +36,8 @@ import pandas as pd
 CELL_COLUMNS = ("arch", "loss", "d", "L", "n", "d_ff", "batch", "attention", "heads", "inputs")
 # Value of each column added after the first stores were written, as those stores measured it.
 CELL_DEFAULTS = {"batch": 1, "attention": "uniform", "heads": 1, "inputs": "gaussian"}
+# Value of each store setting (meta.json) added after the first stores were written.
+SETTING_DEFAULTS = {"tied": False}
 
 GRAD_FILE = "grad_norms.csv"
 HIDDEN_FILE = "hidden_norms.csv"
