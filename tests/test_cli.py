@@ -215,3 +215,18 @@ def test_subprocess_exit_code_is_2_on_bad_input(tmp_path):
   result = run_cli("--L", "96..6", "--out", str(tmp_path / "x"))
   assert result.returncode == 2
   assert len(result.stderr.strip().splitlines()) == 1 and "--L" in result.stderr
+
+
+def test_presets_set_the_relaxation_flags_and_explicit_flags_win(tmp_path):
+  """--preset realistic = xavier attention, 8 heads, text inputs (so the xent loss and the byte
+  vocabulary); an explicit --heads or --attention overrides the preset; no preset is the theorem's setting."""
+  out = ["--out", str(tmp_path / "x")]
+  args, axes = cli.parse(["--preset", "realistic", "--d", "64,128", *out])
+  cfg = cli.base_config(args, axes)
+  assert (cfg.attention, cfg.heads, cfg.inputs, cfg.loss, cfg.vocab) == ("xavier", 8, "text", "xent", 256)
+  args, axes = cli.parse(["--preset", "realistic", "--heads", "4", "--attention", "uniform", *out])
+  assert (args.heads, args.attention, args.inputs) == (4, "uniform", "text")
+  args, axes = cli.parse(out)
+  cfg = cli.base_config(args, axes)
+  assert (cfg.attention, cfg.heads, cfg.inputs, cfg.loss, cfg.batch, cfg.tied) == ("uniform", 1, "gaussian", "linear", 1, False)
+  assert not (tmp_path / "x").exists()
