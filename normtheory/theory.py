@@ -329,3 +329,50 @@ def predict_last_layer_w2(arch: str, d: int, L: int, n: int, d_ff: int | None = 
   with ``q_{L+1} -> 3L/2`` as tokens correlate, so the Post/Pre ratio grows like sqrt(L).
   """
   return mean_field(arch, d, L, n, d_ff)["last_layer_w2"]
+
+
+# --- Where the mean field applies -------------------------------------------------
+
+
+def mean_field_limits(cfg) -> tuple[str, ...]:
+  """Why :func:`mean_field` does not describe the model ``cfg``; empty where it does.
+
+  The predictor follows (q, c) of a state whose rows start i.i.d. N(0, I), through
+  uniform attention (derivation step 1) and layers it has a map for. So:
+
+  * ``attention="xavier"``: the scores depend on the inputs and the attention weights
+    are no longer 1/n, so step 1 (one vector shared by all positions) fails;
+  * ``inputs="text"``: embedded tokens repeat and share position codes, so the rows
+    are neither independent nor N(0, I), and the start (q, c) = (1, 0) fails;
+  * ``batch > 1``: hidden norms are unchanged (every sequence follows the same
+    recursion), but the predicted last-layer gradient is one sequence's: the
+    batch-mean gradient of the linear loss has that mean square divided by B
+    (independent zero-mean targets make the cross-sequence terms of step 6 vanish),
+    which the predictor does not include;
+  * an architecture without a mean-field map (ResiDual).
+
+  ``heads > 1`` with uniform attention is *not* a limit: every head's softmax is
+  exactly 1/n, so the layer is the same function as with one head. The last-layer
+  gradient prediction is for the ``linear`` loss in every case.
+
+  Args:
+    cfg: a :class:`normtheory.Config` (any object with arch, attention, inputs, batch).
+
+  Returns:
+    one sentence per assumption the model breaks.
+  """
+  reasons = []
+  if cfg.arch not in (*_LAYERS, "mixln"):
+    reasons.append(f"no mean-field map for arch {cfg.arch!r}")
+  if getattr(cfg, "attention", "uniform") != "uniform":
+    reasons.append("attention weights depend on the inputs (W_Q, W_K != 0), not uniform 1/n")
+  if getattr(cfg, "inputs", "gaussian") != "gaussian":
+    reasons.append("text inputs are not i.i.d. N(0, I) rows (tokens repeat, positions are shared)")
+  if getattr(cfg, "batch", 1) > 1:
+    reasons.append("batch > 1: the predicted gradient is one sequence's, not the batch mean's")
+  return tuple(reasons)
+
+
+def mean_field_applies(cfg) -> bool:
+  """Whether :func:`mean_field`'s predictions describe ``cfg`` (see :func:`mean_field_limits`)."""
+  return not mean_field_limits(cfg)

@@ -33,7 +33,7 @@ def _loss_of_params(cfg, seed_key):
   return loss, params
 
 
-@pytest.mark.parametrize("arch, loss", itertools.product(["post", "pre"], ["linear", "xent", "mse"]))
+@pytest.mark.parametrize("arch, loss", list(itertools.product(["post", "pre"], ["linear", "xent", "mse"])))
 def test_jax_grad_matches_float64_central_differences(arch, loss):
   """dLoss/dW from jax.grad equals float64 central finite differences for entries of W2, W1, W_V."""
   with jax.enable_x64(True):
