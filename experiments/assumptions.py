@@ -31,8 +31,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import numpy as np  # noqa: E402
-
 from normtheory import cli, fit, plot, schema, theory  # noqa: E402
 
 COMMON = ["--arch", "post,pre", "--loss", "xent", "--vocab", "256", "--n", "16"]

@@ -49,7 +49,7 @@ from jax.sharding import PartitionSpec as P
 
 from normtheory import architectures, sampling
 from normtheory.config import EMBEDDING, PARAM_NAMES, Config
-from normtheory.layers import HIGHEST, Taps, ln_jacobian_norm
+from normtheory.layers import HIGHEST, Taps, ln_jacobian_means
 from normtheory.losses import LOSS_FUNCTIONS
 
 
@@ -106,13 +106,6 @@ def _gram_sq_norm(a_nxi: jax.Array, delta_kxnxo: jax.Array) -> jax.Array:
   return jnp.maximum(jnp.einsum("ij,kij->k", gram_a_nxn, gram_d_kxnxn), 0.0)
 
 
-def _ln_means(taps: Taps, eps: float) -> jax.Array:
-  """``(k,)`` LN-Jacobian spectral norm at each tapped LayerNorm input, mean over its rows."""
-  if not taps.ln_inputs:
-    return jnp.zeros((0,))
-  return jnp.stack([ln_jacobian_norm(z, eps).mean() for z in taps.ln_inputs])
-
-
 @functools.lru_cache(maxsize=None)
 def _steps(width_cfg: Config, arch_names: tuple[str, ...]) -> _Steps:
   """Jitted forward, loss, backward and embedding steps for models sharing ``width_cfg``
@@ -135,7 +128,7 @@ def _steps(width_cfg: Config, arch_names: tuple[str, ...]) -> _Steps:
     for name, arch in archs.items():
       taps = Taps()
       x_next = arch.layer(p, x[name], l, L, width_cfg, taps)
-      out[name] = (x_next, (arch.hidden(x[name]) ** 2).sum(-1).mean(), _ln_means(taps, eps))
+      out[name] = (x_next, (arch.hidden(x[name]) ** 2).sum(-1).mean(), ln_jacobian_means(taps.ln_inputs, eps))
     return out
 
   def loss_one(p_key, d_key, x):
@@ -148,7 +141,7 @@ def _steps(width_cfg: Config, arch_names: tuple[str, ...]) -> _Steps:
       taps = Taps()
       arch.final(x[name], eps, taps)
       readout_e = ct_head[EMBEDDING] if tied else jnp.zeros((1,), ct.dtype)
-      out[name] = _LossOut(value, ct, (arch.hidden(x[name]) ** 2).sum(-1).mean(), _ln_means(taps, eps), readout_e)
+      out[name] = _LossOut(value, ct, (arch.hidden(x[name]) ** 2).sum(-1).mean(), ln_jacobian_means(taps.ln_inputs, eps), readout_e)
     return out
 
   def backward_one(p_key, x, ct, l, L):
@@ -306,15 +299,22 @@ def _pad_depths(ct: dict, K_pad: int) -> dict:
   return {name: jnp.pad(v, [(0, K_pad - v.shape[0])] + [(0, 0)] * (v.ndim - 1)) for name, v in ct.items()}
 
 
-def passes_for(arch_names, depths) -> list[tuple[tuple[str, ...], tuple[int, ...]]]:
+class SharedPass(NamedTuple):
+  """Architectures and depths measured from one forward pass."""
+
+  archs: tuple[str, ...]
+  depths: tuple[int, ...]
+
+
+def passes_for(arch_names, depths) -> list[SharedPass]:
   """How to group (archs, depths) into shared passes: every depth-independent
   architecture in one pass over all depths; each depth-dependent one alone, per depth."""
   depths = tuple(sorted({int(L) for L in depths}))
   shared = tuple(a for a in arch_names if not architectures.get(a).depends_on_depth)
-  passes = [(shared, depths)] if shared else []
+  passes = [SharedPass(shared, depths)] if shared else []
   for a in arch_names:
     if architectures.get(a).depends_on_depth:
-      passes.extend(((a,), (L,)) for L in depths)
+      passes.extend(SharedPass((a,), (L,)) for L in depths)
   return passes
 
 

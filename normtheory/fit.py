@@ -419,14 +419,15 @@ def effective_depth_fits(frame: pd.DataFrame, n_boot: int = 1000, seed: int = 0)
     arch, d, L, n, d_ff = (cell[k] for k in ("arch", "d", "L", "n", "d_ff"))
     f = depth_metrics.fit_update_exponent(part, arch, metric, n_boot=n_boot, key=seed)
     layer_L = np.arange(1, L + 1)
-    mean_field_L = theory.mean_field(arch, int(d), int(L), int(n), int(d_ff))[metric]
+    applies = theory.mean_field_applies(cell)
+    mean_field_L = theory.mean_field(arch, int(d), int(L), int(n), int(d_ff))[metric] if applies else None
     out.append({
         **{k: (v if isinstance(v, str) else int(v)) for k, v in cell.items()},
         "metric": metric,
         "n_seeds": int(part["seed"].nunique()),
         "kappa": {"value": f["kappa"], "ci": list(f["ci"])},
         "r2": f["r2"],
-        "kappa_mean_field": float(-np.polyfit(np.log(layer_L), np.log(mean_field_L), 1)[0]),
+        "kappa_mean_field": float(-np.polyfit(np.log(layer_L), np.log(mean_field_L), 1)[0]) if applies else None,
         "expected": EFFECTIVE_DEPTH_KAPPA.get(arch),
     })
   return sorted(out, key=lambda e: (arch_key(e["arch"]), *(e[k] for k in CELL_COLUMNS[1:])))
@@ -524,7 +525,8 @@ def _effective_depth_lines(entries: list[dict]) -> list[str]:
   for e in entries:
     expected = "" if e["expected"] is None else f"; argument {e['expected']:g}"
     lines.append(f"  {e['arch']} (loss={e['loss']}, d={e['d']}, n={e['n']}, L={e['L']}, {e['n_seeds']} seeds): "
-                 f"kappa = {_fmt(e['kappa'])}, R^2 = {_r2_text(e['r2'])}; mean field {e['kappa_mean_field']:.3g}"
+                 f"kappa = {_fmt(e['kappa'])}, R^2 = {_r2_text(e['r2'])}; mean field "
+                 f"{'n/a' if e['kappa_mean_field'] is None else format(e['kappa_mean_field'], '.3g')}"
                  f"{expected}")
   return lines
 

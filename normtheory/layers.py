@@ -75,6 +75,14 @@ def ln_jacobian_norm(x_nxd: jax.Array, eps: float) -> jax.Array:
   return jax.lax.rsqrt(x_nxd.var(-1) + eps)
 
 
+def ln_jacobian_means(ln_inputs: list[jax.Array], eps: float) -> jax.Array:
+  """``(k,)``: :func:`ln_jacobian_norm` averaged over all rows, at each of k LayerNorm
+  inputs (``Taps.ln_inputs``); shape ``(0,)`` when there are none."""
+  if not ln_inputs:
+    return jnp.zeros((0,))
+  return jnp.stack([ln_jacobian_norm(z, eps).mean() for z in ln_inputs])
+
+
 def attention(x_nxd: jax.Array, p: Params, taps: Taps | None, heads: int = 1) -> jax.Array:
   """Multi-head self-attention within each sequence, no biases, no mask.
 

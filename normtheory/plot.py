@@ -172,7 +172,7 @@ def _mean_field_legend(ax) -> None:
 
 def _mean_field_w2(ax, st: pd.DataFrame, arch: str, param: str) -> bool:
   """Draw the mean-field last-layer W2 norm over st's depths (linear loss, known archs); whether drawn."""
-  if param != "W2" or arch not in ARCHS or st["loss"].iloc[0] != "linear":
+  if param != "W2" or not theory.mean_field_applies(st.iloc[0]) or st["loss"].iloc[0] != "linear":
     return False
   m = _model(st)
   L_K = np.unique(np.geomspace(st["L"].min(), st["L"].max(), 40).round().astype(int))
@@ -377,8 +377,9 @@ def fig_hidden_norms(hidden: pd.DataFrame, d: int | None = None, loss: str | Non
   for arch in _archs(stats):
     st = stats[stats["arch"] == arch].sort_values("layer")
     _band(ax, st["layer"], st, arch_style(arch), _label(arch))
-    if arch in ARCHS:
-      _mean_field_line(ax, st["layer"], theory.mean_field(arch, **_model(st))["sq_norm_per_d"][st["layer"] - 1], arch)
+    if theory.mean_field_applies(st.iloc[0]):
+      mf = theory.mean_field(arch, **_model(st))  # layer L + 1: the state leaving the last layer
+      _mean_field_line(ax, st["layer"], np.append(mf["sq_norm_per_d"], mf["final_sq_norm_per_d"])[st["layer"] - 1], arch)
   if set(_archs(stats)) & set(ARCHS):
     _mean_field_legend(ax)
   ax.set(xlabel=r"layer $l$ (state $x_l$ entering it = output of $l-1$ layers)",
@@ -498,7 +499,7 @@ def fig_depth_metrics(depth: pd.DataFrame, d: int | None = None, loss: str | Non
       st = stats[(stats["arch"] == arch) & (stats["metric"] == metric)].sort_values("layer")
       L = _model(st)["L"]
       _band(ax, st["layer"] / L, st, arch_style(arch), f"{_label(arch)} ($L = {L}$)")
-      if arch in ARCHS and metric in ("rel_update", "cos_sim"):
+      if theory.mean_field_applies(st.iloc[0]) and metric in ("rel_update", "cos_sim"):
         _mean_field_line(ax, st["layer"] / L, theory.mean_field(arch, **_model(st))[metric][st["layer"] - 1], arch)
     pre = stats[(stats["arch"] == "pre") & (stats["metric"] == metric)]
     if metric == "rel_update" and len(pre) > 1:

@@ -22,7 +22,7 @@ from flax import nnx
 from normtheory import architectures, sampling
 from normtheory.config import EMBEDDING, PARAM_NAMES, Config
 from normtheory.engine import DepthResult
-from normtheory.layers import Taps, ln_jacobian_norm
+from normtheory.layers import Taps, ln_jacobian_means
 from normtheory.losses import LOSS_FUNCTIONS
 from normtheory.model import Transformer
 
@@ -56,16 +56,25 @@ def loss_of_params(cfg: Config, seed_key: jax.Array, unroll: bool = False) -> Lo
   return LossOfParams(loss, params, inputs)
 
 
-def sample_loss_and_grads(cfg: Config, seed_key: jax.Array, unroll: bool = False):
-  """One sample's loss, parameter gradients and hidden-state norms.
+class LossAndGrads(NamedTuple):
+  """One sample's loss, its gradient and hidden-state norms.
 
-  Returns:
-    (loss, grads, sq_norms): grads is the NNX ``State`` of dLoss/dParam with
-    stacked per-layer leaves of shape ``(L, ...)``; sq_norms is ``(L + 1,)``.
+  Attributes:
+    loss: the loss value.
+    grads: the NNX ``State`` of dLoss/dParam, stacked per-layer leaves ``(L, ...)``.
+    sq_norms: ``(L + 1,)`` hidden-state norms (:class:`normtheory.model.Forward`).
   """
+
+  loss: jax.Array
+  grads: nnx.State
+  sq_norms: jax.Array
+
+
+def sample_loss_and_grads(cfg: Config, seed_key: jax.Array, unroll: bool = False) -> LossAndGrads:
+  """One sample's loss, parameter gradients and hidden-state norms by ``jax.grad``."""
   f = loss_of_params(cfg, seed_key, unroll)
   (value, sq_norms), grads = jax.value_and_grad(f.loss, has_aux=True)(f.params)
-  return value, grads, sq_norms
+  return LossAndGrads(value, grads, sq_norms)
 
 
 @functools.lru_cache(maxsize=None)
@@ -80,12 +89,16 @@ def _compiled(cfg: Config):
   return jax.jit(jax.vmap(one))
 
 
-def ln_jacobians(cfg: Config, seed_key: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """LN-Jacobian spectral norms (mean over rows) at every LayerNorm's input, layer by layer.
+class LnJacobians(NamedTuple):
+  """LN-Jacobian spectral norms (mean over rows): ``layers`` ``(L, k)`` for each layer's
+  LNs in forward order, ``final`` ``(k_f,)`` for the final LN (k_f = 0 or 1)."""
 
-  Returns:
-    (``(L, k)`` for the layers' LNs in forward order, ``(k_f,)`` for the final LN).
-  """
+  layers: jax.Array
+  final: jax.Array
+
+
+def ln_jacobians(cfg: Config, seed_key: jax.Array) -> LnJacobians:
+  """LN-Jacobian spectral norms at every LayerNorm's input, layer by layer, by a plain loop."""
   arch = architectures.get(cfg.arch)
   p_key = sampling.params_key(seed_key)
   x = sampling.inputs(cfg, sampling.data_key(seed_key)).x
@@ -95,11 +108,10 @@ def ln_jacobians(cfg: Config, seed_key: jax.Array) -> tuple[jax.Array, jax.Array
     taps = Taps()
     p = sampling.layer_params(cfg, p_key, l, arch.weight_scale(cfg.L))
     state = arch.layer(p, state, l, cfg.L, cfg, taps)
-    rows.append(jnp.stack([ln_jacobian_norm(z, cfg.eps).mean() for z in taps.ln_inputs]))
+    rows.append(ln_jacobian_means(taps.ln_inputs, cfg.eps))
   taps = Taps()
   arch.final(state, cfg.eps, taps)
-  final = jnp.stack([ln_jacobian_norm(z, cfg.eps).mean() for z in taps.ln_inputs]) if taps.ln_inputs else jnp.zeros((0,))
-  return jnp.stack(rows), final
+  return LnJacobians(jnp.stack(rows), ln_jacobian_means(taps.ln_inputs, cfg.eps))
 
 
 def measure(cfg: Config, seeds_S: np.ndarray, base_key: jax.Array) -> DepthResult:

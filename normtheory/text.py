@@ -20,6 +20,7 @@ References:
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +36,14 @@ def corpus() -> np.ndarray:
   return np.frombuffer(text.encode("utf-8"), np.uint8)  # values < TEXT_VOCAB = 256
 
 
-def window(key: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
+class Window(NamedTuple):
+  """One sequence of text: ``n`` input tokens and the token after each (int32)."""
+
+  tokens: jax.Array
+  targets: jax.Array
+
+
+def window(key: jax.Array, n: int) -> Window:
   """One sequence: ``n`` input tokens at a uniformly random offset and their next tokens.
 
   Args:
@@ -43,12 +51,12 @@ def window(key: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
     n: sequence length.
 
   Returns:
-    (tokens_n, targets_n): int32 arrays, ``targets_n[i] = tokens_n[i + 1]`` within the
-    corpus (the byte after the window is the last target).
+    :class:`Window`: ``targets[i] = tokens[i + 1]`` within the corpus (the byte after
+    the window is the last target).
   """
   tokens_C = corpus()
   if n + 1 > tokens_C.size:
     raise ValueError(f"n={n} is longer than the corpus ({tokens_C.size} bytes)")
   offset = jax.random.randint(key, (), 0, tokens_C.size - n)
   span_n1 = jax.lax.dynamic_slice(jnp.asarray(tokens_C), (offset,), (n + 1,)).astype(jnp.int32)
-  return span_n1[:-1], span_n1[1:]
+  return Window(span_n1[:-1], span_n1[1:])

@@ -356,19 +356,28 @@ def mean_field_limits(cfg) -> tuple[str, ...]:
   gradient prediction is for the ``linear`` loss in every case.
 
   Args:
-    cfg: a :class:`normtheory.Config` (any object with arch, attention, inputs, batch).
+    cfg: a :class:`normtheory.Config`, or a cell of a results table (a dict or a
+      DataFrame row with the cell columns); a missing column reads as its default.
 
   Returns:
     one sentence per assumption the model breaks.
   """
+
+  def field(name, default):
+    try:
+      return cfg[name]
+    except (TypeError, KeyError, IndexError):
+      return getattr(cfg, name, default)
+
   reasons = []
-  if cfg.arch not in (*_LAYERS, "mixln"):
-    reasons.append(f"no mean-field map for arch {cfg.arch!r}")
-  if getattr(cfg, "attention", "uniform") != "uniform":
+  arch = field("arch", None)
+  if arch not in (*_LAYERS, "mixln"):
+    reasons.append(f"no mean-field map for arch {arch!r}")
+  if field("attention", "uniform") != "uniform":
     reasons.append("attention weights depend on the inputs (W_Q, W_K != 0), not uniform 1/n")
-  if getattr(cfg, "inputs", "gaussian") != "gaussian":
+  if field("inputs", "gaussian") != "gaussian":
     reasons.append("text inputs are not i.i.d. N(0, I) rows (tokens repeat, positions are shared)")
-  if getattr(cfg, "batch", 1) > 1:
+  if field("batch", 1) > 1:
     reasons.append("batch > 1: the predicted gradient is one sequence's, not the batch mean's")
   return tuple(reasons)
 
