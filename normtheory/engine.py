@@ -12,7 +12,8 @@ L d×d gradients. This engine computes the same numbers with memory flat in dept
   and ``||dLoss/dW||_F^2 = ||a^T delta||_F^2 = sum_ij (a a^T)_ij (delta delta^T)_ij``,
   a Gram product over the B·n rows of the sample's B sequences instead of a d×d
   matrix. It holds for every product, W_Q and W_K included, whatever the attention
-  weights are. The token embedding E (text inputs, V×d) is the one gradient formed
+  weights are. (A batch with more rows than that saves, ``B n (i + o) > i o`` for an
+  i×o weight, forms the i×o product ``a^T delta`` instead.) The token embedding E (text inputs, V×d) is the one gradient formed
   explicitly, once per depth after the last layer: its rows are a scatter of the
   input's cotangent plus, when tied, the read-out's gradient.
 * **Depths share one forward pass.** Layer l does not depend on L (for the
@@ -96,11 +97,22 @@ class _LossOut(NamedTuple):
   readout_e: jax.Array  # dLoss/dE through a tied read-out (zeros (1,) when untied)
 
 
-def _gram_sq_norm(a_nxi: jax.Array, delta_kxnxo: jax.Array) -> jax.Array:
-  """``||a^T delta_k||_F^2`` for each k via Gram matrices over the rows (all leading axes of
-  ``a`` and all but the first of ``delta``), never forming a^T delta."""
+def _sq_grad_norm(a_nxi: jax.Array, delta_kxnxo: jax.Array) -> jax.Array:
+  """``||a^T delta_k||_F^2`` for each k, the rows being all leading axes of ``a`` (and all
+  but the first of ``delta``).
+
+  Via the r×r Gram matrices of the r rows, never forming a^T delta, unless the sample
+  holds a batch (``a`` has a batch axis) whose rows make that the dearer way,
+  ``r (i + o) > i o``: then via the i×o product itself. One-sequence samples always
+  take the Gram way, as before batches existed (bit-exact with older stores).
+  """
+  batched = a_nxi.ndim > 2
   a_nxi = a_nxi.reshape(-1, a_nxi.shape[-1])
   delta_kxnxo = delta_kxnxo.reshape(delta_kxnxo.shape[0], -1, delta_kxnxo.shape[-1])
+  (r, i), o = a_nxi.shape, delta_kxnxo.shape[-1]
+  if batched and r * (i + o) > i * o:
+    grad_kxixo = jnp.einsum("ri,kro->kio", a_nxi, delta_kxnxo, precision=HIGHEST)
+    return (grad_kxixo**2).sum((1, 2))
   gram_a_nxn = jnp.matmul(a_nxi, a_nxi.T, precision=HIGHEST)
   gram_d_kxnxn = jnp.einsum("kio,kjo->kij", delta_kxnxo, delta_kxnxo, precision=HIGHEST)
   return jnp.maximum(jnp.einsum("ij,kij->k", gram_a_nxn, gram_d_kxnxn), 0.0)
@@ -156,7 +168,7 @@ def _steps(width_cfg: Config, arch_names: tuple[str, ...]) -> _Steps:
 
       _, vjp, inputs = jax.vjp(tapped, x[name], zeros, has_aux=True)
       ct_x_kxnxd, deltas = jax.vmap(vjp)(ct[name])
-      out[name] = (ct_x_kxnxd, {w: _gram_sq_norm(inputs[w], deltas[w]) for w in PARAM_NAMES})
+      out[name] = (ct_x_kxnxd, {w: _sq_grad_norm(inputs[w], deltas[w]) for w in PARAM_NAMES})
     return out
 
   def embedding_one(p_key, d_key, ct, readout):

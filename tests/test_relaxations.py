@@ -118,6 +118,7 @@ def test_batch_gradient_equals_the_mean_of_per_sequence_losses_through_the_refer
     dict(arch="post", inputs="text", loss="xent", batch=2),
     dict(arch="sandwich", inputs="text", loss="xent", tied=True, attention="xavier"),
     dict(arch="deepnorm", attention="xavier", heads=4, batch=2),
+    dict(arch="pre", batch=2, d=16, d_ff=16),  # 6 rows: the Gram way (6 * 32 < 16 * 16)
 ])
 def test_engine_equals_reference_with_relaxations_float64(case):
   """Every relaxation through the flat-memory engine (Gram norms with B·n rows, W_Q/W_K under a
