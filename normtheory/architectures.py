@@ -3,9 +3,10 @@
 Each architecture maps one sample's hidden state ``x_nxd`` entering layer ``l``
 (1-based, possibly a traced integer) of an ``L``-layer model to the state leaving
 it, says what happens after the last layer (``final_ln``), and how its weights are
-scaled at init. States carry any leading batch axes, ``(..., n, d)``; a dual-stream
-architecture (ResiDual) stacks its two streams on one more leading axis, ``(2, ..., n, d)``. ``Attn`` and ``FFN`` are :func:`normtheory.layers.attention` and
+scaled at init. ``Attn`` and ``FFN`` are :func:`normtheory.layers.attention` and
 :func:`normtheory.layers.ffn`; ``LN`` is :func:`normtheory.layers.layer_norm`.
+States carry any leading batch axes, ``(..., n, d)``; a dual-stream architecture
+(ResiDual) stacks its two streams on one more leading axis, ``(2, ..., n, d)``.
 
 References:
   Xiong et al. 2020, Table 1 (Post-LN, Pre-LN).

@@ -62,15 +62,17 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--batch", type=int, default=1,
                  help="sequences per sample sharing its weights; the loss and its gradient are their mean")
   p.add_argument("--attention", default=None,
-                 help=f"{' | '.join(ATTENTIONS)}: W_Q = W_K = 0 (Theorem 1) or drawn Xavier-Gaussian (default: uniform)")
-  p.add_argument("--heads", type=int, default=None, help="attention heads of width d/heads; must divide every d (default: 1)")
+                 help=f"{' | '.join(ATTENTIONS)}: W_Q = W_K = 0 (Theorem 1) or drawn Xavier-Gaussian "
+                      "(default: uniform)")
+  p.add_argument("--heads", type=int, default=None,
+                 help="attention heads of width d/heads; must divide every d (default: 1)")
   p.add_argument("--inputs", default=None,
                  help=f"{' | '.join(INPUTS)}: i.i.d. N(0, I) rows (Theorem 1) or bytes of Python's language "
                       "reference through a token embedding; text implies --loss xent (default: gaussian)")
   p.add_argument("--tied", action="store_true", help="text inputs: the read-out reuses the token embedding")
   p.add_argument("--preset", default=None,
-                 help=f"{' | '.join(PRESETS)}: set --attention, --heads, --inputs at once "
-                      f"(realistic = {', '.join(f'{k} {v}' for k, v in PRESETS['realistic'].items())}); explicit flags win")
+                 help=f"{' | '.join(PRESETS)}: set --attention, --heads, --inputs at once (realistic = "
+                      f"{', '.join(f'{k} {v}' for k, v in PRESETS['realistic'].items())}); explicit flags win")
   p.add_argument("--seed", type=int, default=0, help="base PRNG seed")
   p.add_argument("--prng", default=prng.DEFAULT_PRNG, help=f"PRNG implementation: {', '.join(prng.PRNG_IMPLS)}")
   p.add_argument("--dtype", default="float32", help="float32 | float64")
@@ -125,7 +127,8 @@ def _model_flags(args: argparse.Namespace, widths: list[int]) -> None:
   if text and args.loss != "xent":
     raise UsageError(f"--inputs text is read out by next-token cross-entropy: needs --loss xent, got {args.loss}")
   if text and args.vocab not in (None, TEXT_VOCAB):
-    raise UsageError(f"--inputs text uses the byte vocabulary: --vocab must be {TEXT_VOCAB} or left out, got {args.vocab}")
+    raise UsageError(f"--inputs text uses the byte vocabulary: --vocab must be {TEXT_VOCAB} or left out, "
+                     f"got {args.vocab}")
 
 
 def base_config(args: argparse.Namespace, axes: dict) -> Config:
@@ -208,8 +211,9 @@ def main(argv: list[str] | None = None) -> int:
   leader = jax.process_index() == 0
   say = (lambda *a: None) if args.quiet or not leader else print
   warn = lambda line: tqdm.write(f"grad_scaling.py: {line}", file=sys.stderr)
-  say("grid: " + "  ".join(f"{k}={','.join(map(str, v))}" for k, v in axes.items()) + f"  seeds={args.seeds}  n={args.n}"
-      + f"  batch={args.batch}  attention={args.attention}  heads={args.heads}  inputs={args.inputs}"
+  say("grid: " + "  ".join(f"{k}={','.join(map(str, v))}" for k, v in axes.items())
+      + f"  seeds={args.seeds}  n={args.n}  batch={args.batch}  attention={args.attention}  heads={args.heads}"
+      + f"  inputs={args.inputs}"
       + ("  tied" if args.tied else ""))
   seeds = distributed.my_seeds(args.seeds)
   results = store.ResultsStore(distributed.part_dir(args.out), settings) if args.distributed else main_store

@@ -13,9 +13,9 @@ L d×d gradients. This engine computes the same numbers with memory flat in dept
   a Gram product over the B·n rows of the sample's B sequences instead of a d×d
   matrix. It holds for every product, W_Q and W_K included, whatever the attention
   weights are. (A batch with more rows than that saves, ``B n (i + o) > i o`` for an
-  i×o weight, forms the i×o product ``a^T delta`` instead.) The token embedding E (text inputs, V×d) is the one gradient formed
-  explicitly, once per depth after the last layer: its rows are a scatter of the
-  input's cotangent plus, when tied, the read-out's gradient.
+  i×o weight, forms the i×o product ``a^T delta`` instead.) The token embedding E
+  (text inputs, V×d) is formed explicitly, once per depth after the last layer: its
+  rows are a scatter of the input's cotangent plus, when tied, the read-out's gradient.
 * **Depths share one forward pass.** Layer l does not depend on L (for the
   architectures where ``depends_on_depth`` is false), so the first L layers of the
   deepest model are the L-layer model. One forward pass to ``max(depths)`` serves
@@ -153,7 +153,8 @@ def _steps(width_cfg: Config, arch_names: tuple[str, ...]) -> _Steps:
       taps = Taps()
       arch.final(x[name], eps, taps)
       readout_e = ct_head[EMBEDDING] if tied else jnp.zeros((1,), ct.dtype)
-      out[name] = _LossOut(value, ct, (arch.hidden(x[name]) ** 2).sum(-1).mean(), ln_jacobian_means(taps.ln_inputs, eps), readout_e)
+      sq_norm = (arch.hidden(x[name]) ** 2).sum(-1).mean()
+      out[name] = _LossOut(value, ct, sq_norm, ln_jacobian_means(taps.ln_inputs, eps), readout_e)
     return out
 
   def backward_one(p_key, x, ct, l, L):

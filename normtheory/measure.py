@@ -103,7 +103,8 @@ class GradNorms:
     w2 = self.grad_norm["W2"]
     head = (f"GradNorms(arch={c.arch}, loss={c.loss}, d={c.d}, L={c.L}, n={c.n}, batch={c.batch}, "
             f"attention={c.attention}, heads={c.heads}, inputs={c.inputs}, seeds={len(self.seeds)})")
-    rows = [f"  layer {l:3d}: ||dL/dW2|| = {w2[:, l - 1].mean():.4g} ± {w2[:, l - 1].std():.2g}" for l in range(1, c.L + 1)]
+    rows = [f"  layer {l:3d}: ||dL/dW2|| = {w2[:, l - 1].mean():.4g} ± {w2[:, l - 1].std():.2g}"
+            for l in range(1, c.L + 1)]
     return "\n".join([head, *rows])
 
 

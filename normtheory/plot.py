@@ -379,7 +379,8 @@ def fig_hidden_norms(hidden: pd.DataFrame, d: int | None = None, loss: str | Non
     _band(ax, st["layer"], st, arch_style(arch), _label(arch))
     if theory.mean_field_applies(st.iloc[0]):
       mf = theory.mean_field(arch, **_model(st))  # layer L + 1: the state leaving the last layer
-      _mean_field_line(ax, st["layer"], np.append(mf["sq_norm_per_d"], mf["final_sq_norm_per_d"])[st["layer"] - 1], arch)
+      sq_norm_per_d = np.append(mf["sq_norm_per_d"], mf["final_sq_norm_per_d"])
+      _mean_field_line(ax, st["layer"], sq_norm_per_d[st["layer"] - 1], arch)
   if set(_archs(stats)) & set(ARCHS):
     _mean_field_legend(ax)
   ax.set(xlabel=r"layer $l$ (state $x_l$ entering it = output of $l-1$ layers)",
@@ -589,7 +590,8 @@ def fig_assumptions(fits_by_setting: list[tuple[str, dict]]) -> Figure:
                     label=_label(s["arch"]) if row == 0 else None)
   for arch in archs:
     axes[0].axvline(fit.THEORY_GAMMA[arch], color=arch_style(arch)["color"], linestyle=":", linewidth=1)
-  axes[1].axvline(1.0, color="0.45", linestyle=":", linewidth=1, label=r"Theorem 1: $\alpha = 1$ (times $\sqrt{\ln d}$)")
+  axes[1].axvline(1.0, color="0.45", linestyle=":", linewidth=1,
+                  label=r"Theorem 1: $\alpha = 1$ (times $\sqrt{\ln d}$)")
   axes[0].set_yticks(range(len(fits_by_setting)), labels=[name for name, _ in fits_by_setting])
   axes[0].invert_yaxis()
   axes[0].set(xlabel=r"depth exponent $\gamma$ ($g \propto L^{-\gamma}$; Theorem: Post 0, Pre 1/2)")
