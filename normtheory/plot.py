@@ -596,6 +596,8 @@ def fig_assumptions(fits_by_setting: list[tuple[str, dict]]) -> Figure:
   axes[0].invert_yaxis()
   axes[0].set(xlabel=r"depth exponent $\gamma$ ($g \propto L^{-\gamma}$; Theorem: Post 0, Pre 1/2)")
   axes[1].set(xlabel=r"width exponent $\alpha$ ($g \propto d^{\alpha}$)")
-  axes[0].legend(fontsize=7, loc="best")
-  axes[1].legend(fontsize=7, loc="best")
+  entries = {}
+  for ax in axes:
+    entries |= dict(zip(*reversed(ax.get_legend_handles_labels())))
+  fig.legend(entries.values(), entries.keys(), loc="outside lower center", ncols=3, fontsize=7)
   return fig
