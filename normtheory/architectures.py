@@ -5,6 +5,8 @@ Each architecture maps one sample's hidden state ``x_nxd`` entering layer ``l``
 it, says what happens after the last layer (``final_ln``), and how its weights are
 scaled at init. ``Attn`` and ``FFN`` are :func:`normtheory.layers.attention` and
 :func:`normtheory.layers.ffn`; ``LN`` is :func:`normtheory.layers.layer_norm`.
+States carry any leading batch axes, ``(..., n, d)``; a dual-stream architecture
+(ResiDual) stacks its two streams on one more leading axis, ``(2, ..., n, d)``.
 
 References:
   Xiong et al. 2020, Table 1 (Post-LN, Pre-LN).
@@ -14,17 +16,27 @@ References:
   Sun et al. 2025, "The Curse of Depth in Large Language Models" (LayerNorm Scaling).
   Li et al. 2024, "Mix-LN: Unleashing the Power of Deeper Layers by Combining
     Pre-LN and Post-LN".
+  Xie et al. 2023, "ResiDual: Transformer with Dual Residual Connections"
+    (arXiv:2304.14802), Section 3 (Pre-Post-LN), and the authors' code
+    (github.com/microsoft/ResiDual, ``ResiDualEncoderLayer``, ``ResiDualEncoder``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Callable, Protocol
 
 import jax
 import jax.numpy as jnp
 
-from normtheory.layers import Taps, attention, ffn, layer_norm
+from normtheory.config import Config
+from normtheory.layers import Params, Taps, attention, ffn, layer_norm
+
+
+class LayerFn(Protocol):
+  """Layer ``l`` (1-based, maybe traced) of an ``L``-layer model: state in, state out."""
+
+  def __call__(self, p: Params, x_nxd: jax.Array, l, L, cfg: Config, taps: Taps | None = None) -> jax.Array: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,33 +45,48 @@ class Architecture:
 
   Attributes:
     name: the ``Config.arch`` value.
-    layer: ``(p, x_nxd, l, L, cfg, taps) -> x_nxd`` for layer ``l`` of ``L``.
-    final_ln: whether a LayerNorm follows the last layer.
+    layer: the :class:`LayerFn` of layer ``l`` of ``L``.
+    final_ln: whether a LayerNorm follows the last layer (its Jacobian is reported
+      as layer L + 1).
     weight_scale: ``L -> beta``, the factor on the Xavier draws of W_V, W_O, W1, W2.
     depends_on_depth: whether layer ``l`` depends on ``L`` (then the prefix of a
       deep model is not a shallower model, and depths cannot share a forward pass).
+    dual: the state is two streams stacked on a leading axis, ``(a, b)`` (ResiDual):
+      ``a`` feeds the sublayers, ``b`` sums their outputs.
   """
 
   name: str
-  layer: Callable[..., jax.Array]
+  layer: LayerFn
   final_ln: bool
   weight_scale: Callable = lambda L: 1.0
   depends_on_depth: bool = False
+  dual: bool = False
 
-  def final(self, x_nxd: jax.Array, eps: float, taps: Taps | None = None) -> jax.Array:
+  def init(self, x_nxd: jax.Array) -> jax.Array:
+    """The state entering layer 1 from the model's input (both streams start at x)."""
+    return jnp.stack([x_nxd, x_nxd]) if self.dual else x_nxd
+
+  def hidden(self, state: jax.Array) -> jax.Array:
+    """The residual stream whose size the tables report (``||x_l||²/n``): the state
+    itself, or a dual architecture's running-sum stream b."""
+    return state[1] if self.dual else state
+
+  def final(self, state: jax.Array, eps: float, taps: Taps | None = None) -> jax.Array:
     """The representation the loss reads, from the state after the last layer."""
-    return layer_norm(x_nxd, eps, taps) if self.final_ln else x_nxd
+    if self.dual:
+      return state[0] + layer_norm(state[1], eps, taps)
+    return layer_norm(state, eps, taps) if self.final_ln else state
 
 
 def post_ln_layer(p, x_nxd, l, L, cfg, taps=None):
   """Post-LN: ``x3 = LN(x + Attn(x))``; ``x_{l+1} = LN(x3 + FFN(x3))``."""
-  x3_nxd = layer_norm(x_nxd + attention(x_nxd, p, taps), cfg.eps, taps)
+  x3_nxd = layer_norm(x_nxd + attention(x_nxd, p, taps, cfg.heads), cfg.eps, taps)
   return layer_norm(x3_nxd + ffn(x3_nxd, p, taps), cfg.eps, taps)
 
 
 def pre_ln_layer(p, x_nxd, l, L, cfg, taps=None):
   """Pre-LN: ``x3 = x + Attn(LN(x))``; ``x_{l+1} = x3 + FFN(LN(x3))``; final LN."""
-  x3_nxd = x_nxd + attention(layer_norm(x_nxd, cfg.eps, taps), p, taps)
+  x3_nxd = x_nxd + attention(layer_norm(x_nxd, cfg.eps, taps), p, taps, cfg.heads)
   return x3_nxd + ffn(layer_norm(x3_nxd, cfg.eps, taps), p, taps)
 
 
@@ -77,7 +104,7 @@ def deepnorm_layer(p, x_nxd, l, L, cfg, taps=None):
   """DeepNorm: Post-LN with the residual scaled by alpha:
   ``x3 = LN(alpha x + Attn(x))``; ``x_{l+1} = LN(alpha x3 + FFN(x3))``."""
   alpha = deepnorm_alpha(L)
-  x3_nxd = layer_norm(alpha * x_nxd + attention(x_nxd, p, taps), cfg.eps, taps)
+  x3_nxd = layer_norm(alpha * x_nxd + attention(x_nxd, p, taps, cfg.heads), cfg.eps, taps)
   return layer_norm(alpha * x3_nxd + ffn(x3_nxd, p, taps), cfg.eps, taps)
 
 
@@ -85,7 +112,7 @@ def sandwich_layer(p, x_nxd, l, L, cfg, taps=None):
   """Sandwich / Peri-LN: LN on each sublayer's input and output:
   ``x3 = x + LN(Attn(LN(x)))``; ``x_{l+1} = x3 + LN(FFN(LN(x3)))``; final LN."""
   eps = cfg.eps
-  x3_nxd = x_nxd + layer_norm(attention(layer_norm(x_nxd, eps, taps), p, taps), eps, taps)
+  x3_nxd = x_nxd + layer_norm(attention(layer_norm(x_nxd, eps, taps), p, taps, cfg.heads), eps, taps)
   return x3_nxd + layer_norm(ffn(layer_norm(x3_nxd, eps, taps), p, taps), eps, taps)
 
 
@@ -93,7 +120,7 @@ def lns_layer(p, x_nxd, l, L, cfg, taps=None):
   """LayerNorm Scaling: Pre-LN with every LN output multiplied by ``1/sqrt(l)``:
   ``x3 = x + Attn(LN(x)/sqrt(l))``; ``x_{l+1} = x3 + FFN(LN(x3)/sqrt(l))``; final LN."""
   scale = jax.lax.rsqrt(jnp.asarray(l, x_nxd.dtype))
-  x3_nxd = x_nxd + attention(scale * layer_norm(x_nxd, cfg.eps, taps), p, taps)
+  x3_nxd = x_nxd + attention(scale * layer_norm(x_nxd, cfg.eps, taps), p, taps, cfg.heads)
   return x3_nxd + ffn(scale * layer_norm(x3_nxd, cfg.eps, taps), p, taps)
 
 
@@ -112,10 +139,29 @@ def mixln_layer(p, x_nxd, l, L, cfg, taps=None):
   eps = cfg.eps
   post = l <= mixln_post_layers(L, cfg.mixln_rho)
   pick = lambda a, b: jnp.where(post, a, b)
-  r_nxd = x_nxd + attention(pick(x_nxd, layer_norm(x_nxd, eps, taps)), p, taps)
+  r_nxd = x_nxd + attention(pick(x_nxd, layer_norm(x_nxd, eps, taps)), p, taps, cfg.heads)
   x3_nxd = pick(layer_norm(r_nxd, eps, taps), r_nxd)
   s_nxd = x3_nxd + ffn(pick(x3_nxd, layer_norm(x3_nxd, eps, taps)), p, taps)
   return pick(layer_norm(s_nxd, eps, taps), s_nxd)
+
+
+def residual_layer(p, x_2xnxd, l, L, cfg, taps=None):
+  """ResiDual (Pre-Post-LN): two streams through the same sublayers F (attention, then FFN).
+
+  With the state ``(a, b)`` and, for each sublayer F in turn (Xie et al. 2023, Section 3;
+  ``ResiDualEncoderLayer.forward`` in the authors' code):
+  ``a <- LN(a + F(a))`` (the Post-LN stream) and ``b <- b + F(a)`` (the dual stream:
+  the running sum of every sublayer's output). Both streams start at the input x
+  (:meth:`Architecture.init`), and the model's output is ``a_N + LN(b_N)``
+  (:meth:`Architecture.final`; the authors' ``x * alpha + layer_norm(res)``, alpha = 1).
+  """
+  eps = cfg.eps
+  a_nxd, b_nxd = x_2xnxd[0], x_2xnxd[1]
+  f_nxd = attention(a_nxd, p, taps, cfg.heads)
+  a_nxd, b_nxd = layer_norm(a_nxd + f_nxd, eps, taps), b_nxd + f_nxd
+  f_nxd = ffn(a_nxd, p, taps)
+  a_nxd, b_nxd = layer_norm(a_nxd + f_nxd, eps, taps), b_nxd + f_nxd
+  return jnp.stack([a_nxd, b_nxd])
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -125,6 +171,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     "sandwich": Architecture("sandwich", sandwich_layer, final_ln=True),
     "lns": Architecture("lns", lns_layer, final_ln=True),
     "mixln": Architecture("mixln", mixln_layer, final_ln=True, depends_on_depth=True),
+    "residual": Architecture("residual", residual_layer, final_ln=True, dual=True),
 }
 
 

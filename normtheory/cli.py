@@ -9,6 +9,14 @@ measured cell also gets the effective-depth metrics of its samples
 A cell counts as stored once its gradient norms are, so depth metrics are computed
 only for cells that a run measures: to add them to a finished grid, use a new --out.
 
+The model flags relax Theorem 1's assumptions one at a time (defaults: the theorem's
+idealisation): ``--attention xavier`` (W_Q, W_K drawn, attention no longer uniform),
+``--heads H``, ``--inputs text`` (real English bytes through a token embedding, with
+next-token cross-entropy: implies ``--loss xent`` and the byte vocabulary 256),
+``--tied`` (text: read-out tied to the embedding), ``--batch B`` (B sequences per
+sample, the loss their mean). ``--preset paper|realistic`` sets attention, heads and
+inputs at once; flags given explicitly win.
+
 A run holds the store's lock (``DIR/.lock``) while it writes, so a second sweep on the
 same --out refuses to start. With ``--distributed`` each process measures its share of
 the seeds and process 0 merges them (:mod:`normtheory.distributed`).
@@ -22,6 +30,7 @@ stderr line; the main store unchanged, the same command resumes).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import sys
@@ -35,7 +44,7 @@ from tqdm import tqdm
 
 from normtheory import distributed, fit, grid, prng, store, sweep
 from normtheory.cli_args import ArgumentParser, UsageError, usage_exit
-from normtheory.config import ARCHS, LOSSES, Config
+from normtheory.config import ARCHS, ATTENTIONS, DEFAULT_VOCAB, INPUTS, LOSSES, PRESETS, TEXT_VOCAB, Config, preset
 
 DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "normtheory", "xla")
 
@@ -49,12 +58,28 @@ def build_parser() -> ArgumentParser:
   p.add_argument("--d", default="64,128", help="widths: N | A,B | A..B (doubling) | A..B:S | A..B*F")
   p.add_argument("--L", default="6..24", help="depths, same grammar as --d")
   p.add_argument("--arch", default="post,pre", help=f"comma list of {', '.join(ARCHS)}")
-  p.add_argument("--loss", default="linear", help=f"comma list of {', '.join(LOSSES)}")
+  p.add_argument("--loss", default=None,
+                 help=f"comma list of {', '.join(LOSSES)} (default: linear; xent with --inputs text)")
   p.add_argument("--seeds", type=int, default=8, help="samples per cell (seeds 0..seeds-1)")
   p.add_argument("--n", type=int, default=16, help="sequence length")
   p.add_argument("--d-ff", type=int, default=None, help="FFN width (default: d)")
   p.add_argument("--eps", type=float, default=1e-6, help="LayerNorm epsilon")
-  p.add_argument("--vocab", type=int, default=1000, help="vocabulary of the xent loss")
+  p.add_argument("--vocab", type=int, default=None,
+                 help=f"vocabulary of the xent loss (default: 1000; text inputs: {TEXT_VOCAB} bytes, the only value)")
+  p.add_argument("--batch", type=int, default=1,
+                 help="sequences per sample sharing its weights; the loss and its gradient are their mean")
+  p.add_argument("--attention", default=None,
+                 help=f"{' | '.join(ATTENTIONS)}: W_Q = W_K = 0 (Theorem 1) or drawn Xavier-Gaussian "
+                      "(default: uniform)")
+  p.add_argument("--heads", type=int, default=None,
+                 help="attention heads of width d/heads; must divide every d (default: 1)")
+  p.add_argument("--inputs", default=None,
+                 help=f"{' | '.join(INPUTS)}: i.i.d. N(0, I) rows (Theorem 1) or bytes of Python's language "
+                      "reference through a token embedding; text implies --loss xent (default: gaussian)")
+  p.add_argument("--tied", action="store_true", help="text inputs: the read-out reuses the token embedding")
+  p.add_argument("--preset", default=None,
+                 help=f"{' | '.join(PRESETS)}: set --attention, --heads, --inputs at once (realistic = "
+                      f"{', '.join(f'{k} {v}' for k, v in PRESETS['realistic'].items())}); explicit flags win")
   p.add_argument("--seed", type=int, default=0, help="base PRNG seed")
   p.add_argument("--prng", default=prng.DEFAULT_PRNG, help=f"PRNG implementation: {', '.join(prng.PRNG_IMPLS)}")
   p.add_argument("--dtype", default="float32", help="float32 | float64")
@@ -92,6 +117,42 @@ def _at_least(flag: str, value: float | None, minimum: float) -> None:
     raise UsageError(f"{flag} must be >= {minimum}, got {value}")
 
 
+def _model_flags(args: argparse.Namespace, widths: list[int]) -> None:
+  """Resolve the relaxation flags in place (explicit flag, else the preset's, else the
+  Config default; text inputs default to the xent loss) and check their combinations."""
+  if args.preset is not None:
+    _choices("--preset", args.preset, tuple(PRESETS))
+  chosen = preset(args.preset) if args.preset else {}
+  defaults = {f.name: f.default for f in dataclasses.fields(Config)}
+  for name in ("attention", "heads", "inputs"):
+    if getattr(args, name) is None:
+      setattr(args, name, chosen.get(name, defaults[name]))
+  _choices("--attention", args.attention, ATTENTIONS)
+  _choices("--inputs", args.inputs, INPUTS)
+  _at_least("--heads", args.heads, 1)
+  _at_least("--batch", args.batch, 1)
+  bad = [d for d in widths if d % args.heads]
+  if bad:
+    raise UsageError(f"--heads {args.heads} must divide every width; it does not divide --d {bad[0]}")
+  text = args.inputs == "text"
+  if args.tied and not text:
+    raise UsageError("--tied needs --inputs text (it ties the read-out to the token embedding)")
+  if args.loss is None:
+    args.loss = "xent" if text else "linear"
+  if text and args.loss != "xent":
+    raise UsageError(f"--inputs text is read out by next-token cross-entropy: needs --loss xent, got {args.loss}")
+  if text and args.vocab not in (None, TEXT_VOCAB):
+    raise UsageError(f"--inputs text uses the byte vocabulary: --vocab must be {TEXT_VOCAB} or left out, "
+                     f"got {args.vocab}")
+
+
+def base_config(args: argparse.Namespace, axes: dict) -> Config:
+  """The Config carrying the flags shared by every cell (arch, loss, d, L come from the grid)."""
+  return Config(d=axes["d"][0], loss=axes["loss"][0], n=args.n, d_ff=args.d_ff, eps=args.eps, vocab=args.vocab,
+                dtype=args.dtype, batch=args.batch, attention=args.attention, heads=args.heads,
+                inputs=args.inputs, tied=args.tied)
+
+
 class Parsed(NamedTuple):
   """A validated command line."""
 
@@ -107,6 +168,7 @@ def parse(argv: list[str]) -> Parsed:
     depths = grid.parse_grid(args.L, "--L", minimum=1)
   except ValueError as e:
     raise UsageError(str(e)) from None
+  _model_flags(args, widths)
   archs = _choices("--arch", args.arch, ARCHS)
   losses = _choices("--loss", args.loss, LOSSES)
   _choices("--prng", args.prng, prng.PRNG_IMPLS)
@@ -138,7 +200,10 @@ def default_chunk(args: argparse.Namespace, grid_axes: dict[str, list]) -> int:
   d, L = max(grid_axes["d"]), max(grid_axes["L"])
   d_ff = args.d_ff or d
   itemsize = 8 if args.dtype == "float64" else 4
-  per_seed = itemsize * (8 * d * max(d, d_ff) + 4 * (L + 2) * args.n * d + args.vocab * d)
+  text = args.inputs == "text"
+  vocab = args.vocab or (TEXT_VOCAB if text else DEFAULT_VOCAB)
+  vocab_rows = vocab * (2 + len(grid_axes["L"]) if text else 1)  # W_emb; text: E and one E gradient per depth
+  per_seed = itemsize * (8 * d * max(d, d_ff) + 4 * (L + 2) * args.batch * args.n * d + vocab_rows * d)
   return max(1, min(args.seeds, int(free // 4 // per_seed)))
 
 
@@ -172,9 +237,10 @@ def main(argv: list[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else argv
   try:
     args, axes = parse(argv)
-    settings = {"dtype": args.dtype, "eps": args.eps, "base_seed": args.seed, "prng": args.prng, "vocab": args.vocab}
+    base = base_config(args, axes)
+    settings = {"dtype": args.dtype, "eps": args.eps, "base_seed": args.seed, "prng": args.prng, "vocab": base.vocab,
+                "tied": args.tied}
     store.ResultsStore(args.out, settings)  # refuse a store that cannot be trusted before anything starts
-    base = Config(n=args.n, d_ff=args.d_ff, eps=args.eps, vocab=args.vocab, dtype=args.dtype)
   except (UsageError, store.StoreError, ValueError) as e:
     return usage_exit(PROG, e)
   if args.compile_cache != "none":
@@ -271,7 +337,10 @@ def _measure(args, axes, argv, base, main_store, results, info: dict, leader: bo
     leader: whether this process prints.
   """
   say = (lambda *a: None) if args.quiet or not leader else print
-  say("grid: " + "  ".join(f"{k}={','.join(map(str, v))}" for k, v in axes.items()) + f"  seeds={args.seeds}  n={args.n}")
+  say("grid: " + "  ".join(f"{k}={','.join(map(str, v))}" for k, v in axes.items())
+      + f"  seeds={args.seeds}  n={args.n}  batch={args.batch}  attention={args.attention}  heads={args.heads}"
+      + f"  inputs={args.inputs}"
+      + ("  tied" if args.tied else ""))
   stored = main_store.stored_seeds()
   if results is not main_store:
     for cell, cell_seeds in results.stored_seeds().items():

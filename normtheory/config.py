@@ -10,12 +10,21 @@ from __future__ import annotations
 
 import dataclasses
 
-ARCHS = ("post", "pre", "deepnorm", "sandwich", "lns", "mixln")
+ARCHS = ("post", "pre", "deepnorm", "sandwich", "lns", "mixln", "residual")
 LOSSES = ("linear", "xent", "mse")
 DTYPES = ("float32", "float64")
 ATTENTIONS = ("uniform", "xavier")
 INPUTS = ("gaussian", "text")
 PARAM_NAMES = ("W_Q", "W_K", "W_V", "W_O", "W1", "W2")
+EMBEDDING = "E"  # the token embedding's param name (text inputs; reported at layer 0)
+DEFAULT_VOCAB = 1000  # vocabulary of the xent read-out on Gaussian inputs
+TEXT_VOCAB = 256  # text inputs: the byte-level vocabulary (normtheory.text)
+
+# Named settings of the relaxation fields; explicit values win over a preset's.
+PRESETS: dict[str, dict] = {
+    "paper": {"attention": "uniform", "heads": 1, "inputs": "gaussian"},  # Theorem 1's idealisation
+    "realistic": {"attention": "xavier", "heads": 8, "inputs": "text"},  # a real encoder reading text
+}
 
 
 def _require_int(name: str, value, minimum: int) -> None:
@@ -30,7 +39,17 @@ def _require_choice(name: str, value, allowed: tuple[str, ...]) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-  """An L-layer single-head Transformer encoder at initialization.
+  """An L-layer Transformer encoder at initialization.
+
+  The defaults are Theorem 1's idealisation: one head, ``W_Q = W_K = 0`` (uniform
+  attention), i.i.d. Gaussian inputs, one sequence per sample. Each relaxation is a
+  field (``attention``, ``heads``, ``inputs``, ``batch``; :data:`PRESETS` names two
+  combinations).
+
+  Text inputs (``inputs="text"``) are byte sequences of the standard library's
+  language reference (:mod:`normtheory.text`) read through a token embedding E plus
+  sinusoidal positions, with next-token cross-entropy: they need ``loss="xent"`` and
+  the byte vocabulary, ``vocab = 256`` (``vocab=None`` picks it).
 
   Example:
     >>> Config(arch="pre", d=64, L=6).d_ff
@@ -44,7 +63,8 @@ class Config:
     d_ff: FFN hidden width; ``None`` means d, as in Theorem 1.
     eps: LayerNorm epsilon (the theory uses 0).
     loss: read-out loss, one of ``LOSSES`` (SPEC §2).
-    vocab: vocabulary size V of the ``xent`` loss.
+    vocab: vocabulary size V of the ``xent`` loss; ``None`` means 1000 for Gaussian
+      inputs and 256 (bytes) for text, the only value text allows.
     dtype: "float32" or "float64" (the latter runs under ``jax.enable_x64``).
     mixln_rho: Mix-LN's fraction rho of leading Post-LN layers (floor(rho L) of them).
     batch: input sequences per sample that share its weights; the loss is their mean.
@@ -52,23 +72,23 @@ class Config:
       (W_Q, W_K drawn like the other weights).
     heads: attention heads, each of width d / heads (must divide d).
     inputs: "gaussian" (rows ~ N(0, I), the theorem's assumption) or "text".
-    tied: text inputs only: the read-out reuses the token embedding.
+    tied: text inputs only: the read-out reuses the token embedding E (no W_emb).
   """
 
-  arch: str = "pre"  # LayerNorm placement, see normtheory.architectures.
+  arch: str = "pre"  # LayerNorm placement, see normtheory.architectures
   d: int = 64  # width of the residual stream
   L: int = 6  # depth (number of layers)
   n: int = 16  # sequence length
   d_ff: int | None = None  # FFN width; None -> d
   eps: float = 1e-6  # LayerNorm epsilon
   loss: str = "linear"  # "linear" | "xent" | "mse"
-  vocab: int = 1000  # vocabulary of the xent read-out
+  vocab: int | None = None  # xent vocabulary; None -> 1000 (Gaussian) or 256 (text)
   dtype: str = "float32"  # "float32" | "float64"
   mixln_rho: float = 0.25  # Mix-LN: fraction of leading Post-LN layers
   batch: int = 1  # sequences per sample sharing its weights (loss = their mean)
   attention: str = "uniform"  # "uniform" (W_Q = W_K = 0) | "xavier"
   heads: int = 1  # attention heads of width d / heads
-  inputs: str = "gaussian"  # "gaussian" | "text"
+  inputs: str = "gaussian"  # "gaussian" | "text" (needs loss="xent", vocab=256)
   tied: bool = False  # text inputs: read-out tied to the token embedding
 
   def __post_init__(self):
@@ -82,6 +102,8 @@ class Config:
     if not isinstance(self.eps, (int, float)) or not self.eps >= 0:
       raise ValueError(f"eps must be a number >= 0, got {self.eps!r}")
     _require_choice("loss", self.loss, LOSSES)
+    if self.vocab is None:
+      object.__setattr__(self, "vocab", TEXT_VOCAB if self.inputs == "text" else DEFAULT_VOCAB)
     _require_int("vocab", self.vocab, 2)
     _require_choice("dtype", self.dtype, DTYPES)
     if not isinstance(self.mixln_rho, (int, float)) or not 0 <= self.mixln_rho <= 1:
@@ -92,5 +114,20 @@ class Config:
     if self.d % self.heads:
       raise ValueError(f"heads must divide d; got heads={self.heads}, d={self.d}")
     _require_choice("inputs", self.inputs, INPUTS)
+    if self.inputs == "text" and (self.loss != "xent" or self.vocab != TEXT_VOCAB):
+      raise ValueError(f"inputs='text' needs loss='xent' and vocab={TEXT_VOCAB} (bytes); "
+                       f"got loss={self.loss!r}, vocab={self.vocab!r}")
     if not isinstance(self.tied, bool) or (self.tied and self.inputs != "text"):
       raise ValueError(f"tied must be a bool and needs inputs='text'; got tied={self.tied!r}, inputs={self.inputs!r}")
+
+
+def reported_params(cfg: Config) -> tuple[str, ...]:
+  """The weights whose gradient norms are measured: ``PARAM_NAMES`` per layer, and the
+  token embedding ``E`` (layer 0) for text inputs."""
+  return (*PARAM_NAMES, EMBEDDING) if cfg.inputs == "text" else PARAM_NAMES
+
+
+def preset(name: str) -> dict:
+  """The fields a preset sets (a copy of ``PRESETS[name]``); ``ValueError`` for an unknown name."""
+  _require_choice("preset", name, tuple(PRESETS))
+  return dict(PRESETS[name])

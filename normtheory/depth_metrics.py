@@ -110,16 +110,21 @@ def stack_metrics(layer: Callable, final: Callable, x_nxd: jax.Array, L: int) ->
 
 
 def sample_metrics(cfg: Config, seed_key: jax.Array) -> dict[str, jax.Array]:
-  """:func:`stack_metrics` of the sampled model ``cfg`` for one seed key."""
+  """:func:`stack_metrics` of the sampled model ``cfg`` for one seed key.
+
+  The state is the whole sample: its B sequences (``Config.batch``) and, for a
+  dual-stream architecture (ResiDual), both streams, flattened together.
+  """
   arch = architectures.get(cfg.arch)
   p_key = sampling.params_key(seed_key)
-  x_nxd, _ = sampling.inputs(cfg, sampling.data_key(seed_key))
+  x = sampling.inputs(cfg, sampling.data_key(seed_key)).x
+  state = arch.init(sampling.first_state(cfg, sampling.head_params(cfg, p_key), x))
   scale = arch.weight_scale(cfg.L)
 
   def layer(x, l):
     return arch.layer(sampling.layer_params(cfg, p_key, l, scale), x, l, cfg.L, cfg)
 
-  return stack_metrics(layer, lambda x: arch.final(x, cfg.eps), x_nxd, cfg.L)
+  return stack_metrics(layer, lambda x: arch.final(x, cfg.eps), state, cfg.L)
 
 
 def depth_metrics(cfg: Config, seeds: int | Sequence[int] = 8, key=0) -> pd.DataFrame:

@@ -1,4 +1,8 @@
-"""The building blocks of one Transformer layer, as pure functions of one sample.
+"""The building blocks of the Transformer, as pure functions of one sample.
+
+Arrays carry any leading batch axes before the last two, ``(..., n, d)``: a sample
+holds B sequences that share its weights (``Config.batch``), attention mixes
+positions within each sequence only, and a dense product treats all B·n rows alike.
 
 Every dense product goes through :class:`Taps`, which can (a) record the product's
 input and (b) add a zero perturbation to its output. Differentiating the loss with
@@ -18,6 +22,8 @@ import jax.numpy as jnp
 
 HIGHEST = jax.lax.Precision.HIGHEST
 
+Params = dict[str, jax.Array]  # one layer's (or the read-out's) weights by name
+
 
 class Taps:
   """Records dense-product inputs and adds zero perturbations to their outputs.
@@ -35,7 +41,7 @@ class Taps:
 
 
 def dense(name: str, a_nxi: jax.Array, w_ixo: jax.Array, taps: Taps | None) -> jax.Array:
-  """``a @ w`` at full float precision, tapped under ``name``."""
+  """``a @ w`` at full float precision over the last axis, tapped under ``name``."""
   out_nxo = jnp.matmul(a_nxi, w_ixo, precision=HIGHEST)
   if taps is not None:
     taps.inputs[name] = a_nxi
@@ -69,20 +75,75 @@ def ln_jacobian_norm(x_nxd: jax.Array, eps: float) -> jax.Array:
   return jax.lax.rsqrt(x_nxd.var(-1) + eps)
 
 
-def attention(x_nxd: jax.Array, p: dict, taps: Taps | None) -> jax.Array:
-  """Single-head self-attention ``softmax(q k^T / sqrt(d)) v W_O`` (no biases).
+def ln_jacobian_means(ln_inputs: list[jax.Array], eps: float) -> jax.Array:
+  """``(k,)``: :func:`ln_jacobian_norm` averaged over all rows, at each of k LayerNorm
+  inputs (``Taps.ln_inputs``); shape ``(0,)`` when there are none."""
+  if not ln_inputs:
+    return jnp.zeros((0,))
+  return jnp.stack([ln_jacobian_norm(z, eps).mean() for z in ln_inputs])
 
-  With W_Q = W_K = 0 the scores vanish and the softmax is exactly uniform, 1/n.
+
+def attention(x_nxd: jax.Array, p: Params, taps: Taps | None, heads: int = 1) -> jax.Array:
+  """Multi-head self-attention within each sequence, no biases, no mask.
+
+  ``q = x W_Q``, ``k = x W_K``, ``v = x W_V`` (each d×d) are split into ``heads``
+  heads of width ``c = d / heads`` (head h: features h·c .. (h+1)·c - 1); head h
+  mixes ``softmax(q_h k_h^T / sqrt(c)) v_h``; the heads are concatenated and
+  multiplied by ``W_O``. With W_Q = W_K = 0 every score vanishes and the softmax is
+  exactly uniform, 1/n, for any number of heads: the output is
+  ``mean_j x_j W_V W_O`` at every position.
+
+  References:
+    Vaswani et al. 2017, "Attention Is All You Need", Eq. (1) and Section 3.2.2.
   """
   q_nxd = dense("W_Q", x_nxd, p["W_Q"], taps)
   k_nxd = dense("W_K", x_nxd, p["W_K"], taps)
   v_nxd = dense("W_V", x_nxd, p["W_V"], taps)
-  scores_nxn = jnp.matmul(q_nxd, k_nxd.T, precision=HIGHEST) / jnp.sqrt(x_nxd.shape[-1]).astype(x_nxd.dtype)
-  mixed_nxd = jnp.matmul(jax.nn.softmax(scores_nxn, axis=-1), v_nxd, precision=HIGHEST)
+  *batch, n, d = x_nxd.shape
+  c = d // heads
+  split = lambda a_nxd: jnp.moveaxis(a_nxd.reshape(*batch, n, heads, c), -2, -3)  # (..., heads, n, c)
+  q_hxnxc, k_hxnxc, v_hxnxc = split(q_nxd), split(k_nxd), split(v_nxd)
+  scale = jnp.sqrt(c).astype(x_nxd.dtype)
+  scores_hxnxn = jnp.matmul(q_hxnxc, jnp.swapaxes(k_hxnxc, -1, -2), precision=HIGHEST) / scale
+  mixed_hxnxc = jnp.matmul(jax.nn.softmax(scores_hxnxn, axis=-1), v_hxnxc, precision=HIGHEST)
+  mixed_nxd = jnp.moveaxis(mixed_hxnxc, -3, -2).reshape(*batch, n, d)
   return dense("W_O", mixed_nxd, p["W_O"], taps)
 
 
-def ffn(x_nxd: jax.Array, p: dict, taps: Taps | None) -> jax.Array:
+def ffn(x_nxd: jax.Array, p: Params, taps: Taps | None) -> jax.Array:
   """``ReLU(x W1 + b1) W2 + b2``."""
   h_nxf = jax.nn.relu(dense("W1", x_nxd, p["W1"], taps) + p["b1"])
   return dense("W2", h_nxf, p["W2"], taps) + p["b2"]
+
+
+def sinusoidal_positions(n: int, d: int, dtype=jnp.float32) -> jax.Array:
+  """The fixed position code ``(n, d)``: feature 2k is ``sin(i / 10000^(2k/d))``, 2k+1 its cos.
+
+  Each row's mean square is exactly 1/2 for even d (sin² + cos² = 1 per pair).
+
+  References:
+    Vaswani et al. 2017, "Attention Is All You Need", Section 3.5.
+  """
+  pos_nx1 = jnp.arange(n, dtype=dtype)[:, None]
+  freq_h = 10000.0 ** (-jnp.arange(0, d, 2, dtype=dtype) / d)
+  angle_nxh = pos_nx1 * freq_h
+  return jnp.stack([jnp.sin(angle_nxh), jnp.cos(angle_nxh)], axis=-1).reshape(n, -1)[:, :d]
+
+
+def embedding_scale(vocab: int, d: int) -> float:
+  """Factor on the Xavier-Gaussian embedding E (entries of variance 2/(V+d)) that gives the
+  token part entries of variance 1/2, ``sqrt((V + d)/4)``: with the positions' mean
+  square 1/2, an embedded row has ``E||x_i||²/d = 1``, as a Gaussian input row."""
+  return ((vocab + d) / 4.0) ** 0.5
+
+
+def embed(tokens_n: jax.Array, e_vxd: jax.Array) -> jax.Array:
+  """Token embedding plus positions: ``x_i = sqrt((V+d)/4) E[t_i] + P_i``, shape ``(..., n, d)``.
+
+  Args:
+    tokens_n: int tokens, any leading batch axes.
+    e_vxd: the token embedding E (V×d, Xavier-Gaussian at init).
+  """
+  vocab, d = e_vxd.shape
+  positions_nxd = sinusoidal_positions(tokens_n.shape[-1], d, e_vxd.dtype)
+  return embedding_scale(vocab, d) * e_vxd[tokens_n] + positions_nxd

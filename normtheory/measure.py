@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from normtheory import engine, prng, reference, schema
-from normtheory.config import PARAM_NAMES, Config
+from normtheory.config import EMBEDDING, Config, reported_params
 from normtheory.schema import GRAD_COLUMNS, HIDDEN_COLUMNS
 
 METHODS = ("engine", "reference")
@@ -30,12 +30,21 @@ METHODS = ("engine", "reference")
 class GradNorms:
   """Per-seed, per-layer measurements of one model.
 
+  All quantities are per sample: a sample's B sequences (``Config.batch``) share its
+  weights, its loss is their mean, and its gradient the gradient of that mean.
+
   Attributes:
     config: the model.
     seeds: ``(S,)`` seed indices (sample s uses ``fold_in(base key, s)``).
-    grad_norm: param name -> ``(S, L)`` array of ``||dLoss/dW^l||_F``, layer 1 first.
-    sq_norm: ``(S, L)`` mean squared row norm ``||x_l||²/n`` entering layer l.
-    ln_jacobian: ``(S, L, k)`` LN-Jacobian spectral norms at the layer's LN inputs.
+    grad_norm: param name -> ``(S, L)`` array of ``||dLoss/dW^l||_F``, layer 1 first;
+      for text inputs also ``"E"`` -> ``(S, 1)``, the token embedding (layer 0).
+    sq_norm: ``(S, L + 1)`` mean squared row norm ``||x_l||²/n`` over the sample's
+      B·n rows: column l - 1 is the state entering layer l, the last column the
+      state leaving layer L (before any final LN). For ResiDual, the dual stream b.
+    ln_jacobian: ``(S, L, k)`` LN-Jacobian spectral norms ``1/sqrt(var + eps)``,
+      averaged over the rows, at the inputs of the layer's k LayerNorms (forward order).
+    ln_jacobian_final: ``(S, k_f)`` the same at the final LayerNorm (k_f = 1 for
+      architectures with one, else 0).
     loss: ``(S,)`` loss values.
   """
 
@@ -44,23 +53,50 @@ class GradNorms:
   grad_norm: dict[str, np.ndarray]
   sq_norm: np.ndarray
   ln_jacobian: np.ndarray
+  ln_jacobian_final: np.ndarray
   loss: np.ndarray
 
   @classmethod
   def from_depth_result(cls, cfg: Config, seeds_S: np.ndarray, result: engine.DepthResult) -> GradNorms:
-    """The measurements of model ``cfg`` for seeds ``seeds_S`` from an engine (or reference) result."""
-    return cls(cfg, np.asarray(seeds_S), result.grad_norms, result.sq_norms, result.ln_jacobian, result.loss)
+    return cls(cfg, np.asarray(seeds_S), result.grad_norms, result.sq_norms, result.ln_jacobian,
+               result.ln_jacobian_final, result.loss)
 
   def to_frame(self) -> pd.DataFrame:
-    """Tidy table, one row per (seed, layer, param), columns ``GRAD_COLUMNS``."""
-    layers_L = np.arange(1, self.sq_norm.shape[1] + 1)
-    return schema.tidy_frame(schema.GRAD_FILE, schema.cell_of(self.config), self.seeds, layers_L,
-                             {name: self.grad_norm[name] for name in PARAM_NAMES}, "param")
+    """Tidy table, one row per (seed, layer, param), columns ``GRAD_COLUMNS``; the token
+    embedding E (text inputs) is layer 0."""
+    cell = schema.cell_of(self.config)
+    layers_L = np.arange(1, self.config.L + 1)
+    names = [name for name in reported_params(self.config) if name != EMBEDDING]
+    frames = [schema.tidy_frame(schema.GRAD_FILE, cell, self.seeds, layers_L,
+                                {name: self.grad_norm[name] for name in names}, "param")]
+    if EMBEDDING in self.grad_norm:
+      frames.insert(0, schema.tidy_frame(schema.GRAD_FILE, cell, self.seeds, [0],
+                                         {EMBEDDING: self.grad_norm[EMBEDDING]}, "param"))
+    return pd.concat(frames, ignore_index=True)
 
   def hidden_frame(self) -> pd.DataFrame:
-    """Tidy table of ``||x_l||²/n``, one row per (seed, layer), columns ``HIDDEN_COLUMNS``."""
-    layers_L = np.arange(1, self.sq_norm.shape[1] + 1)
-    return schema.tidy_frame(schema.HIDDEN_FILE, schema.cell_of(self.config), self.seeds, layers_L, self.sq_norm)
+    """Tidy table of ``||x_l||²/n``, one row per (seed, layer), layers 1..L+1 (L+1: the
+    state leaving the last layer), columns ``HIDDEN_COLUMNS``."""
+    layers_L1 = np.arange(1, self.config.L + 2)
+    return schema.tidy_frame(schema.HIDDEN_FILE, schema.cell_of(self.config), self.seeds, layers_L1, self.sq_norm)
+
+  def ln_jacobian_frame(self) -> pd.DataFrame:
+    """Tidy table of the LN-Jacobian spectral norms, one row per (seed, layer, ln),
+    columns ``LN_JACOBIAN_COLUMNS``: ``ln = k`` is the layer's k-th LayerNorm in forward
+    order; the final LayerNorm is ``layer = L + 1, ln = 1``.
+
+    References:
+      Xiong et al. 2020, Lemma 3 (``||J_LN(x)||_2 = sqrt(d)/||x - mean(x)||`` at eps = 0).
+    """
+    cell = schema.cell_of(self.config)
+    layers_L = np.arange(1, self.config.L + 1)
+    k = self.ln_jacobian.shape[2]
+    frames = [schema.tidy_frame(schema.LN_JACOBIAN_FILE, cell, self.seeds, layers_L,
+                                {j + 1: self.ln_jacobian[:, :, j] for j in range(k)}, "ln")]
+    if self.ln_jacobian_final.shape[1]:
+      frames.append(schema.tidy_frame(schema.LN_JACOBIAN_FILE, cell, self.seeds, [self.config.L + 1],
+                                      {1: self.ln_jacobian_final[:, :1]}, "ln"))
+    return pd.concat(frames, ignore_index=True)
 
   def tables(self) -> dict[str, pd.DataFrame]:
     """Every results-store table of this cell, keyed by file name (``schema.TABLES``).
@@ -68,13 +104,16 @@ class GradNorms:
     The one list of what a measured cell contributes to a store: the sweep appends
     these and :func:`normtheory.measure_grid` returns them.
     """
-    return {schema.HIDDEN_FILE: self.hidden_frame(), schema.GRAD_FILE: self.to_frame()}
+    return {schema.HIDDEN_FILE: self.hidden_frame(), schema.LN_JACOBIAN_FILE: self.ln_jacobian_frame(),
+            schema.GRAD_FILE: self.to_frame()}
 
   def __repr__(self) -> str:
     c = self.config
     w2 = self.grad_norm["W2"]
-    head = f"GradNorms(arch={c.arch}, loss={c.loss}, d={c.d}, L={c.L}, n={c.n}, seeds={len(self.seeds)})"
-    rows = [f"  layer {l:3d}: ||dL/dW2|| = {w2[:, l - 1].mean():.4g} ± {w2[:, l - 1].std():.2g}" for l in range(1, c.L + 1)]
+    head = (f"GradNorms(arch={c.arch}, loss={c.loss}, d={c.d}, L={c.L}, n={c.n}, batch={c.batch}, "
+            f"attention={c.attention}, heads={c.heads}, inputs={c.inputs}, seeds={len(self.seeds)})")
+    rows = [f"  layer {l:3d}: ||dL/dW2|| = {w2[:, l - 1].mean():.4g} ± {w2[:, l - 1].std():.2g}"
+            for l in range(1, c.L + 1)]
     return "\n".join([head, *rows])
 
 

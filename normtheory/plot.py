@@ -739,3 +739,55 @@ def save(fig: Figure, out_dir, name: str, dpi: int = 200) -> list[pathlib.Path]:
     schema.atomic_write(out_dir / filename, data)
     paths.append(out_dir / filename)
   return paths
+
+
+def fig_assumptions(fits_by_setting: list[tuple[str, dict]]) -> Figure:
+  """Forest plot: the fitted depth exponent γ and width exponent α, with 95% CIs, per setting.
+
+  One row per setting (top to bottom in the given order), Post-LN and Pre-LN side by
+  side within a row; the free power law ``g = C d^α L^(−γ)`` of the last layer's W2
+  (``fits["series"][...]["power_law"]``). Theorem 1's values are marked: γ = 0 (Post)
+  and ½ (Pre) as vertical lines in the arch's colour, α = 1 (its bound is d√(ln d): a
+  fitted α slightly above 1 is the √(ln d) factor) as a gray line.
+
+  Args:
+    fits_by_setting: (setting name, :func:`normtheory.fit.fit_frame` result) pairs,
+      one store per setting.
+
+  Returns:
+    The Figure.
+
+  References:
+    Xiong et al. 2020, Theorem 1 (Post ``O(d √ln d)``, Pre ``O(d √(ln d / L))``).
+  """
+  archs = ("post", "pre")
+  fig = Figure(figsize=(7.2, 0.55 * len(fits_by_setting) + 1.6), layout="constrained")
+  axes = fig.subplots(1, 2, sharey=True)
+  offsets = {"post": -0.15, "pre": 0.15}
+  for row, (setting, fits) in enumerate(fits_by_setting):
+    for s in fits["series"]:
+      if s["arch"] not in archs:
+        continue
+      style = arch_style(s["arch"])
+      for ax, name in zip(axes, ("gamma", "alpha")):
+        estimate = s["power_law"].get(name)
+        if estimate is None or estimate["value"] is None:
+          continue
+        lo, hi = estimate["ci"]
+        value = estimate["value"]
+        ax.errorbar(value, row + offsets[s["arch"]], xerr=[[value - lo], [hi - value]], color=style["color"],
+                    marker=style["marker"], markersize=5, capsize=2, linestyle="none",
+                    label=_label(s["arch"]) if row == 0 else None)
+  for arch in archs:
+    axes[0].axvline(fit.THEORY_GAMMA[arch], color=arch_style(arch)["color"], linestyle=":", linewidth=1)
+  axes[1].axvline(1.0, color="0.45", linestyle=":", linewidth=1,
+                  label=r"Theorem 1: $\alpha = 1$ (times $\sqrt{\ln d}$)")
+  axes[0].set_yticks(range(len(fits_by_setting)), labels=[name for name, _ in fits_by_setting])
+  axes[0].invert_yaxis()
+  axes[0].set(xlabel=r"depth exponent $\gamma$ ($g \propto L^{-\gamma}$; Theorem: Post 0, Pre 1/2)")
+  axes[1].set(xlabel=r"width exponent $\alpha$ ($g \propto d^{\alpha}$)")
+  entries = {}
+  for ax in axes:
+    entries |= dict(zip(*reversed(ax.get_legend_handles_labels())))
+  fig.legend(entries.values(), entries.keys(), loc="outside lower center", ncols=3, fontsize=7)
+  return fig

@@ -11,6 +11,8 @@ References:
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -18,55 +20,98 @@ import numpy as np
 from flax import nnx
 
 from normtheory import architectures, sampling
-from normtheory.config import PARAM_NAMES, Config
+from normtheory.config import EMBEDDING, PARAM_NAMES, Config
 from normtheory.engine import DepthResult
-from normtheory.layers import Taps, ln_jacobian_norm
+from normtheory.layers import Taps, ln_jacobian_means
 from normtheory.losses import LOSS_FUNCTIONS
 from normtheory.model import Transformer
 
 
-def sample_loss_and_grads(cfg: Config, seed_key: jax.Array, unroll: bool = False):
-  """One sample's loss, parameter gradients and hidden-state norms.
+class LossOfParams(NamedTuple):
+  """One sample's loss as a function of the model's parameters.
 
-  Returns:
-    (loss, grads, sq_norms_L): grads is the NNX ``State`` of dLoss/dParam with
-    stacked per-layer leaves of shape ``(L, ...)``.
+  Attributes:
+    loss: ``params -> (loss, sq_norms_{L+1})`` for the NNX parameter ``State``.
+    params: the parameters at initialization (stacked per-layer leaves ``(L, ...)``
+      under ``"layers"``, the read-out and embedding at the top level).
+    inputs: the sample's :class:`normtheory.sampling.Inputs`.
   """
+
+  loss: Callable
+  params: nnx.State
+  inputs: sampling.Inputs
+
+
+def loss_of_params(cfg: Config, seed_key: jax.Array, unroll: bool = False) -> LossOfParams:
+  """The loss of sample ``seed_key`` as a function of the NNX parameters (same keys as the engine)."""
   p_key = sampling.params_key(seed_key)
-  x_nxd, target = sampling.inputs(cfg, sampling.data_key(seed_key))
-  head = sampling.head_params(cfg, p_key)
+  inputs = sampling.inputs(cfg, sampling.data_key(seed_key))
   graphdef, params, rest = nnx.split(Transformer(cfg, p_key), nnx.Param, ...)
 
   def loss(params):
-    x_final, sq_norms_L = nnx.merge(graphdef, params, rest)(x_nxd, unroll=unroll)
-    return LOSS_FUNCTIONS[cfg.loss](x_final, target, head), sq_norms_L
+    model = nnx.merge(graphdef, params, rest)
+    x_final, sq_norms = model(inputs.x, unroll=unroll)
+    return LOSS_FUNCTIONS[cfg.loss](x_final, inputs.target, model.head()), sq_norms
 
-  (value, sq_norms_L), grads = jax.value_and_grad(loss, has_aux=True)(params)
-  return value, grads, sq_norms_L
+  return LossOfParams(loss, params, inputs)
+
+
+class LossAndGrads(NamedTuple):
+  """One sample's loss, its gradient and hidden-state norms.
+
+  Attributes:
+    loss: the loss value.
+    grads: the NNX ``State`` of dLoss/dParam, stacked per-layer leaves ``(L, ...)``.
+    sq_norms: ``(L + 1,)`` hidden-state norms (:class:`normtheory.model.Forward`).
+  """
+
+  loss: jax.Array
+  grads: nnx.State
+  sq_norms: jax.Array
+
+
+def sample_loss_and_grads(cfg: Config, seed_key: jax.Array, unroll: bool = False) -> LossAndGrads:
+  """One sample's loss, parameter gradients and hidden-state norms by ``jax.grad``."""
+  f = loss_of_params(cfg, seed_key, unroll)
+  (value, sq_norms), grads = jax.value_and_grad(f.loss, has_aux=True)(f.params)
+  return LossAndGrads(value, grads, sq_norms)
 
 
 @functools.lru_cache(maxsize=None)
 def _compiled(cfg: Config):
   def one(seed_key):
-    value, grads, sq_norms_L = sample_loss_and_grads(cfg, seed_key)
+    value, grads, sq_norms = sample_loss_and_grads(cfg, seed_key)
     norms = {name: jnp.sqrt((grads["layers"][name][...] ** 2).sum((1, 2))) for name in PARAM_NAMES}
-    return value, norms, sq_norms_L
+    if cfg.inputs == "text":
+      norms[EMBEDDING] = jnp.sqrt((grads[EMBEDDING][...] ** 2).sum())[None]
+    return value, norms, sq_norms
 
   return jax.jit(jax.vmap(one))
 
 
-def ln_jacobians(cfg: Config, seed_key: jax.Array) -> jax.Array:
-  """``(L, k)`` LN-Jacobian spectral norms (mean over positions) at each layer's LN inputs."""
+class LnJacobians(NamedTuple):
+  """LN-Jacobian spectral norms (mean over rows): ``layers`` ``(L, k)`` for each layer's
+  LNs in forward order, ``final`` ``(k_f,)`` for the final LN (k_f = 0 or 1)."""
+
+  layers: jax.Array
+  final: jax.Array
+
+
+def ln_jacobians(cfg: Config, seed_key: jax.Array) -> LnJacobians:
+  """LN-Jacobian spectral norms at every LayerNorm's input, layer by layer, by a plain loop."""
   arch = architectures.get(cfg.arch)
   p_key = sampling.params_key(seed_key)
-  x_nxd, _ = sampling.inputs(cfg, sampling.data_key(seed_key))
+  x = sampling.inputs(cfg, sampling.data_key(seed_key)).x
+  state = arch.init(sampling.first_state(cfg, sampling.head_params(cfg, p_key), x))
   rows = []
   for l in range(1, cfg.L + 1):
     taps = Taps()
     p = sampling.layer_params(cfg, p_key, l, arch.weight_scale(cfg.L))
-    x_nxd = arch.layer(p, x_nxd, l, cfg.L, cfg, taps)
-    rows.append(jnp.stack([ln_jacobian_norm(z, cfg.eps).mean() for z in taps.ln_inputs]))
-  return jnp.stack(rows)
+    state = arch.layer(p, state, l, cfg.L, cfg, taps)
+    rows.append(ln_jacobian_means(taps.ln_inputs, cfg.eps))
+  taps = Taps()
+  arch.final(state, cfg.eps, taps)
+  return LnJacobians(jnp.stack(rows), ln_jacobian_means(taps.ln_inputs, cfg.eps))
 
 
 def measure(cfg: Config, seeds_S: np.ndarray, base_key: jax.Array) -> DepthResult:
@@ -74,10 +119,11 @@ def measure(cfg: Config, seeds_S: np.ndarray, base_key: jax.Array) -> DepthResul
   with jax.enable_x64(cfg.dtype == "float64"):
     keys_S = sampling.seed_keys(base_key, np.asarray(seeds_S))
     value, norms, sq_norms = _compiled(cfg)(keys_S)
-    ln_jac = jax.vmap(functools.partial(ln_jacobians, cfg))(keys_S)
+    ln_jac, ln_jac_final = jax.vmap(functools.partial(ln_jacobians, cfg))(keys_S)
     return DepthResult(
         {name: np.asarray(v) for name, v in norms.items()},
         np.asarray(sq_norms),
         np.asarray(ln_jac),
+        np.asarray(ln_jac_final),
         np.asarray(value),
     )

@@ -1,14 +1,22 @@
-"""Keys, Xavier-Gaussian weights and Gaussian inputs, as pure functions of a key.
+"""Keys, Xavier-Gaussian weights and inputs, as pure functions of a key.
 
 Every random draw is addressed by ``jax.random.fold_in`` from one base key, so a
 sample depends only on (base key, seed index) and a layer's weights only on
 (sample, layer index): not on the depth L, the chunking of seeds, the number of
 devices, or whether the weights are drawn all at once or one layer at a time.
 
-  seed key    = fold_in(base, seed)
-  params key  = fold_in(seed key, 0);  data key = fold_in(seed key, 1)
-  layer key   = fold_in(params key, l)  (l = 1..L);  head key = fold_in(params key, 0)
-  weight key  = fold_in(layer key, PARAM_NAMES.index(name))
+  seed key      = fold_in(base, seed)
+  params key    = fold_in(seed key, 0);  data key = fold_in(seed key, 1)
+  layer key     = fold_in(params key, l)  (l = 1..L);  head key = fold_in(params key, 0)
+  weight key    = fold_in(layer key, PARAM_NAMES.index(name))
+  embedding key = fold_in(params key, EMBEDDING_INDEX)  (text inputs: the token embedding E)
+  sequence key  = data key for sequence b = 0, fold_in(data key, b + 1) for b >= 1
+  input key     = fold_in(sequence key, 0);  target key = fold_in(sequence key, 1)
+
+Sequence 0 draws from the data key's children 0 and 1 exactly as a one-sequence
+sample always has, so ``batch = 1`` reproduces the draws of stores made before
+batches existed, and sequence b >= 1 uses the data key's child b + 1 (never 0 or 1).
+Every key that draws numbers is a leaf: no key is both drawn from and folded further.
 
 References:
   Glorot & Bengio 2010 (Xavier init); Xiong et al. 2020, Section 3.3 (W_Q = W_K = 0,
@@ -17,10 +25,30 @@ References:
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 
-from normtheory.config import Config
+from normtheory import text
+from normtheory.config import EMBEDDING, Config
+from normtheory.layers import Params, embed
+
+EMBEDDING_INDEX = 2**32 - 1  # the params key's child reserved for E (layers use 1..L, the head 0)
+
+
+class Inputs(NamedTuple):
+  """One sample's B sequences; arrays have a leading batch axis of size B only when
+  B > 1 (:func:`batch_shape`).
+
+  Attributes:
+    x: Gaussian inputs ``x_Bxnxd ~ N(0, I)``, or text tokens ``t_Bxn`` (int32).
+    target: loss targets: ``y_Bxnxd ~ N(0, I)`` (linear, mse), tokens ``t_Bxn``
+      uniform over the vocabulary (xent on Gaussian inputs), or the next tokens (text).
+  """
+
+  x: jax.Array
+  target: jax.Array
 
 
 def xavier_std(fan_in: int, fan_out: int) -> float:
@@ -47,51 +75,100 @@ def weight_shapes(cfg: Config) -> dict[str, tuple[int, int]]:
   return {"W_Q": (d, d), "W_K": (d, d), "W_V": (d, d), "W_O": (d, d), "W1": (d, f), "W2": (f, d)}
 
 
-def layer_params(cfg: Config, p_key: jax.Array, layer, scale=1.0) -> dict[str, jax.Array]:
+def layer_params(cfg: Config, p_key: jax.Array, layer, scale=1.0) -> Params:
   """The weights of layer ``layer`` (1-based) at initialization.
+
+  The one place a layer's weights are drawn: the engine, the NNX reference model and
+  the depth metrics all call it.
 
   Args:
     cfg: the model.
     p_key: the sample's params key.
     layer: 1-based layer index (Python int or traced integer).
-    scale: multiplies the Xavier draws of W_V, W_O, W1, W2 (DeepNorm's beta).
+    scale: multiplies the Xavier draws of W_V, W_O, W1, W2 (DeepNorm's beta; DeepNet
+      keeps W_Q and W_K at gain 1).
 
   Returns:
-    dict with W_Q, W_K (zeros), W_V, W_O, W1, W2 (Xavier-Gaussian) and b1, b2 (zeros).
+    dict with W_Q, W_K (zeros under ``attention="uniform"``, Xavier-Gaussian under
+    "xavier"), W_V, W_O, W1, W2 (Xavier-Gaussian) and b1, b2 (zeros).
   """
   dtype = jnp.dtype(cfg.dtype)
   layer_key = jax.random.fold_in(p_key, layer)
   params = {}
   for index, (name, (fan_in, fan_out)) in enumerate(weight_shapes(cfg).items()):
-    if name in ("W_Q", "W_K"):
+    query_key = name in ("W_Q", "W_K")
+    if query_key and cfg.attention == "uniform":
       params[name] = jnp.zeros((fan_in, fan_out), dtype)
       continue
     draw = jax.random.normal(jax.random.fold_in(layer_key, index), (fan_in, fan_out), dtype)
-    params[name] = draw * (scale * xavier_std(fan_in, fan_out))
+    params[name] = draw * ((1.0 if query_key else scale) * xavier_std(fan_in, fan_out))
   params["b1"] = jnp.zeros((cfg.d_ff,), dtype)
   params["b2"] = jnp.zeros((cfg.d,), dtype)
   return params
 
 
-def head_params(cfg: Config, p_key: jax.Array) -> dict[str, jax.Array]:
-  """Read-out parameters: ``W_emb`` (V×d, Xavier-Gaussian) for the xent loss, else none."""
-  if cfg.loss != "xent":
-    return {}
-  key = jax.random.fold_in(p_key, 0)
-  shape = (cfg.vocab, cfg.d)
-  return {"W_emb": jax.random.normal(key, shape, jnp.dtype(cfg.dtype)) * xavier_std(*shape)}
-
-
-def inputs(cfg: Config, d_key: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """One sample's inputs ``x_nxd ~ N(0, I)`` and loss targets.
+def head_params(cfg: Config, p_key: jax.Array) -> Params:
+  """The weights outside the layers: read-out ``W_emb`` and token embedding ``E``.
 
   Returns:
-    (x_nxd, target): target is ``y_nxd ~ N(0, I)`` for linear/mse, integer tokens
-    ``t_n`` uniform over the vocabulary for xent.
+    dict with ``W_emb`` (V×d, Xavier-Gaussian) for the xent loss unless tied, and
+    ``E`` (V×d, Xavier-Gaussian, :func:`normtheory.layers.embed` scales it) for text
+    inputs; with ``tied`` the read-out is E and there is no W_emb. Empty otherwise.
   """
   dtype = jnp.dtype(cfg.dtype)
-  x_nxd = jax.random.normal(jax.random.fold_in(d_key, 0), (cfg.n, cfg.d), dtype)
-  t_key = jax.random.fold_in(d_key, 1)
+  shape = (cfg.vocab, cfg.d)
+  head = {}
+  if cfg.loss == "xent" and not cfg.tied:
+    head["W_emb"] = jax.random.normal(jax.random.fold_in(p_key, 0), shape, dtype) * xavier_std(*shape)
+  if cfg.inputs == "text":
+    head[EMBEDDING] = jax.random.normal(jax.random.fold_in(p_key, EMBEDDING_INDEX), shape, dtype) * xavier_std(*shape)
+  return head
+
+
+def sequence_key(d_key: jax.Array, b: int) -> jax.Array:
+  """Sequence b's key: the data key itself for b = 0, ``fold_in(d_key, b + 1)`` after."""
+  return d_key if b == 0 else jax.random.fold_in(d_key, b + 1)
+
+
+def _sequence(cfg: Config, s_key: jax.Array) -> Inputs:
+  """One sequence's inputs and targets (no batch axis)."""
+  x_key, t_key = jax.random.fold_in(s_key, 0), jax.random.fold_in(s_key, 1)
+  if cfg.inputs == "text":
+    return Inputs(*text.window(x_key, cfg.n))
+  dtype = jnp.dtype(cfg.dtype)
+  x_nxd = jax.random.normal(x_key, (cfg.n, cfg.d), dtype)
   if cfg.loss == "xent":
-    return x_nxd, jax.random.randint(t_key, (cfg.n,), 0, cfg.vocab)
-  return x_nxd, jax.random.normal(t_key, (cfg.n, cfg.d), dtype)
+    return Inputs(x_nxd, jax.random.randint(t_key, (cfg.n,), 0, cfg.vocab))
+  return Inputs(x_nxd, jax.random.normal(t_key, (cfg.n, cfg.d), dtype))
+
+
+def batch_shape(cfg: Config) -> tuple[int, ...]:
+  """The leading batch axes of a sample's arrays: ``(B,)``, or none for one sequence.
+
+  A one-sequence sample carries no batch axis, so its programs, and so its numbers,
+  are bit for bit those of stores made before batches existed (a batched matmul with
+  a batch of one is not always rounded like the plain one).
+  """
+  return (cfg.batch,) if cfg.batch > 1 else ()
+
+
+def inputs(cfg: Config, d_key: jax.Array) -> Inputs:
+  """One sample's ``cfg.batch`` sequences, stacked on a leading batch axis if B > 1.
+
+  Args:
+    cfg: the model.
+    d_key: the sample's data key; sequence b draws from :func:`sequence_key`.
+
+  Returns:
+    :class:`Inputs` with arrays of shape ``(*batch_shape(cfg), n, ...)``.
+  """
+  sequences = [_sequence(cfg, sequence_key(d_key, b)) for b in range(cfg.batch)]
+  if cfg.batch == 1:
+    return sequences[0]
+  return Inputs(*(jnp.stack(parts) for parts in zip(*sequences)))
+
+
+def first_state(cfg: Config, head: Params, x) -> jax.Array:
+  """The state entering layer 1: the Gaussian inputs themselves, or embedded text tokens
+  (:func:`normtheory.layers.embed` of ``head["E"]``)."""
+  return embed(x, head[EMBEDDING]) if cfg.inputs == "text" else x

@@ -37,9 +37,8 @@ import pandas as pd
 CELL_COLUMNS = ("arch", "loss", "d", "L", "n", "d_ff", "batch", "attention", "heads", "inputs")
 # Value of each column added after the first stores were written, as those stores measured it.
 CELL_DEFAULTS = {"batch": 1, "attention": "uniform", "heads": 1, "inputs": "gaussian"}
-
 # Columns that hold integers (every other key column holds a non-empty string).
-INTEGER_COLUMNS = frozenset({"d", "L", "n", "d_ff", "batch", "heads", "seed", "layer"})
+INTEGER_COLUMNS = frozenset({"d", "L", "n", "d_ff", "batch", "heads", "seed", "layer", "ln"})
 # Value of each store setting (meta.json "settings") added after the first stores were
 # written, as those stores measured it: a meta.json without the key means this value.
 SETTING_DEFAULTS = {"tied": False}

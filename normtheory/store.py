@@ -3,11 +3,19 @@
 Layout of a store directory (the contract other tools read; columns in
 :mod:`normtheory.schema`, where ``CELL`` is ``arch,loss,d,L,n,d_ff,batch,attention,heads,inputs``):
 
-* ``grad_norms.csv``: ``CELL,seed,layer,param,grad_norm``
-* ``hidden_norms.csv``: ``CELL,seed,layer,sq_norm``
+* ``grad_norms.csv``: ``CELL,seed,layer,param,grad_norm`` (layers 1..L; text inputs
+  add the token embedding as ``param = E, layer = 0``)
+* ``hidden_norms.csv``: ``CELL,seed,layer,sq_norm``: ``||x_l||²/n`` of the state
+  entering layer l = 1..L, and ``layer = L + 1`` the state leaving the last layer
+  (before any final LN); over all B·n rows of a sample (stores written before this
+  row existed hold layers 1..L only)
+* ``ln_jacobian.csv``: ``CELL,seed,layer,ln,value``: the LN Jacobian's spectral norm
+  ``1/sqrt(var + eps)`` averaged over the rows at the input of layer l's k-th
+  LayerNorm (``ln = k``, forward order); the final LayerNorm is ``layer = L + 1, ln = 1``
 * ``depth_metrics.csv`` (only from runs with depth metrics):
   ``CELL,seed,layer,metric,value`` (:mod:`normtheory.depth_metrics`)
-* ``meta.json``: the store's fixed settings (dtype, eps, base seed, PRNG, ...), one
+* ``meta.json``: the store's fixed settings (dtype, eps, base seed, PRNG, vocab,
+  tied; a setting missing from an older store reads as its default), one
   entry per run (argv, package versions, JAX backend and device kind) and one per
   measured pass (its cells, seeds and wall time).
 * ``fits.json``: the fits of :mod:`normtheory.fit` (written by the sweep and
@@ -24,8 +32,8 @@ A *cell* is one value of the cell columns; settings that are not CSV columns are
 fixed per store, so two runs with a different dtype or base seed cannot mix rows
 that nobody could tell apart. Every write replaces a file by ``os.replace`` of a
 complete temporary file (in a new store meta.json first, so that no table is ever
-without its settings; then depth metrics and hidden norms, grad norms last, meta.json
-again), so a crash or Ctrl-C leaves either the old or the new file, never
+without its settings; then depth metrics, hidden norms and LN Jacobians, grad norms
+last, meta.json again), so a crash or Ctrl-C leaves either the old or the new file, never
 a partial row, and a (cell, seed) counts as stored only once its grad-norm rows are
 in place. A remeasured pair replaces its rows in the files the pass writes; the
 samples of a (cell, seed) are fixed by the store's settings, so rows it keeps in
@@ -412,7 +420,7 @@ class ResultsStore:
   def absorb(self, other: "ResultsStore") -> None:
     """Fold another store's rows (and its runs, passes and problems) into this one."""
     self._ensure_meta()
-    for name in (DEPTH_FILE, HIDDEN_FILE, GRAD_FILE):  # grad norms last: they mark a (cell, seed) as stored
+    for name in (DEPTH_FILE, HIDDEN_FILE, LN_JACOBIAN_FILE, GRAD_FILE):  # grad norms last: they mark a (cell, seed) as stored
       if not other.tables[name].empty:
         self.tables[name] = _replace_rows(self.tables[name], other.tables[name])
         atomic_write(self.path / name, self.tables[name].to_csv(index=False))

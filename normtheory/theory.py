@@ -462,27 +462,53 @@ def local_exponent(arch: str, d: int, n: int, L_K, d_ff: int | None = None) -> L
 MEAN_FIELD_ARCHS = (*_LAYERS, "mixln")
 
 
-def mean_field_gap(cell: dict, gradient: bool = True) -> str | None:
-  """Why :func:`mean_field` does not model a cell, or None where it does.
+def mean_field_gap(cell, gradient: bool = True) -> str | None:
+  """Why :func:`mean_field` does not describe a cell, or None where it does.
 
-  The derivation assumes SPEC §1's model: uniform attention (W_Q = W_K = 0), one
-  head, Gaussian inputs, one sequence per sample; its gradient prediction also the
-  linear loss. Cell columns absent from ``cell`` take their stored defaults.
+  The predictor follows (q, c) of a state whose rows start i.i.d. N(0, I), through
+  uniform attention (derivation step 1) and layers it has a map for, and predicts the
+  last layer's W2 gradient of one sequence under the linear loss (step 6). So it does
+  not describe:
+
+  * an architecture without a mean-field map (ResiDual);
+  * ``attention="xavier"``: the scores depend on the inputs and the attention weights
+    are no longer 1/n, so step 1 (one vector shared by all positions) fails;
+  * ``inputs="text"``: embedded tokens repeat and share position codes, so the rows
+    are neither independent nor N(0, I), and the start (q, c) = (1, 0) fails;
+  * for the gradient only: a loss other than ``linear``, and ``batch > 1`` (the
+    batch-mean gradient of the linear loss has one sequence's mean square divided by
+    B, since independent zero-mean targets make the cross-sequence terms of step 6
+    vanish; the predictor does not include it). Hidden-state statistics do not depend
+    on the loss or the batch.
+
+  ``heads > 1`` with uniform attention is *not* a gap: every head's softmax is exactly
+  1/n, so the layer is the same function as with one head.
 
   Args:
-    cell: the cell columns (``arch``, ``loss``, ``batch``, ``attention``, ``heads``,
-      ``inputs``; ``schema.CELL_COLUMNS``).
+    cell: a :class:`normtheory.Config`, or the cell columns of a results table (a dict
+      or a DataFrame row); a missing column reads as its default.
     gradient: whether the last layer's W2 gradient is asked (else only hidden-state
-      statistics, which do not depend on the loss or the batch).
+      statistics).
+
+  Returns:
+    one sentence naming the first assumption the cell breaks, or None.
   """
-  get = lambda k, default: cell.get(k, default)  # noqa: E731
-  if get("arch", None) not in MEAN_FIELD_ARCHS:
-    return f"no mean-field model of arch {get('arch', None)}"
-  for column, default in (("attention", "uniform"), ("heads", 1), ("inputs", "gaussian")):
-    if get(column, default) != default:
-      return f"the mean field assumes {column}={default}, not {get(column, default)}"
-  if gradient and get("loss", "linear") != "linear":
-    return f"the mean field predicts the gradient for the linear loss only, not {get('loss', None)}"
-  if gradient and int(get("batch", 1)) != 1:
-    return f"the mean field predicts one sequence per sample, not batch={get('batch', None)}"
+
+  def field(name, default):
+    try:
+      return cell[name]
+    except (TypeError, KeyError, IndexError):
+      return getattr(cell, name, default)
+
+  arch = field("arch", None)
+  if arch not in MEAN_FIELD_ARCHS:
+    return f"no mean-field model of arch {arch}"
+  if field("attention", "uniform") != "uniform":
+    return "the mean field assumes attention=uniform (W_Q = W_K = 0); with xavier attention the weights depend on the inputs"
+  if field("inputs", "gaussian") != "gaussian":
+    return "the mean field assumes inputs=gaussian (i.i.d. N(0, I) rows); text tokens repeat and share positions"
+  if gradient and field("loss", "linear") != "linear":
+    return f"the mean field predicts the gradient for the linear loss only, not {field('loss', None)}"
+  if gradient and int(field("batch", 1)) != 1:
+    return f"the mean field predicts one sequence per sample, not batch={field('batch', None)}"
   return None

@@ -15,8 +15,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import jax
+
 import normtheory as nt
-from normtheory import cli, schema
+from normtheory import architectures, cli, sampling, schema
+from normtheory.layers import Taps, layer_norm
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "experiments" / "grad_scaling.py"
@@ -27,21 +30,63 @@ def run_cli(*argv: str) -> subprocess.CompletedProcess:
 
 
 def test_store_has_the_contract_columns_and_every_row(tiny_store):
-  """grad_norms.csv / hidden_norms.csv have exactly the contract headers and one row per measurement."""
+  """grad_norms.csv / hidden_norms.csv / ln_jacobian.csv have exactly the contract headers and one row
+  per measurement: hidden norms for layers 1..L+1, LN Jacobians for every LN of every layer (Post-LN 2,
+  Pre-LN 2 plus the final LN at layer L+1)."""
   grad = pd.read_csv(tiny_store / "grad_norms.csv")
   hidden = pd.read_csv(tiny_store / "hidden_norms.csv")
+  ln_jac = pd.read_csv(tiny_store / "ln_jacobian.csv")
   cell = "arch,loss,d,L,n,d_ff,batch,attention,heads,inputs"
   assert list(grad.columns) == f"{cell},seed,layer,param,grad_norm".split(",")
   assert list(hidden.columns) == f"{cell},seed,layer,sq_norm".split(",")
+  assert list(ln_jac.columns) == f"{cell},seed,layer,ln,value".split(",")
   cells = 2 * 2 * 3  # arch x d x L
   assert len(grad) == 3 * 6 * 2 * 2 * (1 + 2 + 4)  # seeds x params x arch x d x sum(L)
-  assert len(hidden) == 3 * 2 * 2 * (1 + 2 + 4)
+  assert len(hidden) == 3 * 2 * 2 * (2 + 3 + 5)  # seeds x arch x d x sum(L + 1)
+  assert len(ln_jac) == 3 * 2 * (2 * (1 + 2 + 4) + 2 * (1 + 2 + 4) + 3)  # seeds x d x (post + pre + pre's final)
+  assert set(hidden.groupby(["arch", "d", "L"])["layer"].max().reset_index().eval("layer == L + 1")) == {True}
+  final = ln_jac[ln_jac["layer"] == ln_jac["L"] + 1]
+  assert set(final["arch"]) == {"pre"} and set(final["ln"]) == {1}
   assert not grad.duplicated(["arch", "loss", "d", "L", "n", "d_ff", "seed", "layer", "param"]).any()
   assert grad.groupby(["arch", "d", "L"]).ngroups == cells
   meta = (tiny_store / "meta.json").read_text()
   for word in ("argv", "versions", "backend", "device_kind", "wall_time_s", "threefry2x32"):
     assert word in meta
   assert (tiny_store / "fits.json").exists()
+
+
+def test_stored_ln_jacobians_and_last_state_equal_their_definitions(tiny_store):
+  """Lemma 3 on the store: every ln_jacobian.csv value of Pre-LN (d=8, L=4) equals the spectral norm
+  of the LayerNorm's Jacobian computed numerically (jax.jacfwd, then SVD) at that LN's input in a plain
+  forward loop over the same samples, averaged over positions, to 1e-5; the final LN is layer L+1, and
+  hidden_norms.csv's layer L+1 is ||x_{L+1}||²/n of the state leaving the last layer."""
+  cfg = nt.Config(arch="pre", d=8, L=4, n=4)
+  arch = architectures.get("pre")
+  rows = schema.read_table(tiny_store, schema.LN_JACOBIAN_FILE)
+  rows = rows[(rows.arch == "pre") & (rows.d == 8) & (rows.L == 4)]
+  hidden = schema.read_table(tiny_store, schema.HIDDEN_FILE)
+  hidden = hidden[(hidden.arch == "pre") & (hidden.d == 8) & (hidden.L == 4) & (hidden.layer == 5)]
+  jacobian = jax.jit(jax.vmap(jax.jacfwd(lambda r_d: layer_norm(r_d, cfg.eps))))
+
+  def spectral_mean(z_nxd):
+    return np.mean([np.linalg.norm(j, 2) for j in np.asarray(jacobian(z_nxd), np.float64)])
+
+  for seed, seed_key in enumerate(sampling.seed_keys(nt.measure.as_key(0), np.arange(3))):
+    p_key = sampling.params_key(seed_key)
+    x_nxd = sampling.inputs(cfg, sampling.data_key(seed_key)).x
+    expected = {}
+    for l in range(1, cfg.L + 1):
+      taps = Taps()
+      x_nxd = arch.layer(sampling.layer_params(cfg, p_key, l), x_nxd, l, cfg.L, cfg, taps)
+      expected |= {(l, k + 1): spectral_mean(z) for k, z in enumerate(taps.ln_inputs)}
+    taps = Taps()
+    arch.final(x_nxd, cfg.eps, taps)
+    expected[(cfg.L + 1, 1)] = spectral_mean(taps.ln_inputs[0])
+    got = rows[rows.seed == seed].set_index(["layer", "ln"])["value"]
+    assert sorted(got.index) == sorted(expected)
+    np.testing.assert_allclose([got[k] for k in expected], list(expected.values()), rtol=1e-5)
+    stored = hidden[hidden.seed == seed]["sq_norm"].item()
+    assert stored == pytest.approx(float((x_nxd**2).sum(-1).mean()), rel=1e-6)
 
 
 @pytest.mark.slow
@@ -130,6 +175,15 @@ def test_failed_write_leaves_the_previous_file_intact(tmp_path, monkeypatch):
         (["--seeds", "0"], "--seeds"),
         (["--prng", "mt"], "--prng"),
         (["--dtype", "int8"], "--dtype"),
+        (["--heads", "3", "--d", "64,96"], "--heads"),
+        (["--heads", "0"], "--heads"),
+        (["--attention", "softmax"], "--attention"),
+        (["--inputs", "images"], "--inputs"),
+        (["--tied"], "--tied"),
+        (["--inputs", "text", "--loss", "linear"], "--inputs"),
+        (["--inputs", "text", "--vocab", "1000"], "--vocab"),
+        (["--batch", "0"], "--batch"),
+        (["--preset", "huge"], "--preset"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_naming_the_flag_and_writes_nothing(tmp_path, capsys, flag_args, flag):
@@ -161,3 +215,18 @@ def test_subprocess_exit_code_is_2_on_bad_input(tmp_path):
   result = run_cli("--L", "96..6", "--out", str(tmp_path / "x"))
   assert result.returncode == 2
   assert len(result.stderr.strip().splitlines()) == 1 and "--L" in result.stderr
+
+
+def test_presets_set_the_relaxation_flags_and_explicit_flags_win(tmp_path):
+  """--preset realistic = xavier attention, 8 heads, text inputs (so the xent loss and the byte
+  vocabulary); an explicit --heads or --attention overrides the preset; no preset is the theorem's setting."""
+  out = ["--out", str(tmp_path / "x")]
+  args, axes = cli.parse(["--preset", "realistic", "--d", "64,128", *out])
+  cfg = cli.base_config(args, axes)
+  assert (cfg.attention, cfg.heads, cfg.inputs, cfg.loss, cfg.vocab) == ("xavier", 8, "text", "xent", 256)
+  args, axes = cli.parse(["--preset", "realistic", "--heads", "4", "--attention", "uniform", *out])
+  assert (args.heads, args.attention, args.inputs) == (4, "uniform", "text")
+  args, axes = cli.parse(out)
+  cfg = cli.base_config(args, axes)
+  assert (cfg.attention, cfg.heads, cfg.inputs, cfg.loss, cfg.batch, cfg.tied) == ("uniform", 1, "gaussian", "linear", 1, False)
+  assert not (tmp_path / "x").exists()

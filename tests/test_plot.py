@@ -89,14 +89,16 @@ def test_mean_field_overlay_only_where_the_predictor_applies(store, depth):
 
 
 def test_mean_field_hidden_norms_follow_the_measurement(store):
-  """The overlay of fig_hidden_norms is theory.mean_field's sq_norm_per_d at each layer (Pre-LN, d=16,
-  L=4): it lies within 25% of the plotted seed means (d = 16 and 3 seeds; the mean field is exact as d -> inf)."""
+  """The overlay of fig_hidden_norms is theory.mean_field's sq_norm_per_d at each layer, then its
+  final_sq_norm_per_d at layer L+1 (Pre-LN, d=16, L=4): it lies within 25% of the plotted seed means
+  (d = 16 and 3 seeds; the mean field is exact as d -> inf)."""
   _, hidden, _ = store
   fig = plot.fig_hidden_norms(hidden)
   color = plot.arch_style("pre")["color"]
   lines = [ln for ln in fig.axes[0].get_lines() if ln.get_color() == color]
   measured, predicted = (ln.get_ydata() for ln in lines)
-  np.testing.assert_allclose(predicted, theory.mean_field("pre", 16, 4, 4)["sq_norm_per_d"])
+  mf = theory.mean_field("pre", 16, 4, 4)
+  np.testing.assert_allclose(predicted, np.append(mf["sq_norm_per_d"], mf["final_sq_norm_per_d"]))
   np.testing.assert_allclose(measured, predicted, rtol=0.25)
 
 
@@ -156,7 +158,8 @@ def test_ln_jacobian_figure_pairs_states_and_draws_lemma_references(store):
   left, right = fig.axes
   points = left.get_lines()[0]
   ratio = np.asarray(points.get_ydata(), float) / np.asarray(points.get_xdata(), float)
-  assert len(ratio) == 3 * 2 * (1 + 2 + 4) and (ratio >= 1.0).all() and (ratio <= 1.3).all()
+  # Pre-LN's first LayerNorm of each layer reads x_l, its final one x_{L+1}: seeds x widths x (L + 1) points
+  assert len(ratio) == 3 * 2 * ((1 + 1) + (2 + 1) + (4 + 1)) and (ratio >= 1.0).all() and (ratio <= 1.3).all()
   assert np.median(ratio) < 1.1
   reference = [ln for ln in right.get_lines() if len(ln.get_ydata()) and np.allclose(ln.get_ydata(), np.sqrt(2 / 3))]
   assert len(reference) == 1

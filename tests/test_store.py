@@ -17,7 +17,9 @@ def test_load_reads_every_table_meta_and_fits(tiny_store, tiny_frames):
     assert list(frame.columns) == list(schema.TABLES[table])
     pd.testing.assert_frame_equal(frame, schema.read_table(tiny_store, table))
   assert len(tiny_frames.grad) == 3 * 6 * 2 * 2 * (1 + 2 + 4)  # seeds x params x archs x widths x layers
-  assert tiny_frames.depth.empty and tiny_frames.ln_jacobian.empty
+  assert tiny_frames.depth.empty
+  # LN Jacobians: post 2 LayerNorms per layer; pre 2 per layer plus the final one (seeds x widths x ...)
+  assert len(tiny_frames.ln_jacobian) == 3 * 2 * (2 * (1 + 2 + 4)) + 3 * 2 * (2 * (1 + 2 + 4) + 3)
   assert tiny_frames.meta == json.loads((tiny_store / "meta.json").read_text())
   assert tiny_frames.fits == json.loads((tiny_store / "fits.json").read_text())
 

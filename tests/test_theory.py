@@ -243,7 +243,7 @@ def test_mean_field_gap_names_what_the_derivation_does_not_cover():
   assert theory.mean_field_gap(cell) is None
   assert "xavier" in theory.mean_field_gap({**cell, "attention": "xavier"})
   assert "text" in theory.mean_field_gap({**cell, "inputs": "text"}, gradient=False)
-  assert "heads" in theory.mean_field_gap({**cell, "heads": 2})
+  assert theory.mean_field_gap({**cell, "heads": 2}) is None  # uniform heads: the same function as one head
   assert "linear loss" in theory.mean_field_gap({**cell, "loss": "xent"})
   assert theory.mean_field_gap({**cell, "loss": "xent", "batch": 4}, gradient=False) is None
   assert "batch=4" in theory.mean_field_gap({**cell, "batch": 4})

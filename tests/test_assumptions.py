@@ -1,0 +1,49 @@
+"""experiments/assumptions.py: one store per setting through the sweep CLI, then the figures.
+
+References:
+  Xiong et al. 2020, Theorem 1 and Fig. 3.
+"""
+
+import importlib.util
+import json
+import pathlib
+
+import pytest
+
+from normtheory import schema
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _assumptions():
+  spec = importlib.util.spec_from_file_location("assumptions", ROOT / "experiments" / "assumptions.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.mark.slow
+def test_two_settings_run_into_their_stores_and_draw_the_figures(tmp_path, capsys):
+  """paper and realistic at d in {8, 16}, L in {2, 4}, 2 seeds: each store holds its own cells (the
+  setting's columns), fits.json has gamma and alpha per arch, the figures are written, and the summary
+  says where the mean field does not apply (realistic: attention and text)."""
+  module = _assumptions()
+  out, figs = tmp_path / "stores", tmp_path / "figs"
+  argv = ["--settings", "paper,realistic", "--d", "8,16", "--L", "2,4", "--seeds", "2", "--n-boot", "20",
+          "--out", str(out), "--figures", str(figs), "--dpi", "40", "--quiet"]
+  assert module.main(argv) == 0
+  paper = schema.read_table(out / "paper", schema.GRAD_FILE)
+  realistic = schema.read_table(out / "realistic", schema.GRAD_FILE)
+  assert set(paper[["attention", "heads", "inputs", "loss"]].itertuples(index=False, name=None)) == {("uniform", 1, "gaussian", "xent")}
+  assert set(realistic[["attention", "heads", "inputs", "loss"]].itertuples(index=False, name=None)) == {("xavier", 8, "text", "xent")}
+  assert set(realistic[realistic["param"] == "E"]["layer"]) == {0}
+  for setting in ("paper", "realistic"):
+    fits = json.loads((out / setting / "fits.json").read_text())
+    assert {s["arch"] for s in fits["series"]} == {"post", "pre"}
+    assert all({"gamma", "alpha"} <= set(s["power_law"]) for s in fits["series"])
+  for name in ("fig_assumptions", "fig_last_layer_vs_depth_paper", "fig_last_layer_vs_depth_realistic"):
+    assert (figs / f"{name}.png").stat().st_size > 0 and (figs / f"{name}.pdf").read_bytes().startswith(b"%PDF")
+  text = capsys.readouterr().out
+  assert "paper:" in text and "realistic:" in text and "Post/Pre ratio at L = 4" in text
+  assert "mean field: applies" in text and "attention weights depend on the inputs" in text
+  assert "python experiments/grad_scaling.py --arch post,pre --loss xent --vocab 256" in text
