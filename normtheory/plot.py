@@ -779,7 +779,7 @@ def fig_assumptions(fits_by_setting: list[tuple[str, dict]]) -> Figure:
                     marker=style["marker"], markersize=5, capsize=2, linestyle="none",
                     label=_label(s["arch"]) if row == 0 else None)
   for arch in archs:
-    axes[0].axvline(fit.THEORY_GAMMA[arch], color=arch_style(arch)["color"], linestyle=":", linewidth=1)
+    axes[0].axvline(theory.THEOREM_GAMMA[arch], color=arch_style(arch)["color"], linestyle=":", linewidth=1)
   axes[1].axvline(1.0, color="0.45", linestyle=":", linewidth=1,
                   label=r"Theorem 1: $\alpha = 1$ (times $\sqrt{\ln d}$)")
   axes[0].set_yticks(range(len(fits_by_setting)), labels=[name for name, _ in fits_by_setting])
