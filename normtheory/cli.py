@@ -46,6 +46,7 @@ from normtheory import distributed, fit, grid, prng, store, sweep
 from normtheory.cli_args import ArgumentParser, UsageError, usage_exit
 from normtheory.config import ARCHS, ATTENTIONS, DEFAULT_VOCAB, INPUTS, LOSSES, PRESETS, TEXT_VOCAB, Config, preset
 
+DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "normtheory", "xla")
 
 
 PROG = "grad_scaling.py"
@@ -88,9 +89,8 @@ def build_parser() -> ArgumentParser:
                  help="also store per-layer effective-depth metrics of every measured cell (L+1 forward passes per cell)")
   p.add_argument("--out", default="results/grad_scaling", help="results directory")
   p.add_argument("--quiet", action="store_true", help="no progress bar or tables")
-  p.add_argument("--compile-cache", default="none", metavar="DIR",
-                 help="JAX's persistent compilation cache in DIR, so a re-run compiles little (default: off; "
-                      "on CPU, jaxlib has crashed reading it back; ~/.cache/normtheory/xla is a good DIR)")
+  p.add_argument("--compile-cache", default=DEFAULT_CACHE,
+                 help="JAX persistent compilation cache directory, so a re-run compiles nothing ('none': off)")
   p.add_argument("--distributed", action="store_true",
                  help="multi-process: each process measures its share of the seeds, process 0 merges; see normtheory.distributed")
   p.add_argument("--coordinator", default=None,
@@ -207,7 +207,7 @@ def default_chunk(args: argparse.Namespace, grid_axes: dict[str, list]) -> int:
   return max(1, min(args.seeds, int(free // 4 // per_seed)))
 
 
-def enable_compile_cache(directory: str | os.PathLike) -> None:
+def enable_compile_cache(directory: str | os.PathLike = DEFAULT_CACHE) -> None:
   """Keep every JAX compilation that takes 0.5 s or more in ``directory`` (JAX's persistent
   cache, for the rest of the process), so the same program is never compiled twice."""
   jax.config.update("jax_compilation_cache_dir", str(directory))

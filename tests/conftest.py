@@ -5,9 +5,16 @@ the fast tier: every module keeps at least one fast test, and the long ones (fre
 interpreters, the notebook, forced multi-device runs, d = 256 / L = 96 models,
 training) carry ``@pytest.mark.slow`` (the marker is registered in pyproject.toml).
 
-No test uses JAX's persistent compilation cache: on CPU, reading an executable back from it
-has crashed the interpreter (segmentation fault in ``compilation_cache.get_executable_and_time``
-in CI, an abort in ``put_executable_and_time`` here), so each session compiles what it runs.
+The whole session uses the sweep CLI's persistent compilation cache
+(``~/.cache/normtheory/xla``): a cold cache compiles every program once, a warm one
+almost nothing.
+
+After each module, :func:`jax.clear_caches` drops the module's compiled programs (a later
+module that needs one again reads it from the persistent cache). Each CPU
+executable holds about 6 memory mappings; the suite compiles thousands of programs, and one
+process that keeps them all reaches Linux's ``vm.max_map_count`` (65530), where XLA's next
+compilation dies with a segmentation fault (seen in ``backend_compile_and_load``, and in the
+persistent cache's read and write).
 
 Tests that read a results store share :func:`tiny_store`, written once per session by
 the sweep CLI, instead of each building its own; its grid is small enough that the
@@ -20,6 +27,7 @@ from __future__ import annotations
 import pathlib
 import shutil
 
+import jax
 import matplotlib
 import pytest
 
@@ -27,11 +35,21 @@ import normtheory as nt
 from normtheory import cli
 
 matplotlib.use("Agg")  # no test opens a window (normtheory itself never chooses a backend)
+# The sweep CLI's compilation cache, from the first test on (not only after the first cli.main):
+# a program compiled by two tests, or by two runs of the suite, is compiled once.
+cli.enable_compile_cache()
 
 # post and pre, d in {8, 16}, L in {1, 2, 4}, seeds 0..2, n = 4, base seed 0 (threefry2x32)
 TINY = {"archs": ("post", "pre"), "widths": (8, 16), "depths": (1, 2, 4), "seeds": 3, "n": 4}
 TINY_ARGV = ["--d", "8,16", "--L", "1..4", "--seeds", "3", "--n", "4", "--seed", "0", "--prng", "threefry2x32",
              "--n-boot", "20", "--quiet"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+  """Every module starts from the same JAX caches and leaves nothing compiled behind it."""
+  yield
+  jax.clear_caches()
 
 
 @pytest.fixture(scope="session")

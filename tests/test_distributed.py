@@ -66,10 +66,16 @@ def test_the_cli_refuses_a_bad_cluster_with_exit_2_and_one_line(tmp_path, capsys
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def cache(tmp_path_factory):
+  """One compilation cache for every run of this module, so that later runs compile little."""
+  return tmp_path_factory.mktemp("xla-cache")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, cache):
   """The grid measured by one process without --distributed."""
   out = tmp_path_factory.mktemp("single") / "store"
-  assert cli.main([*GRID, "--out", str(out)]) == 0
+  assert cli.main([*GRID, "--out", str(out), "--compile-cache", str(cache)]) == 0
   return out
 
 
@@ -79,14 +85,14 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def launch(out: Path, port: int, process: int, timeout: float = TIMEOUT_S, by_env: bool = False):
+def launch(out: Path, cache: Path, port: int, process: int, timeout: float = TIMEOUT_S, by_env: bool = False):
   """One process of a two-process sweep on 127.0.0.1 (the cluster given by flags, or by JAX_* variables)."""
   cluster = ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(process)]
   env = dict(os.environ)
   if by_env:
     env |= {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(process)}
     cluster = []
-  argv = [*GRID, "--out", str(out), "--distributed", *cluster, "--timeout", str(timeout)]
+  argv = [*GRID, "--out", str(out), "--compile-cache", str(cache), "--distributed", *cluster, "--timeout", str(timeout)]
   return subprocess.Popen([sys.executable, str(SCRIPT), *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True, env=env)
 
@@ -120,11 +126,11 @@ def table_files(out: Path) -> list[str]:
 
 
 @pytest.mark.slow
-def test_two_processes_store_what_one_process_stores_bit_for_bit(tmp_path, reference):
+def test_two_processes_store_what_one_process_stores_bit_for_bit(tmp_path, cache, reference):
   """Two processes on 127.0.0.1 (one given the cluster by flags, one by JAX_* variables) exit 0; the merged store
   equals the single-process run row for row, meta.json records both processes of 2, and no part or lock is left."""
   out, port = tmp_path / "store", free_port()
-  results = finish([launch(out, port, 0), launch(out, port, 1, by_env=True)])
+  results = finish([launch(out, cache, port, 0), launch(out, cache, port, 1, by_env=True)])
   assert [status for status, _ in results] == [0, 0], results
   assert_equal_stores(out, reference)
   runs = json.loads((out / "meta.json").read_text())["runs"]
@@ -134,13 +140,13 @@ def test_two_processes_store_what_one_process_stores_bit_for_bit(tmp_path, refer
 
 @pytest.mark.slow
 @pytest.mark.parametrize("victim", [1, 0])
-def test_a_killed_process_stops_the_other_in_bounded_time_and_the_same_command_resumes(tmp_path, reference, victim):
+def test_a_killed_process_stops_the_other_in_bounded_time_and_the_same_command_resumes(tmp_path, cache, reference, victim):
   """SIGKILL one process as soon as it has started measuring: the other exits with status 3 within the
   --timeout (process 1 killed: its missing heartbeat; process 0 killed: JAX aborts process 1 at once and its
   supervisor says so) with a last stderr line naming the cause; nothing reaches the main store. The same
   command on both processes then completes: the store equals the single-process run, no row twice."""
   out, port = tmp_path / "store", free_port()
-  processes = [launch(out, port, 0), launch(out, port, 1)]
+  processes = [launch(out, cache, port, 0), launch(out, cache, port, 1)]
   try:
     started = out / "parts" / f"process-{victim}" / "meta.json"
     deadline = time.monotonic() + WAIT_S
@@ -162,7 +168,7 @@ def test_a_killed_process_stops_the_other_in_bounded_time_and_the_same_command_r
   assert "run the same command on every process to resume" in last
   assert table_files(out) == []
   port = free_port()
-  results = finish([launch(out, port, 0), launch(out, port, 1)])
+  results = finish([launch(out, cache, port, 0), launch(out, cache, port, 1)])
   assert [status for status, _ in results] == [0, 0], results
   assert_equal_stores(out, reference)
   assert not (out / "parts").exists() and not list(out.rglob(".lock"))
@@ -173,12 +179,12 @@ def test_a_killed_process_stops_the_other_in_bounded_time_and_the_same_command_r
     (1, "cannot reach the coordinator"),
     (0, "answers, but not all 2 processes joined"),
 ])
-def test_a_cluster_that_never_forms_ends_within_the_timeout_with_one_line(tmp_path, process, words):
+def test_a_cluster_that_never_forms_ends_within_the_timeout_with_one_line(tmp_path, cache, process, words):
   """Process 1 with no coordinator listening, or process 0 whose peer never comes: exit status 3 after the
   --timeout (plus start-up), one stderr line saying which, nothing written."""
   out, timeout = tmp_path / "store", 5
   start = time.monotonic()
-  (status, err), = finish([launch(out, free_port(), process, timeout=timeout)])
+  (status, err), = finish([launch(out, cache, free_port(), process, timeout=timeout)])
   assert status == distributed.EXIT_CLUSTER, err
   lines = err.strip().splitlines()
   assert len(lines) == 1 and words in lines[0], lines
@@ -187,14 +193,14 @@ def test_a_cluster_that_never_forms_ends_within_the_timeout_with_one_line(tmp_pa
 
 
 @pytest.mark.slow
-def test_a_process_that_refuses_its_part_stops_every_process_with_its_message(tmp_path):
+def test_a_process_that_refuses_its_part_stops_every_process_with_its_message(tmp_path, cache):
   """Process 1 finds its part's meta.json corrupt: it exits 2 naming the file, and process 0 exits 2 with the
   same message attributed to process 1; the corrupt file is left as it was."""
   out, port = tmp_path / "store", free_port()
   bad = out / "parts" / "process-1" / "meta.json"
   bad.parent.mkdir(parents=True)
   bad.write_text("{not json")
-  (status0, err0), (status1, err1) = finish([launch(out, port, 0), launch(out, port, 1)])
+  (status0, err0), (status1, err1) = finish([launch(out, cache, port, 0), launch(out, cache, port, 1)])
   assert (status0, status1) == (2, 2), (err0, err1)
   assert err1.strip().splitlines()[-1].startswith(f"grad_scaling.py: error: process 1: {bad}: not JSON"), err1
   assert "process 0: stopped because process 1 failed" in err0 and str(bad) in err0
