@@ -32,7 +32,7 @@ L d×d gradients. This engine computes the same numbers with memory flat in dept
   layer steps do not depend on the loss or the inputs, so they are compiled once per
   width for all of them.
 * **Seeds over devices.** Every step is a ``shard_map`` over a one-axis mesh of the
-  local devices; each device runs ``lax.map`` over its seeds, so a seed's numbers
+  local devices; each device loops over its seeds (:func:`_map`), so a seed's numbers
   do not depend on the chunk size or the number of devices (padding seeds, added
   when the count does not divide, are dropped).
 
@@ -148,12 +148,36 @@ def _layer_config(cfg: Config, arch: str) -> Config:
   return dataclasses.replace(cfg, arch=arch, L=1, loss="linear", vocab=DEFAULT_VOCAB, inputs="gaussian", tied=False)
 
 
-# Seeds are sharded over every local device; each runs lax.map over its own seeds.
+# Seeds are sharded over every local device; each runs _map over its own seeds.
 # Nothing crosses devices, so replication checking is off: with it, the VJP of the
 # device-invariant zero perturbations would sum their cotangents over devices.
-# lax.map, not vmap, over seeds: each seed runs the same per-seed program whatever
-# the chunk size or device count, so both are bit-exact (a vmapped reduction is not).
 _SEEDS, _SEEDS_2ND, _REPLICATED = P(SEED_AXIS), P(None, SEED_AXIS), P()
+
+
+def _map(f, xs):
+  """``lax.map(f, xs)``, compiled alike for one row and for many.
+
+  A loop over seeds, not vmap: each seed runs one per-seed program whatever the chunk
+  size or the device count, so both are bit-exact (a vmapped reduction is not). A loop
+  over a single row would be compiled differently (slicing an axis of size one is
+  simplified away, a loop known to run once is inlined), which changed the last bit of
+  some norms when a device held one seed: so one row is looped over as the first of two
+  equal rows, with a trip count hidden from the compiler.
+  """
+  count = jax.tree.leaves(xs)[0].shape[0]
+  width = max(count, 2)
+  xs = jax.tree.map(lambda v: jnp.concatenate([v] * (width // count)), xs)
+  out_shapes = jax.eval_shape(f, jax.tree.map(lambda v: v[0], xs))
+  out = jax.tree.map(lambda s: jnp.zeros((width, *s.shape), s.dtype), out_shapes)
+
+  def body(carry):
+    i, out = carry
+    y = f(jax.tree.map(lambda v: jax.lax.dynamic_index_in_dim(v, i, keepdims=False), xs))
+    return i + 1, jax.tree.map(lambda o, v: jax.lax.dynamic_update_index_in_dim(o, v, i, 0), out, y)
+
+  opaque_count = jax.lax.optimization_barrier(jnp.int32(count))
+  out = jax.lax.while_loop(lambda carry: carry[0] < opaque_count, body, (jnp.int32(0), out))[1]
+  return jax.tree.map(lambda o: o[:count], out)
 
 
 def _shard(f, in_specs, out_specs):
@@ -206,19 +230,19 @@ def _layer_steps(layer_cfg: Config, arch_names: tuple[str, ...]) -> _LayerSteps:
   params = lambda p_key, l, L: sampling.layer_params(layer_cfg, p_key, l, weight_scale(L))
 
   def forward(p_keys_S, x_S, l, L):
-    return jax.lax.map(lambda a: forward_one(params(a[0], l, L), a[1], l, L), (p_keys_S, x_S))
+    return _map(lambda a: forward_one(params(a[0], l, L), a[1], l, L), (p_keys_S, x_S))
 
   def forward_keep(p_keys_S, x_S, l, L):
-    return jax.lax.map(lambda a: forward_keep_one(*a, l, L), (p_keys_S, x_S))
+    return _map(lambda a: forward_keep_one(*a, l, L), (p_keys_S, x_S))
 
   def backward_from(weights_of):
     def backward(source_S, x_S, ct_K_S, l, L):
-      out = jax.lax.map(lambda a: backward_one(weights_of(a[0], l, L), a[1], a[2], l, L), (source_S, x_S, _swap(ct_K_S)))
+      out = _map(lambda a: backward_one(weights_of(a[0], l, L), a[1], a[2], l, L), (source_S, x_S, _swap(ct_K_S)))
       return {name: (_swap(ct_S_K), _swap(sq_S_K)) for name, (ct_S_K, sq_S_K) in out.items()}
     return backward
 
   def draw(p_keys_S, l, L):
-    return jax.lax.map(lambda k: drawn(k, l, L), p_keys_S)
+    return _map(lambda k: drawn(k, l, L), p_keys_S)
 
   seeds, seeds_2nd, rep = _SEEDS, _SEEDS_2ND, _REPLICATED
   return _LayerSteps(
@@ -266,10 +290,10 @@ def _head_steps(head_cfg: Config, arch_names: tuple[str, ...]) -> _HeadSteps:
     return out
 
   def loss(p_keys_S, d_keys_S, x_S):
-    return jax.lax.map(lambda a: loss_one(*a), (p_keys_S, d_keys_S, x_S))
+    return _map(lambda a: loss_one(*a), (p_keys_S, d_keys_S, x_S))
 
   def embedding(p_keys_S, d_keys_S, ct_K_S, readout_K_S):
-    return _swap(jax.lax.map(lambda a: embedding_one(*a), (p_keys_S, d_keys_S, _swap(ct_K_S), _swap(readout_K_S))))
+    return _swap(_map(lambda a: embedding_one(*a), (p_keys_S, d_keys_S, _swap(ct_K_S), _swap(readout_K_S))))
 
   seeds, seeds_2nd = _SEEDS, _SEEDS_2ND
   return _HeadSteps(
@@ -519,6 +543,17 @@ def plan_memory(
   return MemoryPlan(chunk, kept)
 
 
+def plan_passes(
+    cfg: Config, arch_names, depths, seeds: int, max_memory: int | None = None, chunk: int | None = None,
+    redraw: bool = False,
+) -> list[tuple[SharedPass, MemoryPlan]]:
+  """The shared passes of :func:`measure_archs` (:func:`passes_for`), each with its
+  :class:`MemoryPlan` (:func:`plan_memory`; ``max_memory`` None: :func:`default_max_memory`)."""
+  max_memory = default_max_memory() if max_memory is None else int(max_memory)
+  return [(p, plan_memory(cfg, p.archs, p.depths, seeds, max_memory, chunk, redraw))
+          for p in passes_for(tuple(dict.fromkeys(arch_names)), depths)]
+
+
 def measure_archs(
     cfg: Config,
     arch_names,
@@ -552,11 +587,9 @@ def measure_archs(
   """
   arch_names = tuple(dict.fromkeys(arch_names))
   seeds_S = np.asarray(seeds_S)
-  max_memory = default_max_memory() if max_memory is None else int(max_memory)
   parts = {name: {} for name in arch_names}
   with jax.enable_x64(cfg.dtype == "float64"):
-    for pass_archs, pass_depths in passes_for(arch_names, depths):
-      plan = plan_memory(cfg, pass_archs, pass_depths, len(seeds_S), max_memory, chunk, redraw)
+    for (pass_archs, pass_depths), plan in plan_passes(cfg, arch_names, depths, len(seeds_S), max_memory, chunk, redraw):
       for start in range(0, len(seeds_S), plan.chunk):
         keys_S = sampling.seed_keys(base_key, seeds_S[start : start + plan.chunk])
         for name, by_depth in _measure_chunk(cfg, pass_archs, pass_depths, keys_S, plan.kept_layers).items():
@@ -584,16 +617,13 @@ def draw_weights(
   Returns:
     the number of normals drawn.
   """
-  arch_names = tuple(dict.fromkeys(arch_names))
   seeds_S = np.asarray(seeds_S)
-  max_memory = default_max_memory() if max_memory is None else int(max_memory)
   per_layer_seed = sum(i * o for name, (i, o) in sampling.weight_shapes(cfg).items()
                        if name in sampling.drawn_names(cfg))
   normals = 0
   with jax.enable_x64(cfg.dtype == "float64"):
-    for pass_archs, pass_depths in passes_for(arch_names, depths):
+    for (pass_archs, pass_depths), plan in plan_passes(cfg, arch_names, depths, len(seeds_S), max_memory, chunk):
       steps = _layer_steps(_layer_config(cfg, pass_archs[0]), pass_archs)
-      plan = plan_memory(cfg, pass_archs, pass_depths, len(seeds_S), max_memory, chunk)
       L_max = max(pass_depths)
       for start in range(0, len(seeds_S), plan.chunk):
         chunk_keys = _chunk_keys(sampling.seed_keys(base_key, seeds_S[start : start + plan.chunk]))
