@@ -509,10 +509,11 @@ def plan_memory(
 ) -> MemoryPlan:
   """Seeds per call and kept layers of one shared pass, within ``max_memory`` bytes.
 
-  Every layer's weights are kept, with as many seeds per call as then fit; when one
-  call's worth of seeds (one per device) cannot keep them all, the call keeps the
-  weights of as many layers as fit (the bottom ones) and the others are drawn again
-  in the backward pass, which costs a second draw of those layers but no more memory.
+  Every layer's weights are kept, in as few calls as then fit (as even as the device
+  count allows); when one call's worth of seeds (one per device) cannot keep them all,
+  the call keeps the weights of as many layers as fit (the bottom ones) and the others
+  are drawn again in the backward pass, which costs a second draw of those layers but
+  no more memory.
 
   Args:
     cfg, arch_names, depths: the pass (:func:`seed_bytes`).
@@ -528,19 +529,26 @@ def plan_memory(
   devices = jax.local_device_count()
   most_seeds = lambda per_seed: min(seeds, max_memory // per_seed // devices * devices)  # 0: not one call fits
   if redraw:
-    return MemoryPlan(min(chunk or max(1, most_seeds(need.fixed)), seeds), None)
+    return MemoryPlan(min(chunk, seeds) if chunk else _balanced(seeds, max(1, most_seeds(need.fixed))), None)
   L_max = max(depths)
   planned = chunk is None
   if planned:
     full = most_seeds(need.fixed + L_max * need.per_kept_layer)
     if full:
-      return MemoryPlan(full, L_max)
+      return MemoryPlan(_balanced(seeds, full), L_max)
     chunk = min(seeds, devices)  # one seed per device keeps the most layers
   chunk = min(chunk, seeds)
   kept = int(np.clip((max_memory // _padded(chunk) - need.fixed) // need.per_kept_layer, 0, L_max))
   if planned and not kept:  # nothing kept: as many seeds per call as fit
-    chunk = max(1, most_seeds(need.fixed))
+    chunk = _balanced(seeds, max(1, most_seeds(need.fixed)))
   return MemoryPlan(chunk, kept)
+
+
+def _balanced(seeds: int, most: int) -> int:
+  """Seeds per call for ``seeds`` seeds in as few calls of at most ``most`` seeds as possible,
+  as even as a multiple of the device count allows (fewer call shapes to compile)."""
+  calls = -(-seeds // most)
+  return min(most, _padded(-(-seeds // calls)))
 
 
 def plan_passes(
