@@ -50,7 +50,8 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, marks=() if c == "paper" else pytest.mark.slow) for c in CASES])
+@pytest.mark.slow
+@pytest.mark.parametrize("case", CASES)
 def test_kept_partly_kept_and_redrawn_weights_give_the_same_bits(case):
   """Keeping every layer (one call), keeping one layer of three with one seed per call, and redrawing
   every layer with 2 seeds per call give bit-identical norms, hidden norms, LN Jacobians and losses."""
@@ -67,18 +68,20 @@ def test_kept_partly_kept_and_redrawn_weights_give_the_same_bits(case):
   _assert_same(kept, redrawn, "redrawn, chunk 2")
 
 
+@pytest.mark.slow
 def test_partly_kept_float64_equals_the_reference_path():
   """ResiDual in float64 with the bottom layer's weights kept and the others redrawn equals jax.grad of
   the NNX model to 1e-10 (the engine's reference test, on the mixed path)."""
   cfg = Config(arch="residual", d=6, L=3, n=3, d_ff=5, dtype="float64")
   ref = nt.grad_norms(cfg, seeds=2, key=1, method="reference")
   budget = _budget_keeping(cfg, ("residual",), (3,), 2, 1)
-  assert engine.plan_memory(cfg, ("residual",), (3,), 2, budget) == engine.MemoryPlan(2, 1)
-  fast = engine.measure_depths(cfg, [3], np.arange(2), prng.make_key(1), max_memory=budget)[3]
+  assert engine.plan_memory(cfg, ("residual",), (3,), 2, budget, chunk=2) == engine.MemoryPlan(2, 1)
+  fast = engine.measure_depths(cfg, [3], np.arange(2), prng.make_key(1), chunk=2, max_memory=budget)[3]
   for name in nt.PARAM_NAMES:
     np.testing.assert_allclose(fast.grad_norms[name], ref.grad_norm[name], rtol=1e-10, atol=1e-13)
 
 
+@pytest.mark.slow
 def test_a_device_with_one_seed_computes_it_like_a_device_with_several():
   """Text read through a tied embedding, Sandwich-LN: one seed per call equals three per call bit for
   bit (a loop over one seed is compiled differently unless the engine prevents it; this case used to
@@ -89,6 +92,7 @@ def test_a_device_with_one_seed_computes_it_like_a_device_with_several():
   _assert_same(both, one, "chunk 1 vs 2")
 
 
+@pytest.mark.slow
 def test_draw_weights_counts_every_distinct_weight_once():
   """The sampling floor draws seeds x L_max x the drawn matrices of every pass: 4 d x d-sized
   matrices per layer under uniform attention, 6 under Xavier attention; DeepNorm (one pass per depth)
@@ -157,6 +161,7 @@ def test_plan_examples_at_d512():
   assert plan(2 * 2**30, redraw=True) == (8, None)
 
 
+@pytest.mark.slow
 def test_memory_flags_store_the_same_numbers(tiny_store, tiny_argv, tmp_path):
   """--redraw, and a --max-memory that keeps some layers with one seed per call, store the same grad
   norms as the default sweep (the tiny store), and meta.json records the budget and the switch."""
