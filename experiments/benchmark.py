@@ -1,26 +1,38 @@
-"""Benchmark the sweep engine against the straightforward path and the machine's matmul peak.
+"""Benchmark the sweep engine against its own floor, the path before weights were kept, and jax.grad.
 
-  python experiments/benchmark.py            # d=512: reduced grid for the baseline, full grid for the engine
-  python experiments/benchmark.py --big      # also d=1024, L=6..96 (peak memory vs depth)
-  python experiments/benchmark.py --devices 2  # also seeds sharded over 2 (forced CPU) devices
+  python experiments/benchmark.py                 # d=512, L=6..96, 8 seeds (the README's table with --big)
+  python experiments/benchmark.py --big           # also d=1024
+  python experiments/benchmark.py --seeds 8,64    # each seed count in turn
+  python experiments/benchmark.py --devices 2     # also the engine with seeds over 2 devices (CPU: forced host devices)
   python experiments/benchmark.py --no-assumptions  # without the paper/realistic pair of rows
 
-By default the run also measures the engine on the full grid for the two ends of
-``experiments/assumptions.py`` (cross-entropy over 256 tokens): ``paper`` (Theorem
-1's idealisation) and ``realistic`` (Xavier attention, 8 heads, text inputs), one
-after the other in the same run, and prints their wall-time ratio.
+Post-LN and Pre-LN, linear loss, n = 16, float32, threefry2x32. Each row runs in a fresh
+child process (so its peak RSS and its compilations are its own, with no persistent
+compilation cache), one after another on this machine:
 
-Each measured path runs in a fresh child process (so its peak RSS is its own),
-one after another on this machine; the table prints wall time (compilation
-included), peak RSS, speed-up against the straightforward path on the same grid,
-achieved GFLOP/s of the gradient computation (the FLOPs of forward + backward of
-every dense product, the same count for every path) as a fraction of a measured
-float32 matmul peak, and the Gaussian weight-sampling rate of each PRNG.
+* ``engine, redraw``: the engine drawing every layer's weights again in the backward
+  pass (``--redraw``; the path before weights were kept);
+* ``engine, kept``: the engine keeping the drawn weights for the backward pass within
+  ``--max-memory`` (the plan column: seeds per call x layers kept);
+* ``straightforward``: ``jax.jit(jax.vmap(jax.grad))`` of the NNX model, one call per
+  cell, on the shallower ``--baseline-L`` grid (it holds every d×d gradient at once);
+* ``paper`` / ``realistic``: the engine on ``experiments/assumptions.py``'s two ends
+  (xent over 256 tokens; realistic: Xavier attention, 8 heads, text).
+
+Engine rows run the sweep twice in their process: *cold* (compiling every step; the
+compile column is the time JAX spent tracing, lowering and compiling, from
+``jax.monitoring``) and *warm* (every step already compiled: run time only). The
+kept-weights row also measures, in the same process, the sweep's **floor**: (a) drawing
+its distinct weights and nothing else (:func:`normtheory.engine.draw_weights`: the same
+PRNG, shapes, passes and chunks) and (b) its dense products at the matmul peak measured
+there (:func:`floor_flops` FLOPs over a 2048² float32 product's rate); ``warm / floor``
+is the warm sweep over (a) + (b).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import multiprocessing as mp
 import os
@@ -29,60 +41,53 @@ import resource
 import sys
 import time
 
-
-def useful_flops(d: int, d_ff: int, n: int, depths, archs: int, seeds: int) -> float:
-  """FLOPs of forward + backward (3x forward) of the six dense products, summed over cells."""
-  per_layer = 3 * 2 * n * (4 * d * d + 2 * d * d_ff)
-  return per_layer * sum(depths) * archs * seeds
+COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
+                  "/jax/core/compile/backend_compile_duration")
+ARCHS = ("post", "pre")
 
 
-def _child(path: str, d: int, depths: list[int], seeds: int, prng_name: str, devices: int, setting: str, queue) -> None:
-  if devices > 1:  # CPU: split the host into this many XLA devices (before jax is imported)
-    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-  import jax
-  import numpy as np
+def floor_flops(cfg, arch_names, depths, seeds: int) -> float:
+  """FLOPs of the dense products an exact sweep cannot avoid, nothing recomputed.
 
-  from normtheory import engine, prng, reference
-  from normtheory.config import Config, preset
+  Per seed, every shared pass (:func:`normtheory.engine.passes_for`) runs each layer
+  of its deepest model forward once per architecture, and each depth L runs its L
+  layers backward: the input cotangents (as many FLOPs as the forward products) and
+  each weight's gradient norm, by the cheaper of the Gram matrices (``2 r² (i + o)``
+  for r rows) and the product ``a^T delta`` (``2 r i o``). Attention's score and mixing
+  products count ``4 r n d`` forward and twice that backward. The six weight products
+  are counted even where W_Q = W_K = 0 (the model multiplies by them).
 
-  key = prng.make_key(0, prng_name)
-  start = time.perf_counter()
-  if path == "straightforward":
-    for arch in ("post", "pre"):
-      for L in depths:
-        reference.measure(Config(arch=arch, d=d, L=L), np.arange(seeds), key).grad_norms["W2"].sum()
-  elif setting == "default":
-    engine.measure_archs(Config(d=d), ("post", "pre"), depths, np.arange(seeds), key)
-  else:  # the settings of experiments/assumptions.py: xent over 256 tokens
-    cfg = Config(d=d, loss="xent", vocab=256, **preset(setting))
-    engine.measure_archs(cfg, ("post", "pre"), depths, np.arange(seeds), key)
-  wall = time.perf_counter() - start
-  peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-  queue.put({"wall_s": wall, "peak_rss_gb": peak_gb, "devices": jax.device_count()})
+  Args:
+    cfg: the model (arch and L ignored).
+    arch_names, depths: the sweep's architectures and depths.
+    seeds: samples per cell.
+  """
+  from normtheory import engine, sampling
 
-
-def run_path(path: str, d: int, depths: list[int], seeds: int, prng_name: str, devices: int = 1,
-             setting: str = "default") -> dict:
-  ctx = mp.get_context("spawn")
-  queue = ctx.Queue()
-  proc = ctx.Process(target=_child, args=(path, d, depths, seeds, prng_name, devices, setting, queue))
-  proc.start()
-  result = queue.get()
-  proc.join()
-  return result
+  r = cfg.batch * cfg.n
+  shapes = sampling.weight_shapes(cfg).values()
+  attention = 4 * r * cfg.n * cfg.d
+  forward = sum(2 * r * i * o for i, o in shapes) + attention
+  backward = forward + attention + sum(min(2 * r * i * o, 2 * r * r * (i + o)) for i, o in shapes)
+  per_seed = sum(len(p.archs) * (max(p.depths) * forward + sum(p.depths) * backward)
+                 for p in engine.passes_for(arch_names, depths))
+  return float(per_seed * seeds)
 
 
 def matmul_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
+  """GFLOP/s of a size² float32 matrix product at HIGHEST precision (best of ``repeats``)."""
   import jax
   import jax.numpy as jnp
 
   a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
   f = jax.jit(lambda x: jnp.dot(x, x, precision=jax.lax.Precision.HIGHEST))
   f(a).block_until_ready()
-  start = time.perf_counter()
+  best = float("inf")
   for _ in range(repeats):
+    start = time.perf_counter()
     f(a).block_until_ready()
-  return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
+    best = min(best, time.perf_counter() - start)
+  return 2 * size**3 / best / 1e9
 
 
 def sampling_rate(prng_name: str, d: int, repeats: int = 5) -> float:
@@ -100,68 +105,160 @@ def sampling_rate(prng_name: str, d: int, repeats: int = 5) -> float:
   return 4 * d * d * repeats / (time.perf_counter() - start)
 
 
+def _child(row: dict, queue) -> None:
+  """Measure one row in this (fresh) process; puts the row's numbers on ``queue``."""
+  if row["devices"] > 1:  # only the host (CPU) platform reads this flag; accelerators keep their devices
+    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={row['devices']}"
+  import jax
+  import numpy as np
+
+  from normtheory import engine, prng, reference
+  from normtheory.config import Config, preset
+
+  compile_s = [0.0]
+  jax.monitoring.register_event_duration_secs_listener(
+      lambda event, duration, **_: compile_s.__setitem__(0, compile_s[0] + duration) if event in COMPILE_EVENTS else None)
+  key = prng.make_key(0, prng.DEFAULT_PRNG)
+  seeds_S = np.arange(row["seeds"])
+  if row["setting"] == "default":
+    cfg = Config(d=row["d"])
+  else:  # the settings of experiments/assumptions.py: xent over 256 tokens
+    cfg = Config(d=row["d"], loss="xent", vocab=256, **preset(row["setting"]))
+  out = {"devices": jax.device_count(), "device": jax.devices()[0].device_kind}
+
+  if row["path"] == "straightforward":
+    def sweep():
+      for arch in ARCHS:
+        for L in row["depths"]:
+          reference.measure(dataclasses.replace(cfg, arch=arch, L=L), seeds_S, key)
+  else:
+    memory = {"max_memory": row["max_memory"], "redraw": row["path"] == "redraw"}
+    plans = engine.plan_passes(cfg, ARCHS, row["depths"], row["seeds"], **memory)
+    out["plan"] = ", ".join(f"{plan.chunk} x {'redraw' if plan.kept_layers is None else plan.kept_layers}"
+                            for _, plan in plans)
+
+    def sweep():
+      engine.measure_archs(cfg, ARCHS, row["depths"], seeds_S, key, **memory)
+
+  start = time.perf_counter()
+  sweep()
+  out["cold_s"], out["compile_s"] = time.perf_counter() - start, compile_s[0]
+  if row["warm"]:
+    start = time.perf_counter()
+    sweep()
+    out["warm_s"] = time.perf_counter() - start
+  if row["floor"]:
+    draw = lambda: engine.draw_weights(cfg, ARCHS, row["depths"], seeds_S, key, max_memory=row["max_memory"])
+    draw()  # compiles the draw step
+    start = time.perf_counter()
+    out["normals"] = draw()
+    out["draw_s"] = time.perf_counter() - start
+    out["peak_gflops"] = matmul_peak_gflops()
+    out["matmul_s"] = floor_flops(cfg, ARCHS, row["depths"], row["seeds"]) / out["peak_gflops"] / 1e9
+  out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+  queue.put(out)
+
+
+def run_row(row: dict) -> dict:
+  """Run one row in a fresh child process; returns the row with its measurements."""
+  ctx = mp.get_context("spawn")
+  queue = ctx.Queue()
+  proc = ctx.Process(target=_child, args=(row, queue))
+  proc.start()
+  result = queue.get()
+  proc.join()
+  return row | result
+
+
+def _parse_size(text: str) -> int:
+  from normtheory.cli import parse_bytes
+
+  return parse_bytes(text, "--max-memory")
+
+
 def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--d", type=int, default=512)
-  parser.add_argument("--seeds", type=int, default=8)
-  parser.add_argument("--baseline-L", default="6,12,24", help="depths for the straightforward path")
-  parser.add_argument("--L", default="6,12,24,48,96", help="depths for the engine's full grid")
-  parser.add_argument("--big", action="store_true", help="also d=1024 on the full grid")
+  parser.add_argument("--seeds", default="8", help="comma list of seed counts, each measured in turn")
+  parser.add_argument("--L", default="6,12,24,48,96", help="depths of the engine's grid")
+  parser.add_argument("--baseline-L", default="6,12,24", help="depths of the straightforward path ('none': skip it)")
+  parser.add_argument("--big", action="store_true", help="also d=1024 (redraw and kept)")
   parser.add_argument("--devices", type=int, default=1,
-                      help="also run the full grid with seeds sharded over this many devices (on CPU: forced host devices)")
+                      help="also the kept-weights engine with seeds sharded over this many devices "
+                           "(on CPU: forced host devices)")
+  parser.add_argument("--max-memory", default="1.5G", type=_parse_size,
+                      help="memory budget of one engine call (the CLI's --max-memory)")
   parser.add_argument("--no-assumptions", action="store_true",
-                      help="skip the paper vs realistic rows (xent over 256 tokens, full grid)")
+                      help="skip the paper vs realistic rows (xent over 256 tokens)")
   parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
   args = parser.parse_args()
-  base_L = [int(v) for v in args.baseline_L.split(",")]
   full_L = [int(v) for v in args.L.split(",")]
+  base_L = [] if args.baseline_L == "none" else [int(v) for v in args.baseline_L.split(",")]
+  seed_counts = [int(v) for v in args.seeds.split(",")]
 
   import jax
 
   from normtheory import prng
 
-  peak = matmul_peak_gflops()
-  rates = {name: sampling_rate(name, args.d) for name in prng.PRNG_IMPLS}
-  runs = [("straightforward", prng.DEFAULT_PRNG, args.d, base_L, 1, "default")]
-  if base_L != full_L:
-    runs.append(("engine", prng.DEFAULT_PRNG, args.d, base_L, 1, "default"))
-  runs.append(("engine", prng.DEFAULT_PRNG, args.d, full_L, 1, "default"))
-  if args.devices > 1:
-    runs.append(("engine", prng.DEFAULT_PRNG, args.d, full_L, args.devices, "default"))
-  if args.big:
-    runs.append(("engine", prng.DEFAULT_PRNG, 1024, full_L, 1, "default"))
-  if not args.no_assumptions:
-    runs += [("engine", prng.DEFAULT_PRNG, args.d, full_L, 1, setting) for setting in ("paper", "realistic")]
+  row = lambda path, d, depths, seeds, **kw: {"path": path, "d": d, "depths": depths, "seeds": seeds, "devices": 1,
+                                             "setting": "default", "max_memory": args.max_memory, "warm": True,
+                                             "floor": False} | kw
   rows = []
-  for path, prng_name, d, depths, devices, setting in runs:
-    r = run_path(path, d, depths, args.seeds, prng_name, devices, setting)
-    r |= {"path": path, "setting": setting, "prng": prng_name, "d": d, "L": ",".join(map(str, depths))}
-    r["gflops"] = useful_flops(d, d, 16, depths, 2, args.seeds) / r["wall_s"] / 1e9
-    rows.append(r)
-    print(f"  done: {path} {setting} {prng_name} d={d} L={r['L']}: {r['wall_s']:.1f} s", file=sys.stderr, flush=True)
-  base = {(r["d"], r["L"]): r["wall_s"] for r in rows if r["path"] == "straightforward"}
-
-  print(f"# normtheory benchmark, {time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPUs, jax {jax.__version__} ({jax.default_backend()}, {jax.devices()[0].device_kind})")
-  print(f"# post+pre, {args.seeds} seeds, n=16, float32; matmul peak (2048^2 float32 dot): {peak:.1f} GFLOP/s")
-  print("# setting: default = linear loss, Theorem 1's model; paper / realistic = experiments/assumptions.py's "
-        "(xent over 256 tokens; realistic: xavier attention, 8 heads, text)")
-  print("# weight sampling: " + ", ".join(f"{k} {v / 1e6:.0f} M normals/s" for k, v in rates.items()))
-  print("| path | setting | PRNG | d | L | devices | wall s | peak RSS GB | speed-up | GFLOP/s | % of peak |")
-  print("|---|---|---|---|---|---|---|---|---|---|---|")
+  for seeds in seed_counts:
+    for d in [args.d] + ([1024] if args.big else []):
+      rows += [row("redraw", d, full_L, seeds), row("kept", d, full_L, seeds, floor=True)]
+    if args.devices > 1:
+      rows.append(row("kept", args.d, full_L, seeds, devices=args.devices))
+  if base_L:
+    rows += [row("straightforward", args.d, base_L, seed_counts[0], warm=False),
+             row("kept", args.d, base_L, seed_counts[0])]
+  if not args.no_assumptions:
+    rows += [row("kept", args.d, full_L, seed_counts[0], setting=s, warm=False) for s in ("paper", "realistic")]
+  rates = {name: sampling_rate(name, args.d) for name in prng.PRNG_IMPLS}
+  done = []
   for r in rows:
-    speedup = base.get((r["d"], r["L"])) if r["setting"] == "default" else None
-    speedup = f"{speedup / r['wall_s']:.1f}x" if speedup else "-"
-    print(f"| {r['path']} | {r['setting']} | {r['prng']} | {r['d']} | {r['L']} | {r['devices']} | {r['wall_s']:.1f} | "
-          f"{r['peak_rss_gb']:.2f} | {speedup} | {r['gflops']:.1f} | {100 * r['gflops'] / peak:.0f}% |")
-  walls = {r["setting"]: r["wall_s"] for r in rows if r["setting"] in ("paper", "realistic")}
-  if len(walls) == 2:
-    print(f"# realistic / paper wall time (d={args.d}, L={args.L}, {args.seeds} seeds, same run): "
-          f"{walls['realistic'] / walls['paper']:.2f}x")
+    done.append(run_row(r))
+    print(f"  done: {r['path']} {r['setting']} d={r['d']} L={r['depths']} seeds={r['seeds']} "
+          f"devices={r['devices']}: cold {done[-1]['cold_s']:.1f} s", file=sys.stderr, flush=True)
+  _print_tables(done, rates, args)
   if args.json:
     with open(args.json, "w") as f:
-      json.dump({"matmul_peak_gflops": peak, "sampling_rates": rates, "rows": rows}, f, indent=1)
+      json.dump({"sampling_rates": rates, "rows": done}, f, indent=1)
   return 0
+
+
+def _print_tables(rows: list[dict], rates: dict, args) -> None:
+  import jax
+
+  device = rows[0]["device"]
+  print(f"# normtheory benchmark, {time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPUs, jax {jax.__version__} ({jax.default_backend()}, {device})")
+  print(f"# post+pre, linear loss, n=16, float32, threefry2x32; --max-memory {args.max_memory / 2**30:.3g} GiB; "
+        "weight sampling (4 d×d per call): " + ", ".join(f"{k} {v / 1e6:.0f} M normals/s" for k, v in rates.items()))
+  print("| path | setting | d | L | seeds | devices | plan (seeds/call x layers kept) | cold s | compile s | warm s "
+        "| peak RSS GB | warm vs redraw |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+  redraw = {(r["d"], tuple(r["depths"]), r["seeds"]): r["warm_s"] for r in rows
+            if r["path"] == "redraw" and r["devices"] == 1}
+  fmt = lambda v: "-" if v is None else f"{v:.1f}"
+  for r in rows:
+    L = f"{min(r['depths'])}..{max(r['depths'])}" if len(r["depths"]) > 2 else ",".join(map(str, r["depths"]))
+    base = redraw.get((r["d"], tuple(r["depths"]), r["seeds"])) if r["setting"] == "default" else None
+    ratio = f"{r['warm_s'] / base:.2f}x" if base and r.get("warm_s") and r["path"] != "redraw" else "-"
+    print(f"| {r['path']} | {r['setting']} | {r['d']} | {L} | {r['seeds']} | {r['devices']} | {r.get('plan', '-')} | "
+          f"{fmt(r['cold_s'])} | {fmt(r['compile_s'])} | {fmt(r.get('warm_s'))} | {r['peak_rss_gb']:.2f} | {ratio} |")
+  print()
+  print("| d | L | seeds | (a) draw s | normals | M normals/s | matmul peak GFLOP/s | (b) matmul s | floor s "
+        "| redraw warm / floor | kept warm / floor |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|")
+  for r in rows:
+    if not r["floor"]:
+      continue
+    floor = r["draw_s"] + r["matmul_s"]
+    base = redraw.get((r["d"], tuple(r["depths"]), r["seeds"]))
+    print(f"| {r['d']} | {min(r['depths'])}..{max(r['depths'])} | {r['seeds']} | {r['draw_s']:.1f} | "
+          f"{r['normals']:.3g} | {r['normals'] / r['draw_s'] / 1e6:.0f} | {r['peak_gflops']:.0f} | {r['matmul_s']:.1f} | "
+          f"{floor:.1f} | {f'{base / floor:.2f}x' if base else '-'} | {r['warm_s'] / floor:.2f}x |")
 
 
 if __name__ == "__main__":

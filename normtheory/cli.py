@@ -33,6 +33,7 @@ import argparse
 import dataclasses
 import os
 import platform
+import re
 import sys
 import time
 import traceback
@@ -42,9 +43,9 @@ from typing import Any, NamedTuple
 import jax
 from tqdm import tqdm
 
-from normtheory import distributed, fit, grid, prng, store, sweep
+from normtheory import distributed, engine, fit, grid, prng, store, sweep
 from normtheory.cli_args import ArgumentParser, UsageError, usage_exit
-from normtheory.config import ARCHS, ATTENTIONS, DEFAULT_VOCAB, INPUTS, LOSSES, PRESETS, TEXT_VOCAB, Config, preset
+from normtheory.config import ARCHS, ATTENTIONS, INPUTS, LOSSES, PRESETS, TEXT_VOCAB, Config, preset
 
 DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "normtheory", "xla")
 
@@ -83,7 +84,13 @@ def build_parser() -> ArgumentParser:
   p.add_argument("--seed", type=int, default=0, help="base PRNG seed")
   p.add_argument("--prng", default=prng.DEFAULT_PRNG, help=f"PRNG implementation: {', '.join(prng.PRNG_IMPLS)}")
   p.add_argument("--dtype", default="float32", help="float32 | float64")
-  p.add_argument("--chunk", type=int, default=None, help="seeds per compiled call (default: from free memory)")
+  p.add_argument("--chunk", type=int, default=None, help="seeds per compiled call (default: from --max-memory)")
+  p.add_argument("--max-memory", default=None,
+                 help="memory budget of one compiled call, e.g. 2G or 512M: the seeds per call and how many layers' "
+                      "weights are kept for the backward pass follow from it (default: a quarter of the free memory)")
+  p.add_argument("--redraw", action="store_true",
+                 help="draw every layer's weights again in the backward pass instead of keeping them "
+                      "(the slower path before weights were kept; the same numbers)")
   p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of the fits")
   p.add_argument("--depth-metrics", action="store_true",
                  help="also store per-layer effective-depth metrics of every measured cell (L+1 forward passes per cell)")
@@ -177,6 +184,7 @@ def parse(argv: list[str]) -> Parsed:
                                ("--chunk", args.chunk, 1), ("--vocab", args.vocab, 2), ("--n-boot", args.n_boot, 1),
                                ("--eps", args.eps, 0), ("--seed", args.seed, 0)]:
     _at_least(flag, value, minimum)
+  args.max_memory = None if args.max_memory is None else parse_bytes(args.max_memory, "--max-memory")
   if args.timeout <= 0:
     raise UsageError(f"--timeout must be > 0, got {args.timeout:g}")
   given = [flag for flag, value in [("--coordinator", args.coordinator), ("--num-processes", args.num_processes),
@@ -191,20 +199,18 @@ def parse(argv: list[str]) -> Parsed:
   return Parsed(args, {"arch": archs, "loss": losses, "d": widths, "L": depths})
 
 
-def default_chunk(args: argparse.Namespace, grid_axes: dict[str, list]) -> int:
-  """Seeds per call so that one call's buffers use at most a quarter of the free memory."""
-  try:
-    free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-  except (ValueError, OSError):
-    return args.seeds
-  d, L = max(grid_axes["d"]), max(grid_axes["L"])
-  d_ff = args.d_ff or d
-  itemsize = 8 if args.dtype == "float64" else 4
-  text = args.inputs == "text"
-  vocab = args.vocab or (TEXT_VOCAB if text else DEFAULT_VOCAB)
-  vocab_rows = vocab * (2 + len(grid_axes["L"]) if text else 1)  # W_emb; text: E and one E gradient per depth
-  per_seed = itemsize * (8 * d * max(d, d_ff) + 4 * (L + 2) * args.batch * args.n * d + vocab_rows * d)
-  return max(1, min(args.seeds, int(free // 4 // per_seed)))
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def parse_bytes(text: str, flag: str) -> int:
+  """A size such as ``3G``, ``512M``, ``1.5GiB`` or ``4000000000`` in bytes (K, M, G, T are
+  powers of 1024; a trailing ``B`` or ``iB`` is allowed); :class:`UsageError` naming ``flag``
+  unless it is a positive size."""
+  match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)(I?B)?\s*", text.upper())
+  size = float(match[1]) * _UNITS[match[2]] if match else 0.0
+  if not size >= 1:
+    raise UsageError(f"{flag}: expected a positive size such as 3G, 512M or a number of bytes; got {text!r}")
+  return int(size)
 
 
 def enable_compile_cache(directory: str | os.PathLike = DEFAULT_CACHE) -> None:
@@ -349,14 +355,15 @@ def _measure(args, axes, argv, base, main_store, results, info: dict, leader: bo
                                 stored, d_ff=args.d_ff)
   total = len(axes["arch"]) * len(axes["loss"]) * len(axes["d"]) * len(axes["L"])
   say(f"{total} cells: {complete} already stored in {args.out}, {total - complete} to measure")
-  chunk = args.chunk or default_chunk(args, axes)
+  max_memory = args.max_memory or engine.default_max_memory()
   start = time.perf_counter()
   failures = []
   if passes:
-    results.start_run(run_info(argv) | info | {"chunk": chunk})
+    results.start_run(run_info(argv) | info | {"chunk": args.chunk, "max_memory": max_memory, "redraw": args.redraw})
     with tqdm(total=total, initial=complete, unit="cell", disable=args.quiet or not leader) as bar:
       key = prng.make_key(args.seed, args.prng)
-      failures = sweep.run(passes, results, key, chunk, bar.update, depth=args.depth_metrics, warn=_warn)
+      failures = sweep.run(passes, results, key, args.chunk, bar.update, depth=args.depth_metrics, warn=_warn,
+                           max_memory=max_memory, redraw=args.redraw)
   say(f"measured in {time.perf_counter() - start:.1f} s")
   return failures
 

@@ -3,10 +3,15 @@
 The reference path (:mod:`normtheory.model`) materialises all L layers and all
 L d×d gradients. This engine computes the same numbers with memory flat in depth:
 
-* **Weights drawn inside each step.** Layer l's weights are a pure function of
-  ``fold_in(params key, l)`` (:func:`normtheory.sampling.layer_params`), so the
-  forward step draws them, uses them and drops them, and the backward step draws
-  them again. Only the hidden states ``x_l`` (B×n×d per layer) are kept.
+* **Each weight drawn once, kept while memory allows.** Layer l's weights are a pure
+  function of ``fold_in(params key, l)`` (:func:`normtheory.sampling.layer_params`).
+  The forward step draws them and hands the drawn matrices back; the backward step of
+  a kept layer reads them instead of drawing again. How many seeds one call holds and
+  how many layers' weights it keeps follow from a memory budget (:func:`plan_memory`);
+  a layer whose weights do not fit is drawn again in the backward pass, as is every
+  layer with ``redraw=True`` (the path before weights were kept, for timing it).
+  Either way the numbers are bit for bit the same. Besides the kept weights only the
+  hidden states ``x_l`` (B×n×d per layer) are kept.
 * **No d×d gradient.** Every dense product ``a @ W`` gets a zero perturbation on
   its output; the cotangent ``delta`` of that perturbation is exact (``jax.vjp``),
   and ``||dLoss/dW||_F^2 = ||a^T delta||_F^2 = sum_ij (a a^T)_ij (delta delta^T)_ij``,
@@ -22,10 +27,12 @@ L d×d gradients. This engine computes the same numbers with memory flat in dept
   every depth; the backward pass walks down once, carrying one cotangent per depth
   that has started (a batch the layer's VJP is vmapped over), and draws each
   layer's weights once for all of them.
-* **One compilation per shape, reused across depths.** The steps take the layer
-  index and L as traced integers, and Python drives the loop over layers.
+* **One compilation per shape, reused across depths and losses.** The steps take the
+  layer index and L as traced integers, and Python drives the loop over layers; the
+  layer steps do not depend on the loss or the inputs, so they are compiled once per
+  width for all of them.
 * **Seeds over devices.** Every step is a ``shard_map`` over a one-axis mesh of the
-  local devices; each device runs ``lax.map`` over its seeds, so a seed's numbers
+  local devices; each device loops over its seeds (:func:`_map`), so a seed's numbers
   do not depend on the chunk size or the number of devices (padding seeds, added
   when the count does not divide, are dropped).
 
@@ -39,6 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -49,7 +57,7 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from normtheory import architectures, sampling
-from normtheory.config import EMBEDDING, PARAM_NAMES, Config
+from normtheory.config import DEFAULT_VOCAB, EMBEDDING, PARAM_NAMES, Config
 from normtheory.layers import HIGHEST, Taps, ln_jacobian_means
 from normtheory.losses import LOSS_FUNCTIONS
 
@@ -78,12 +86,20 @@ class DepthResult:
   loss: np.ndarray
 
 
-class _Steps(NamedTuple):
-  """The jitted, seed-sharded steps of one shared pass."""
+class _LayerSteps(NamedTuple):
+  """The jitted, seed-sharded layer steps of one shared pass (loss-independent)."""
 
-  forward: Callable  # (p_keys, state, l, L) -> arch -> (state, sq_norm, ln_jac_k)
+  forward: Callable  # (p_keys, state, l, L) -> arch -> (state, sq_norm, ln_jac_k); weights drawn and dropped
+  forward_keep: Callable  # (p_keys, state, l, L) -> (the same, drawn weights name -> (S, i, o))
+  backward: Callable  # (p_keys, state, ct_K, l, L) -> arch -> (ct_K, param -> sq grad norm (K,)); weights redrawn
+  backward_kept: Callable  # (weights, state, ct_K, l, L) -> the same, from the weights forward_keep drew
+  draw: Callable  # (p_keys, l, L) -> drawn weights name -> (S, i, o): the sampling alone
+
+
+class _HeadSteps(NamedTuple):
+  """The jitted, seed-sharded steps around the layers: the loss and the embedding's gradient."""
+
   loss: Callable  # (p_keys, d_keys, state) -> arch -> _LossOut
-  backward: Callable  # (p_keys, state, ct_K, l, L) -> arch -> (ct_K, param -> sq grad norm (K,))
   embedding: Callable  # (p_keys, d_keys, ct_K, readout_K) -> arch -> sq grad norm of E (K,)
 
 
@@ -118,34 +134,138 @@ def _sq_grad_norm(a_nxi: jax.Array, delta_kxnxo: jax.Array) -> jax.Array:
   return jnp.maximum(jnp.einsum("ij,kij->k", gram_a_nxn, gram_d_kxnxn), 0.0)
 
 
+SEED_AXIS = "seeds"
+
+
+def seed_mesh() -> Mesh:
+  """A one-axis mesh over this process's devices; seeds are split along it."""
+  return Mesh(np.array(jax.local_devices()), (SEED_AXIS,))
+
+
+def _layer_config(cfg: Config, arch: str) -> Config:
+  """``cfg`` with what the layer steps do not read (arch, L, loss, inputs, read-out) set to
+  defaults, so that every loss and input kind of a width shares one compilation."""
+  return dataclasses.replace(cfg, arch=arch, L=1, loss="linear", vocab=DEFAULT_VOCAB, inputs="gaussian", tied=False)
+
+
+# Seeds are sharded over every local device; each runs _map over its own seeds.
+# Nothing crosses devices, so replication checking is off: with it, the VJP of the
+# device-invariant zero perturbations would sum their cotangents over devices.
+_SEEDS, _SEEDS_2ND, _REPLICATED = P(SEED_AXIS), P(None, SEED_AXIS), P()
+
+
+def _map(f, xs):
+  """``lax.map(f, xs)``, compiled alike for one row and for many.
+
+  A loop over seeds, not vmap: each seed runs one per-seed program whatever the chunk
+  size or the device count, so both are bit-exact (a vmapped reduction is not). A loop
+  over a single row would be compiled differently (slicing an axis of size one is
+  simplified away, a loop known to run once is inlined), which changed the last bit of
+  some norms when a device held one seed: so one row is looped over as the first of two
+  equal rows, with a trip count hidden from the compiler.
+  """
+  count = jax.tree.leaves(xs)[0].shape[0]
+  width = max(count, 2)
+  xs = jax.tree.map(lambda v: jnp.concatenate([v] * (width // count)), xs)
+  out_shapes = jax.eval_shape(f, jax.tree.map(lambda v: v[0], xs))
+  out = jax.tree.map(lambda s: jnp.zeros((width, *s.shape), s.dtype), out_shapes)
+
+  def body(carry):
+    i, out = carry
+    y = f(jax.tree.map(lambda v: jax.lax.dynamic_index_in_dim(v, i, keepdims=False), xs))
+    return i + 1, jax.tree.map(lambda o, v: jax.lax.dynamic_update_index_in_dim(o, v, i, 0), out, y)
+
+  opaque_count = jax.lax.optimization_barrier(jnp.int32(count))
+  out = jax.lax.while_loop(lambda carry: carry[0] < opaque_count, body, (jnp.int32(0), out))[1]
+  return jax.tree.map(lambda o: o[:count], out)
+
+
+def _shard(f, in_specs, out_specs):
+  return jax.jit(jax.shard_map(f, mesh=seed_mesh(), in_specs=in_specs, out_specs=out_specs, check_vma=False))
+
+
+def _swap(tree):
+  return jax.tree.map(lambda v: v.swapaxes(0, 1), tree)
+
+
 @functools.lru_cache(maxsize=None)
-def _steps(width_cfg: Config, arch_names: tuple[str, ...]) -> _Steps:
-  """Jitted forward, loss, backward and embedding steps for models sharing ``width_cfg``
-  (whose arch and L are ignored: the steps take l and L as traced integers), one state
-  per architecture in ``arch_names``, all reading the same weights (one draw per layer)."""
+def _layer_steps(layer_cfg: Config, arch_names: tuple[str, ...]) -> _LayerSteps:
+  """Jitted forward and backward steps for models sharing ``layer_cfg`` (from
+  :func:`_layer_config`: the steps take l and L as traced integers), one state per
+  architecture in ``arch_names``, all reading the same weights (one draw per layer)."""
   archs = {name: architectures.get(name) for name in arch_names}
   weight_scale = archs[arch_names[0]].weight_scale  # equal for every arch of a shared pass
-  loss_fn = LOSS_FUNCTIONS[width_cfg.loss]
-  eps = width_cfg.eps
-  tied = width_cfg.tied
-  rows = (*sampling.batch_shape(width_cfg), width_cfg.n)
-  out_widths = {name: fan_out for name, (_, fan_out) in sampling.weight_shapes(width_cfg).items()}
+  rows = (*sampling.batch_shape(layer_cfg), layer_cfg.n)
+  out_widths = {name: fan_out for name, (_, fan_out) in sampling.weight_shapes(layer_cfg).items()}
 
-  def params(p_key, l, L):
-    return sampling.layer_params(width_cfg, p_key, l, weight_scale(L))
+  def drawn(p_key, l, L):
+    return sampling.drawn_params(layer_cfg, p_key, l, weight_scale(L))
 
-  def forward_one(p_key, x, l, L):
-    p = params(p_key, l, L)
+  def forward_one(p, x, l, L):
     out = {}
     for name, arch in archs.items():
       taps = Taps()
-      x_next = arch.layer(p, x[name], l, L, width_cfg, taps)
-      out[name] = (x_next, (arch.hidden(x[name]) ** 2).sum(-1).mean(), ln_jacobian_means(taps.ln_inputs, eps))
+      x_next = arch.layer(p, x[name], l, L, layer_cfg, taps)
+      out[name] = (x_next, (arch.hidden(x[name]) ** 2).sum(-1).mean(), ln_jacobian_means(taps.ln_inputs, layer_cfg.eps))
     return out
 
+  def forward_keep_one(p_key, x, l, L):
+    w = drawn(p_key, l, L)
+    return forward_one(sampling.with_constants(layer_cfg, w), x, l, L), w
+
+  def backward_one(p, x, ct, l, L):
+    zeros = {name: jnp.zeros((*rows, out_widths[name]), p["W2"].dtype) for name in PARAM_NAMES}
+    out = {}
+    for name, arch in archs.items():
+
+      def tapped(x_nxd, z, arch=arch):
+        taps = Taps(z)
+        return arch.layer(p, x_nxd, l, L, layer_cfg, taps), taps.inputs
+
+      _, vjp, inputs = jax.vjp(tapped, x[name], zeros, has_aux=True)
+      ct_x_kxnxd, deltas = jax.vmap(vjp)(ct[name])
+      out[name] = (ct_x_kxnxd, {w: _sq_grad_norm(inputs[w], deltas[w]) for w in PARAM_NAMES})
+    return out
+
+  params = lambda p_key, l, L: sampling.layer_params(layer_cfg, p_key, l, weight_scale(L))
+
+  def forward(p_keys_S, x_S, l, L):
+    return _map(lambda a: forward_one(params(a[0], l, L), a[1], l, L), (p_keys_S, x_S))
+
+  def forward_keep(p_keys_S, x_S, l, L):
+    return _map(lambda a: forward_keep_one(*a, l, L), (p_keys_S, x_S))
+
+  def backward_from(weights_of):
+    def backward(source_S, x_S, ct_K_S, l, L):
+      out = _map(lambda a: backward_one(weights_of(a[0], l, L), a[1], a[2], l, L), (source_S, x_S, _swap(ct_K_S)))
+      return {name: (_swap(ct_S_K), _swap(sq_S_K)) for name, (ct_S_K, sq_S_K) in out.items()}
+    return backward
+
+  def draw(p_keys_S, l, L):
+    return _map(lambda k: drawn(k, l, L), p_keys_S)
+
+  seeds, seeds_2nd, rep = _SEEDS, _SEEDS_2ND, _REPLICATED
+  return _LayerSteps(
+      _shard(forward, (seeds, seeds, rep, rep), seeds),
+      _shard(forward_keep, (seeds, seeds, rep, rep), (seeds, seeds)),
+      _shard(backward_from(params), (seeds, seeds, seeds_2nd, rep, rep), seeds_2nd),
+      _shard(backward_from(lambda w, l, L: sampling.with_constants(layer_cfg, w)),
+             (seeds, seeds, seeds_2nd, rep, rep), seeds_2nd),
+      _shard(draw, (seeds, rep, rep), seeds),
+  )
+
+
+@functools.lru_cache(maxsize=None)
+def _head_steps(head_cfg: Config, arch_names: tuple[str, ...]) -> _HeadSteps:
+  """Jitted loss and embedding steps for models sharing ``head_cfg`` (arch and L ignored)."""
+  archs = {name: architectures.get(name) for name in arch_names}
+  loss_fn = LOSS_FUNCTIONS[head_cfg.loss]
+  eps = head_cfg.eps
+  tied = head_cfg.tied
+
   def loss_one(p_key, d_key, x):
-    target = sampling.inputs(width_cfg, d_key).target
-    head = sampling.head_params(width_cfg, p_key)
+    target = sampling.inputs(head_cfg, d_key).target
+    head = sampling.head_params(head_cfg, p_key)
     out = {}
     for name, arch in archs.items():
       loss_of = lambda state, head, arch=arch: loss_fn(arch.final(state, eps), target, head)
@@ -157,73 +277,31 @@ def _steps(width_cfg: Config, arch_names: tuple[str, ...]) -> _Steps:
       out[name] = _LossOut(value, ct, sq_norm, ln_jacobian_means(taps.ln_inputs, eps), readout_e)
     return out
 
-  def backward_one(p_key, x, ct, l, L):
-    p = params(p_key, l, L)
-    zeros = {name: jnp.zeros((*rows, out_widths[name]), p["W2"].dtype) for name in PARAM_NAMES}
-    out = {}
-    for name, arch in archs.items():
-
-      def tapped(x_nxd, z, arch=arch):
-        taps = Taps(z)
-        return arch.layer(p, x_nxd, l, L, width_cfg, taps), taps.inputs
-
-      _, vjp, inputs = jax.vjp(tapped, x[name], zeros, has_aux=True)
-      ct_x_kxnxd, deltas = jax.vmap(vjp)(ct[name])
-      out[name] = (ct_x_kxnxd, {w: _sq_grad_norm(inputs[w], deltas[w]) for w in PARAM_NAMES})
-    return out
-
   def embedding_one(p_key, d_key, ct, readout):
     """``||dLoss/dE||_F^2`` per depth: the input's cotangent scattered into E's rows by
     the VJP of the embedding, plus the tied read-out's part."""
-    tokens = sampling.inputs(width_cfg, d_key).x
-    e_vxd = sampling.head_params(width_cfg, p_key)[EMBEDDING]
+    tokens = sampling.inputs(head_cfg, d_key).x
+    e_vxd = sampling.head_params(head_cfg, p_key)[EMBEDDING]
     out = {}
     for name, arch in archs.items():
-      _, vjp = jax.vjp(lambda e: arch.init(sampling.first_state(width_cfg, {EMBEDDING: e}, tokens)), e_vxd)
+      _, vjp = jax.vjp(lambda e: arch.init(sampling.first_state(head_cfg, {EMBEDDING: e}, tokens)), e_vxd)
       grad_kxvxd = jax.vmap(lambda c: vjp(c)[0])(ct[name]) + (readout[name] if tied else 0.0)
       out[name] = (grad_kxvxd**2).sum((-2, -1))
     return out
 
-  # lax.map, not vmap, over seeds: each seed runs the same per-seed program whatever
-  # the chunk size or device count, so both are bit-exact (a vmapped reduction is not).
-  def forward(p_keys_S, x_S, l, L):
-    return jax.lax.map(lambda a: forward_one(*a, l, L), (p_keys_S, x_S))
-
   def loss(p_keys_S, d_keys_S, x_S):
-    return jax.lax.map(lambda a: loss_one(*a), (p_keys_S, d_keys_S, x_S))
-
-  swap = lambda t: jax.tree.map(lambda v: v.swapaxes(0, 1), t)
-
-  def backward(p_keys_S, x_S, ct_K_S, l, L):
-    out = jax.lax.map(lambda a: backward_one(*a, l, L), (p_keys_S, x_S, swap(ct_K_S)))
-    return {name: (swap(ct_S_K), swap(sq_S_K)) for name, (ct_S_K, sq_S_K) in out.items()}
+    return _map(lambda a: loss_one(*a), (p_keys_S, d_keys_S, x_S))
 
   def embedding(p_keys_S, d_keys_S, ct_K_S, readout_K_S):
-    return swap(jax.lax.map(lambda a: embedding_one(*a), (p_keys_S, d_keys_S, swap(ct_K_S), swap(readout_K_S))))
+    return _swap(_map(lambda a: embedding_one(*a), (p_keys_S, d_keys_S, _swap(ct_K_S), _swap(readout_K_S))))
 
-  # Seeds are sharded over every local device; each runs lax.map over its own seeds.
-  # Nothing crosses devices, so replication checking is off: with it, the VJP of the
-  # device-invariant zero perturbations would sum their cotangents over devices.
-  mesh = seed_mesh()
-  seeds, seeds_2nd, rep = P(SEED_AXIS), P(None, SEED_AXIS), P()
-
-  def shard(f, in_specs, out_specs):
-    return jax.jit(jax.shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False))
-
-  return _Steps(
-      shard(forward, (seeds, seeds, rep, rep), seeds),
-      shard(loss, (seeds, seeds, seeds), seeds),
-      shard(backward, (seeds, seeds, seeds_2nd, rep, rep), seeds_2nd),
-      shard(embedding, (seeds, seeds, seeds_2nd, seeds_2nd), seeds_2nd),
+  seeds, seeds_2nd = _SEEDS, _SEEDS_2ND
+  return _HeadSteps(
+      _shard(loss, (seeds, seeds, seeds), seeds),
+      _shard(embedding, (seeds, seeds, seeds_2nd, seeds_2nd), seeds_2nd),
   )
 
 
-SEED_AXIS = "seeds"
-
-
-def seed_mesh() -> Mesh:
-  """A one-axis mesh over this process's devices; seeds are split along it."""
-  return Mesh(np.array(jax.local_devices()), (SEED_AXIS,))
 
 
 def first_states(cfg: Config, arch_names, p_keys_S: jax.Array, d_keys_S: jax.Array) -> dict[str, jax.Array]:
@@ -242,31 +320,58 @@ def first_states(cfg: Config, arch_names, p_keys_S: jax.Array, d_keys_S: jax.Arr
   return states
 
 
-def _measure_chunk(
-    cfg: Config, arch_names: tuple[str, ...], depths: tuple[int, ...], keys_S: jax.Array
-) -> dict[str, dict[int, DepthResult]]:
-  """All depths and architectures of one shared forward pass, for one chunk of seeds."""
-  steps = _steps(dataclasses.replace(cfg, arch=arch_names[0], L=1), arch_names)
+class _Chunk(NamedTuple):
+  """One chunk of seeds, padded to a multiple of the device count, and its keys."""
+
+  S: int  # seeds measured (the padding rows after them are dropped)
+  p_keys: jax.Array  # (S_pad,) params keys
+  d_keys: jax.Array  # (S_pad,) data keys
+
+
+def _chunk_keys(keys_S: jax.Array) -> _Chunk:
   S = keys_S.shape[0]
-  padded = -(-S // jax.local_device_count()) * jax.local_device_count()
-  keys_S = jnp.concatenate([keys_S, jnp.repeat(keys_S[-1:], padded - S)])  # padding rows are dropped below
-  p_keys = jax.vmap(sampling.params_key)(keys_S)
-  d_keys = jax.vmap(sampling.data_key)(keys_S)
+  padded = _padded(S)
+  keys_S = jnp.concatenate([keys_S, jnp.repeat(keys_S[-1:], padded - S)])  # padding rows are dropped
+  return _Chunk(S, jax.vmap(sampling.params_key)(keys_S), jax.vmap(sampling.data_key)(keys_S))
+
+
+def _padded(seeds: int) -> int:
+  """Seeds per call once padded to a multiple of the local device count."""
+  return -(-seeds // jax.local_device_count()) * jax.local_device_count()
+
+
+def _measure_chunk(
+    cfg: Config, arch_names: tuple[str, ...], depths: tuple[int, ...], keys_S: jax.Array, kept_layers: int | None
+) -> dict[str, dict[int, DepthResult]]:
+  """All depths and architectures of one shared forward pass, for one chunk of seeds.
+
+  ``kept_layers``: the forward pass keeps the drawn weights of layers 1..kept_layers and
+  the backward pass reads them (the other layers are drawn again); ``None``: every layer
+  is drawn again by the forward step that does not hand its weights back (``redraw``).
+  """
+  steps = _layer_steps(_layer_config(cfg, arch_names[0]), arch_names)
+  head = _head_steps(dataclasses.replace(cfg, arch=arch_names[0], L=1), arch_names)
+  S, p_keys, d_keys = _chunk_keys(keys_S)
   L_max = max(depths)
   L_arg = jnp.int32(L_max)  # only read by depth-dependent architectures (one depth per pass)
   x = first_states(cfg, arch_names, p_keys, d_keys)
-  xs, stats = [x], []
+  xs, stats, kept = [x], [], {}  # device arrays, read back once the pass is done
   for l in range(1, L_max + 1):
-    out = steps.forward(p_keys, x, jnp.int32(l), L_arg)
+    if kept_layers is None:
+      out = steps.forward(p_keys, x, jnp.int32(l), L_arg)
+    else:
+      out, weights = steps.forward_keep(p_keys, x, jnp.int32(l), L_arg)
+      if l <= kept_layers:
+        kept[l] = weights
     x = {name: o[0] for name, o in out.items()}
     xs.append(x)
-    stats.append({name: (np.asarray(o[1])[:S], np.asarray(o[2])[:S]) for name, o in out.items()})
+    stats.append({name: o[1:] for name, o in out.items()})
 
   losses, active, ct, readout = {}, [], None, None  # ct: arch -> (K, S, ...), one cotangent per active depth
-  grad_sq = []  # per layer, from the top: arch -> param -> (K, S)
+  grad_sq = []  # per layer, from the top: arch -> param -> (K_pad, S_pad)
   for l in range(L_max, 0, -1):
     if l in depths:
-      losses[l] = steps.loss(p_keys, d_keys, xs[l])
+      losses[l] = head.loss(p_keys, d_keys, xs[l])
       new = {name: v.ct[None] for name, v in losses[l].items()}
       new_readout = {name: v.readout_e[None] for name, v in losses[l].items()}
       ct = new if ct is None else {name: jnp.concatenate([ct[name], new[name]]) for name in arch_names}
@@ -274,22 +379,28 @@ def _measure_chunk(
           name: jnp.concatenate([readout[name], new_readout[name]]) for name in arch_names}
       active.append(l)
     K = len(active)
-    out = steps.backward(p_keys, xs[l - 1], _pad_depths(ct, 1 if K == 1 else len(depths)), jnp.int32(l), L_arg)
+    ct_pad = _pad_depths(ct, 1 if K == 1 else len(depths))
+    if l in kept:
+      out = steps.backward_kept(kept.pop(l), xs[l - 1], ct_pad, jnp.int32(l), L_arg)
+    else:
+      out = steps.backward(p_keys, xs[l - 1], ct_pad, jnp.int32(l), L_arg)
+    xs[l] = None  # no longer needed: free it
     ct = {name: o[0][:K] for name, o in out.items()}
-    grad_sq.append({name: jax.tree.map(lambda v: np.asarray(v)[:K, :S], o[1]) for name, o in out.items()})
+    grad_sq.append({name: o[1] for name, o in out.items()})
   embedding_sq = (
-      {name: np.asarray(v)[:, :S] for name, v in steps.embedding(p_keys, d_keys, ct, readout).items()}
+      {name: np.asarray(v)[:, :S] for name, v in head.embedding(p_keys, d_keys, ct, readout).items()}
       if cfg.inputs == "text" else None
   )
 
+  stats, grad_sq = jax.device_get((stats, grad_sq))
   results = {name: {} for name in arch_names}
   for name in arch_names:
-    sq_norms_SxL = np.stack([s[name][0] for s in stats], axis=1)
-    ln_jac_SxLxk = np.stack([s[name][1] for s in stats], axis=1)
+    sq_norms_SxL = np.stack([s[name][0][:S] for s in stats], axis=1)
+    ln_jac_SxLxk = np.stack([s[name][1][:S] for s in stats], axis=1)
     for k, L in enumerate(active):
       # grad_sq[i] belongs to layer L_max - i and holds the depths active then, in order.
       norms = {
-          w: np.sqrt(np.stack([grad_sq[L_max - l][name][w][k] for l in range(1, L + 1)], axis=1))
+          w: np.sqrt(np.stack([grad_sq[L_max - l][name][w][k, :S] for l in range(1, L + 1)], axis=1))
           for w in PARAM_NAMES
       }
       if embedding_sq is not None:
@@ -331,14 +442,142 @@ def passes_for(arch_names, depths) -> list[SharedPass]:
   return passes
 
 
+MEMORY_FRACTION = 0.25  # of the free memory: the default budget of one call's buffers
+
+
+def default_max_memory() -> int:
+  """The default memory budget of one engine call: a quarter of the memory free now, on
+  this process's devices (host RAM on CPU; on accelerators the sum over local devices of
+  what their allocator has left, ``memory_stats``). Unknown: no limit."""
+  devices = jax.local_devices()
+  try:
+    if devices[0].platform == "cpu":
+      free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    else:
+      stats = [device.memory_stats() for device in devices]
+      free = sum(s["bytes_limit"] - s["bytes_in_use"] for s in stats)
+  except (ValueError, OSError, TypeError, KeyError):
+    return UNLIMITED
+  return int(free * MEMORY_FRACTION)
+
+
+UNLIMITED = 2**62  # a budget that every plan fits
+
+
+class SeedBytes(NamedTuple):
+  """What one seed of an engine call holds, in bytes (an estimate of the large buffers)."""
+
+  fixed: int  # whatever is kept: hidden states, cotangents, one layer's weights and VJP, read-out
+  per_kept_layer: int  # one kept layer's drawn weights
+
+
+def seed_bytes(cfg: Config, arch_names, depths) -> SeedBytes:
+  """The memory one seed of a shared pass over ``arch_names`` and ``depths`` needs.
+
+  Args:
+    cfg: the model (its arch and L ignored).
+    arch_names: the pass's architectures (a dual-stream one counts twice).
+    depths: the pass's depths.
+
+  Returns:
+    :class:`SeedBytes`: a call of ``c`` seeds keeping ``m`` layers holds about
+    ``padded(c) * (fixed + m * per_kept_layer)`` bytes.
+  """
+  item = jnp.dtype(cfg.dtype).itemsize
+  shapes = sampling.weight_shapes(cfg)
+  layer = sum(i * o for i, o in shapes.values())
+  rows = cfg.batch * cfg.n
+  streams = sum(2 if architectures.get(a).dual else 1 for a in arch_names)
+  K = len(set(depths))
+  states = (max(depths) + 1 + 2 * K) * streams * rows * cfg.d  # hidden states; cotangents in and out
+  gram_dearer = cfg.batch > 1 and rows * (cfg.d + cfg.d_ff) > cfg.d * cfg.d_ff  # _sq_grad_norm forms a^T delta
+  work = (2 + (K * streams if gram_dearer else 0)) * layer  # one layer's weights and its VJP's transients
+  vocab_rows = cfg.vocab * (2 + K if cfg.inputs == "text" else 1)  # W_emb; text: E and one E gradient per depth
+  kept = sum(i * o for name, (i, o) in shapes.items() if name in sampling.drawn_names(cfg))
+  return SeedBytes(item * (states + work + vocab_rows * cfg.d), item * kept)
+
+
+class MemoryPlan(NamedTuple):
+  """How one shared pass is cut into engine calls."""
+
+  chunk: int  # seeds per call
+  kept_layers: int | None  # layers 1..kept_layers keep their weights; None: every layer redrawn (redraw)
+
+
+def plan_memory(
+    cfg: Config, arch_names, depths, seeds: int, max_memory: int, chunk: int | None = None, redraw: bool = False
+) -> MemoryPlan:
+  """Seeds per call and kept layers of one shared pass, within ``max_memory`` bytes.
+
+  Every layer's weights are kept, in as few calls as then fit (as even as the device
+  count allows); when one call's worth of seeds (one per device) cannot keep them all,
+  the call keeps the weights of as many layers as fit (the bottom ones) and the others
+  are drawn again in the backward pass, which costs a second draw of those layers but
+  no more memory.
+
+  Args:
+    cfg, arch_names, depths: the pass (:func:`seed_bytes`).
+    seeds: how many seeds the pass measures.
+    max_memory: the budget in bytes (:func:`default_max_memory`).
+    chunk: seeds per call, if fixed; then only the kept layers are planned.
+    redraw: keep no weights (every layer drawn twice, the path before weights were kept).
+
+  Returns:
+    :class:`MemoryPlan`.
+  """
+  need = seed_bytes(cfg, arch_names, depths)
+  devices = jax.local_device_count()
+  most_seeds = lambda per_seed: min(seeds, max_memory // per_seed // devices * devices)  # 0: not one call fits
+  if redraw:
+    return MemoryPlan(min(chunk, seeds) if chunk else _balanced(seeds, max(1, most_seeds(need.fixed))), None)
+  L_max = max(depths)
+  planned = chunk is None
+  if planned:
+    full = most_seeds(need.fixed + L_max * need.per_kept_layer)
+    if full:
+      return MemoryPlan(_balanced(seeds, full), L_max)
+    chunk = min(seeds, devices)  # one seed per device keeps the most layers
+  chunk = min(chunk, seeds)
+  kept = int(np.clip((max_memory // _padded(chunk) - need.fixed) // need.per_kept_layer, 0, L_max))
+  if planned and not kept:  # nothing kept: as many seeds per call as fit
+    chunk = _balanced(seeds, max(1, most_seeds(need.fixed)))
+  return MemoryPlan(chunk, kept)
+
+
+def _balanced(seeds: int, most: int) -> int:
+  """Seeds per call for ``seeds`` seeds in as few calls of at most ``most`` seeds as possible,
+  as even as a multiple of the device count allows (fewer call shapes to compile)."""
+  calls = -(-seeds // most)
+  return min(most, _padded(-(-seeds // calls)))
+
+
+def plan_passes(
+    cfg: Config, arch_names, depths, seeds: int, max_memory: int | None = None, chunk: int | None = None,
+    redraw: bool = False,
+) -> list[tuple[SharedPass, MemoryPlan]]:
+  """The shared passes of :func:`measure_archs` (:func:`passes_for`), each with its
+  :class:`MemoryPlan` (:func:`plan_memory`; ``max_memory`` None: :func:`default_max_memory`)."""
+  max_memory = default_max_memory() if max_memory is None else int(max_memory)
+  return [(p, plan_memory(cfg, p.archs, p.depths, seeds, max_memory, chunk, redraw))
+          for p in passes_for(tuple(dict.fromkeys(arch_names)), depths)]
+
+
 def measure_archs(
-    cfg: Config, arch_names, depths, seeds_S: np.ndarray, base_key: jax.Array, chunk: int | None = None
+    cfg: Config,
+    arch_names,
+    depths,
+    seeds_S: np.ndarray,
+    base_key: jax.Array,
+    chunk: int | None = None,
+    max_memory: int | None = None,
+    redraw: bool = False,
 ) -> dict[str, dict[int, DepthResult]]:
   """Exact per-layer gradient norms of ``cfg`` for several architectures and depths.
 
   Architectures whose layers do not depend on L share one forward and one backward
   pass, and each layer's weights are drawn once for all of them (same keys, so the
-  same weights, as the architectures get when measured one at a time).
+  same weights, as the architectures get when measured one at a time) and kept for
+  the backward pass where ``max_memory`` allows (:func:`plan_memory`, per pass).
 
   Args:
     cfg: the model; its arch and L are replaced by each of ``arch_names`` and ``depths``.
@@ -346,30 +585,60 @@ def measure_archs(
     depths: the depths to measure.
     seeds_S: seed indices; seed s uses key ``fold_in(base_key, s)``.
     base_key: the base PRNG key.
-    chunk: seeds per compiled call (``None``: all at once). Results do not depend on it.
+    chunk: seeds per compiled call (``None``: from ``max_memory``). Results do not depend on it.
+    max_memory: bytes one call may hold (``None``: :func:`default_max_memory`).
+    redraw: draw every layer's weights again in the backward pass instead of keeping them
+      (the path before weights were kept, for timing it). Results do not depend on it.
 
   Returns:
     arch -> depth -> :class:`DepthResult`, seeds in the order of ``seeds_S``.
   """
   arch_names = tuple(dict.fromkeys(arch_names))
   seeds_S = np.asarray(seeds_S)
-  chunk = len(seeds_S) if chunk is None else int(chunk)
   parts = {name: {} for name in arch_names}
   with jax.enable_x64(cfg.dtype == "float64"):
-    for start in range(0, len(seeds_S), chunk):
-      keys_S = sampling.seed_keys(base_key, seeds_S[start : start + chunk])
-      for pass_archs, pass_depths in passes_for(arch_names, depths):
-        for name, by_depth in _measure_chunk(cfg, pass_archs, pass_depths, keys_S).items():
+    for (pass_archs, pass_depths), plan in plan_passes(cfg, arch_names, depths, len(seeds_S), max_memory, chunk, redraw):
+      for start in range(0, len(seeds_S), plan.chunk):
+        keys_S = sampling.seed_keys(base_key, seeds_S[start : start + plan.chunk])
+        for name, by_depth in _measure_chunk(cfg, pass_archs, pass_depths, keys_S, plan.kept_layers).items():
           for L, result in by_depth.items():
             parts[name].setdefault(L, []).append(result)
   return {name: {L: _concat(rs) for L, rs in sorted(by_depth.items())} for name, by_depth in parts.items()}
 
 
 def measure_depths(
-    cfg: Config, depths, seeds_S: np.ndarray, base_key: jax.Array, chunk: int | None = None
+    cfg: Config, depths, seeds_S: np.ndarray, base_key: jax.Array, chunk: int | None = None, **memory
 ) -> dict[int, DepthResult]:
-  """:func:`measure_archs` for the one architecture ``cfg.arch``: depth -> DepthResult."""
-  return measure_archs(cfg, (cfg.arch,), depths, seeds_S, base_key, chunk)[cfg.arch]
+  """:func:`measure_archs` for the one architecture ``cfg.arch``: depth -> DepthResult.
+  ``memory``: ``max_memory`` and ``redraw`` of :func:`measure_archs`."""
+  return measure_archs(cfg, (cfg.arch,), depths, seeds_S, base_key, chunk, **memory)[cfg.arch]
+
+
+def draw_weights(
+    cfg: Config, arch_names, depths, seeds_S: np.ndarray, base_key: jax.Array, chunk: int | None = None,
+    max_memory: int | None = None,
+) -> int:
+  """Draw every weight that :func:`measure_archs` with the same arguments draws once, and
+  do nothing else: the same PRNG, shapes, passes, chunks and sharded steps. Its time is
+  the sampling floor of that call.
+
+  Returns:
+    the number of normals drawn.
+  """
+  seeds_S = np.asarray(seeds_S)
+  per_layer_seed = sum(i * o for name, (i, o) in sampling.weight_shapes(cfg).items()
+                       if name in sampling.drawn_names(cfg))
+  normals = 0
+  with jax.enable_x64(cfg.dtype == "float64"):
+    for (pass_archs, pass_depths), plan in plan_passes(cfg, arch_names, depths, len(seeds_S), max_memory, chunk):
+      steps = _layer_steps(_layer_config(cfg, pass_archs[0]), pass_archs)
+      L_max = max(pass_depths)
+      for start in range(0, len(seeds_S), plan.chunk):
+        chunk_keys = _chunk_keys(sampling.seed_keys(base_key, seeds_S[start : start + plan.chunk]))
+        for l in range(1, L_max + 1):
+          jax.block_until_ready(steps.draw(chunk_keys.p_keys, jnp.int32(l), jnp.int32(L_max)))
+        normals += chunk_keys.S * L_max * per_layer_seed
+  return normals
 
 
 def _concat(results: list[DepthResult]) -> DepthResult:

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from normtheory import text
-from normtheory.config import EMBEDDING, Config
+from normtheory.config import EMBEDDING, PARAM_NAMES, Config
 from normtheory.layers import Params, embed
 
 EMBEDDING_INDEX = 2**32 - 1  # the params key's child reserved for E (layers use 1..L, the head 0)
@@ -75,11 +75,53 @@ def weight_shapes(cfg: Config) -> dict[str, tuple[int, int]]:
   return {"W_Q": (d, d), "W_K": (d, d), "W_V": (d, d), "W_O": (d, d), "W1": (d, f), "W2": (f, d)}
 
 
+def drawn_names(cfg: Config) -> tuple[str, ...]:
+  """The per-layer weights drawn at random, in ``weight_shapes`` order: all of them, but
+  W_Q and W_K only under ``attention="xavier"`` (uniform attention keeps them at 0)."""
+  return tuple(name for name in weight_shapes(cfg) if cfg.attention == "xavier" or name not in ("W_Q", "W_K"))
+
+
+def drawn_params(cfg: Config, p_key: jax.Array, layer, scale=1.0) -> Params:
+  """The drawn weights of layer ``layer`` (1-based), :func:`drawn_names`: what a kept layer holds.
+
+  Args:
+    cfg: the model.
+    p_key: the sample's params key.
+    layer: 1-based layer index (Python int or traced integer).
+    scale: multiplies the Xavier draws of W_V, W_O, W1, W2 (DeepNorm's beta; DeepNet
+      keeps W_Q and W_K at gain 1).
+
+  Returns:
+    name -> Xavier-Gaussian ``(fan_in, fan_out)`` array, for each of :func:`drawn_names`.
+  """
+  dtype = jnp.dtype(cfg.dtype)
+  layer_key = jax.random.fold_in(p_key, layer)
+  shapes = weight_shapes(cfg)
+  params = {}
+  for name in drawn_names(cfg):
+    fan_in, fan_out = shapes[name]
+    index = PARAM_NAMES.index(name)
+    draw = jax.random.normal(jax.random.fold_in(layer_key, index), (fan_in, fan_out), dtype)
+    params[name] = draw * ((1.0 if name in ("W_Q", "W_K") else scale) * xavier_std(fan_in, fan_out))
+  return params
+
+
+def with_constants(cfg: Config, drawn: Params) -> Params:
+  """A layer's full weights from its drawn ones: W_Q = W_K = 0 when not drawn, and the
+  zero biases b1, b2."""
+  dtype = jnp.dtype(cfg.dtype)
+  params = {name: drawn[name] if name in drawn else jnp.zeros(shape, dtype)
+            for name, shape in weight_shapes(cfg).items()}
+  params["b1"] = jnp.zeros((cfg.d_ff,), dtype)
+  params["b2"] = jnp.zeros((cfg.d,), dtype)
+  return params
+
+
 def layer_params(cfg: Config, p_key: jax.Array, layer, scale=1.0) -> Params:
   """The weights of layer ``layer`` (1-based) at initialization.
 
   The one place a layer's weights are drawn: the engine, the NNX reference model and
-  the depth metrics all call it.
+  the depth metrics all call it (through :func:`drawn_params`).
 
   Args:
     cfg: the model.
@@ -92,19 +134,7 @@ def layer_params(cfg: Config, p_key: jax.Array, layer, scale=1.0) -> Params:
     dict with W_Q, W_K (zeros under ``attention="uniform"``, Xavier-Gaussian under
     "xavier"), W_V, W_O, W1, W2 (Xavier-Gaussian) and b1, b2 (zeros).
   """
-  dtype = jnp.dtype(cfg.dtype)
-  layer_key = jax.random.fold_in(p_key, layer)
-  params = {}
-  for index, (name, (fan_in, fan_out)) in enumerate(weight_shapes(cfg).items()):
-    query_key = name in ("W_Q", "W_K")
-    if query_key and cfg.attention == "uniform":
-      params[name] = jnp.zeros((fan_in, fan_out), dtype)
-      continue
-    draw = jax.random.normal(jax.random.fold_in(layer_key, index), (fan_in, fan_out), dtype)
-    params[name] = draw * ((1.0 if query_key else scale) * xavier_std(fan_in, fan_out))
-  params["b1"] = jnp.zeros((cfg.d_ff,), dtype)
-  params["b2"] = jnp.zeros((cfg.d,), dtype)
-  return params
+  return with_constants(cfg, drawn_params(cfg, p_key, layer, scale))
 
 
 def head_params(cfg: Config, p_key: jax.Array) -> Params:

@@ -113,24 +113,32 @@ def _out_of_memory(error: Exception) -> bool:
 
 
 def run_pass(
-    p: Pass, base_key: jax.Array, chunk: int | None, warn: Callable[[str], None] = print
+    p: Pass, base_key: jax.Array, chunk: int | None, warn: Callable[[str], None] = print,
+    max_memory: int | None = None, redraw: bool = False,
 ) -> list[GradNorms]:
   """Measure one pass; one GradNorms per cell of ``p.cells``.
 
-  An out-of-memory error halves the seed chunk and retries (saying so through
-  ``warn``) until a chunk of one seed fails too.
+  ``chunk``, ``max_memory`` and ``redraw`` are :func:`normtheory.engine.measure_archs`'s.
+  An out-of-memory error halves the memory budget and the seed chunk and retries
+  (saying so through ``warn``) until a call of one seed that keeps no weights fails too.
   """
   seeds_S = np.asarray(p.seeds)
-  chunk = len(seeds_S) if chunk is None else min(chunk, len(seeds_S))
+  chunk = None if chunk is None else min(chunk, len(seeds_S))
+  budget = engine.default_max_memory() if max_memory is None else max_memory
   while True:
+    plans = [plan for _, plan in engine.plan_passes(p.base, p.archs, p.depths, len(seeds_S), budget, chunk, redraw)]
     try:
-      by_arch = engine.measure_archs(p.base, p.archs, p.depths, seeds_S, base_key, chunk)
+      by_arch = engine.measure_archs(p.base, p.archs, p.depths, seeds_S, base_key, chunk, max_memory=budget,
+                                     redraw=redraw)
       break
     except Exception as error:  # noqa: BLE001 - only out-of-memory is retried
-      if not _out_of_memory(error) or chunk == 1:
+      if not _out_of_memory(error) or all(plan.chunk == 1 and not plan.kept_layers for plan in plans):
         raise
-      warn(f"out of memory with {chunk} seeds per call ({p.base.loss}, d={p.base.d}); retrying with {chunk // 2}")
-      chunk //= 2
+      seeds_per_call = max(plan.chunk for plan in plans)
+      chunk = max(1, seeds_per_call // 2)
+      budget //= 2
+      warn(f"out of memory with {seeds_per_call} seeds per call ({p.base.loss}, d={p.base.d}); "
+           f"retrying with {chunk} and a memory budget of {budget / 2**30:.3g} GiB")
   return [
       GradNorms.from_depth_result(dataclasses.replace(p.base, arch=arch, L=L), seeds_S, by_arch[arch][L])
       for arch in p.archs
@@ -170,6 +178,8 @@ def run(
     on_cells: Callable[[int], None] = lambda k: None,
     depth: bool = False,
     warn: Callable[[str], None] = print,
+    max_memory: int | None = None,
+    redraw: bool = False,
 ) -> list[Failure]:
   """Measure every pass and append it to the store; ``on_cells(k)`` after each pass of k cells.
 
@@ -181,10 +191,12 @@ def run(
     passes: from :func:`plan`.
     store: the results store to append to.
     base_key: the base PRNG key (seed s samples from ``fold_in(base_key, s)``).
-    chunk: seeds per compiled engine call.
+    chunk: seeds per compiled engine call (None: from the memory budget).
     on_cells: progress callback.
     depth: also compute and store the effective-depth metrics of every measured cell.
     warn: where warnings go (out-of-memory retries, non-finite values, failures).
+    max_memory: bytes one engine call may hold (None: the engine's default, from free memory).
+    redraw: draw the weights again in the backward pass instead of keeping them (same numbers).
 
   Returns:
     the passes that failed.
@@ -193,7 +205,7 @@ def run(
   for p in passes:
     start = time.perf_counter()
     try:
-      results = run_pass(p, base_key, chunk, warn)
+      results = run_pass(p, base_key, chunk, warn, max_memory, redraw)
       metrics = pass_depth_metrics(results, base_key) if depth else None
     except Exception as error:  # noqa: BLE001 - reported, and the exit status says so
       cells = sorted((arch, p.base.loss, p.base.d, L) for arch, L in p.cells)

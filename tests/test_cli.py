@@ -184,6 +184,8 @@ def test_failed_write_leaves_the_previous_file_intact(tmp_path, monkeypatch):
         (["--inputs", "text", "--vocab", "1000"], "--vocab"),
         (["--batch", "0"], "--batch"),
         (["--preset", "huge"], "--preset"),
+        (["--max-memory", "lots"], "--max-memory"),
+        (["--max-memory", "0"], "--max-memory"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_naming_the_flag_and_writes_nothing(tmp_path, capsys, flag_args, flag):

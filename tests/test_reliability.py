@@ -34,11 +34,11 @@ def test_out_of_memory_halves_the_chunk_and_retries(tmp_path, monkeypatch, capsy
   """A RESOURCE_EXHAUSTED error on a chunk retries with half the chunk, says so, and stores the same numbers."""
   calls = []
 
-  def flaky(cfg, archs, depths, seeds, key, chunk=None):
+  def flaky(cfg, archs, depths, seeds, key, chunk=None, **memory):
     calls.append(chunk)
     if chunk > 1:
       raise RuntimeError("RESOURCE_EXHAUSTED: out of memory allocating 1 TiB (simulated)")
-    return real_measure_archs(cfg, archs, depths, seeds, key, chunk)
+    return real_measure_archs(cfg, archs, depths, seeds, key, chunk, **memory)
 
   assert cli.main([*TINY, "--out", str(tmp_path / "clean"), "--chunk", "2"]) == 0
   monkeypatch.setattr(engine, "measure_archs", flaky)
@@ -53,10 +53,10 @@ def test_out_of_memory_halves_the_chunk_and_retries(tmp_path, monkeypatch, capsy
 def test_failed_cells_exit_1_after_storing_every_other_cell(tmp_path, monkeypatch, capsys):
   """A pass that raises is reported; the other cells are stored; the process exits non-zero."""
 
-  def broken_for_d16(cfg, archs, depths, seeds, key, chunk=None):
+  def broken_for_d16(cfg, archs, depths, seeds, key, chunk=None, **memory):
     if cfg.d == 16:
       raise FloatingPointError("simulated failure")
-    return real_measure_archs(cfg, archs, depths, seeds, key, chunk)
+    return real_measure_archs(cfg, archs, depths, seeds, key, chunk, **memory)
 
   monkeypatch.setattr(engine, "measure_archs", broken_for_d16)
   out = tmp_path / "partial"
@@ -72,8 +72,8 @@ def test_nonfinite_norms_are_flagged_never_averaged(tmp_path, monkeypatch, capsy
   """A NaN norm is stored as NaN, warned about, listed in meta.json, shown as NON-FINITE in the summary,
   and left out of the fits (with a count)."""
 
-  def with_nan(cfg, archs, depths, seeds, key, chunk=None):
-    out = real_measure_archs(cfg, archs, depths, seeds, key, chunk)
+  def with_nan(cfg, archs, depths, seeds, key, chunk=None, **memory):
+    out = real_measure_archs(cfg, archs, depths, seeds, key, chunk, **memory)
     if cfg.d == 8:
       out["pre"][2].grad_norms["W2"][0, -1] = np.nan
     return out

@@ -1,4 +1,5 @@
-"""Seeds sharded over devices give bit-for-bit the same per-seed norms as one device."""
+"""Seeds sharded over devices give bit-for-bit the same per-seed norms as one device, whether the
+weights are kept for the backward pass, partly kept or drawn again."""
 
 import os
 import subprocess
@@ -12,8 +13,17 @@ import sys, jax, numpy as np
 from normtheory import engine, prng
 from normtheory.config import Config
 assert jax.local_device_count() == int(sys.argv[2]), jax.devices()
-r = engine.measure_archs(Config(d=16, n=4), ("pre", "deepnorm"), [2, 3], np.arange(5), prng.make_key(0, "threefry2x32"))
-np.save(sys.argv[1], np.stack([r[a][L].grad_norms[w][:, :2] for a in r for L in (2, 3) for w in ("W2", "W_V")]))
+key = prng.make_key(0, "threefry2x32")
+cfg = Config(d=16, n=4)
+need = engine.seed_bytes(cfg, ("pre",), [2, 3])
+one_layer = 4 * (need.fixed + need.per_kept_layer)  # 4 seeds per call (padded to the devices) keep one layer
+runs = [engine.measure_archs(cfg, ("pre", "deepnorm"), [2, 3], np.arange(5), key, **memory)
+        for memory in ({}, {"redraw": True}, {"chunk": 4, "max_memory": one_layer})]
+stack = [r[a][L].grad_norms[w][:, :2] for r in runs for a in r for L in (2, 3) for w in ("W2", "W_V")]
+text = Config(d=16, n=4, loss="xent", inputs="text", tied=True)  # one seed per device: differed in the last bit
+r = engine.measure_archs(text, ("sandwich",), [2], np.arange(2), key, chunk=2)
+stack += [r["sandwich"][2].grad_norms[w][:, :2] for w in ("W2", "W_V", "E")]
+np.save(sys.argv[1], np.concatenate([a.ravel() for a in stack]))
 """
 
 
@@ -26,8 +36,10 @@ def _norms_with_devices(tmp_path, devices: int) -> np.ndarray:
 
 @pytest.mark.slow
 def test_four_devices_equal_one_device_with_uneven_seeds(tmp_path):
-  """5 seeds on 4 forced CPU devices (padded to 8) equal 5 seeds on 1 device exactly; padding never leaks."""
+  """5 seeds on 4 forced CPU devices (padded to 8) equal 5 seeds on 1 device exactly, with the weights
+  kept, redrawn, or kept for one layer with 4 seeds per call; 2 text samples in one call, one per device,
+  equal both in one device's loop; padding never leaks."""
   one = _norms_with_devices(tmp_path, 1)
   four = _norms_with_devices(tmp_path, 4)
-  assert one.shape == four.shape == (8, 5, 2)  # (arch x depth x param, seeds, first two layers)
+  assert one.shape == four.shape == (3 * 8 * 5 * 2 + 2 * 2 * 2 + 2,)  # (mode x arch x depth x param) x seeds x layers, text
   np.testing.assert_array_equal(one, four)

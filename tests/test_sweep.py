@@ -86,8 +86,8 @@ def test_measure_grid_warns_about_non_finite_values_and_keeps_them(tiny_grid, mo
   """A NaN from the engine is returned as measured (never dropped) and reported as a RuntimeWarning."""
   real = engine.measure_archs
 
-  def with_nan(cfg, archs, depths, seeds, key, chunk=None):
-    out = real(cfg, archs, depths, seeds, key, chunk)
+  def with_nan(cfg, archs, depths, seeds, key, chunk=None, **memory):
+    out = real(cfg, archs, depths, seeds, key, chunk, **memory)
     if cfg.d == 8:
       out["pre"][2].grad_norms["W2"][0, -1] = np.nan
     return out

@@ -1,0 +1,175 @@
+"""Each weight drawn once: keeping the forward pass's weights for the backward pass changes no bit.
+
+The engine keeps the weights it draws in the forward pass when the memory budget allows
+(:func:`normtheory.engine.plan_memory`), keeps some layers when it does not, and
+``redraw=True`` draws every layer again in the backward pass (the path before weights
+were kept). All three, for every chunk size, give bit for bit the same numbers; the
+budget arithmetic is checked on its own, without compiling anything.
+"""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import normtheory as nt
+from normtheory import cli, engine, prng, sampling
+from normtheory.config import Config, preset
+
+KEY = prng.make_key(0, "threefry2x32")
+
+
+def _budget_keeping(cfg, archs, depths, chunk, layers):
+  """A budget under which a call of ``chunk`` seeds keeps exactly ``layers`` layers."""
+  need = engine.seed_bytes(cfg, archs, depths)
+  return engine._padded(chunk) * (need.fixed + layers * need.per_kept_layer)
+
+
+def _assert_same(a, b, label):
+  for arch, by_depth in a.items():
+    for L, r in by_depth.items():
+      s = b[arch][L]
+      for name, g in r.grad_norms.items():
+        np.testing.assert_array_equal(s.grad_norms[name], g, err_msg=f"{label}: {arch} L={L} {name}")
+      for field in ("sq_norms", "ln_jacobian", "ln_jacobian_final", "loss"):
+        np.testing.assert_array_equal(getattr(s, field), getattr(r, field), err_msg=f"{label}: {arch} L={L} {field}")
+
+
+CASES = {
+    # Theorem 1's model, the two archs of the default sweep and ResiDual's two streams
+    "paper": (Config(d=8, n=4), ("post", "pre", "residual"), (1, 3)),
+    # every relaxation at once: Xavier attention, heads, text through E with a tied read-out, a batch
+    "realistic": (Config(d=16, n=4, loss="xent", batch=2, tied=True, **preset("realistic")),
+                  ("sandwich", "residual"), (1, 3)),
+    # the depth-dependent archs (one pass per depth, DeepNorm's beta on the kept draws), xent read-out
+    "depth_dependent": (Config(d=8, n=4, loss="xent", vocab=11, attention="xavier", heads=2),
+                        ("deepnorm", "mixln", "lns"), (2, 3)),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", CASES)
+def test_kept_partly_kept_and_redrawn_weights_give_the_same_bits(case):
+  """Keeping every layer (one call), keeping one layer of three with one seed per call, and redrawing
+  every layer with 2 seeds per call give bit-identical norms, hidden norms, LN Jacobians and losses."""
+  cfg, archs, depths = CASES[case]
+  seeds = np.arange(3)
+  kept = engine.measure_archs(cfg, archs, depths, seeds, KEY, max_memory=engine.UNLIMITED)
+  assert all(plan.kept_layers == max(p.depths) and plan.chunk == 3
+             for p, plan in engine.plan_passes(cfg, archs, depths, 3, engine.UNLIMITED))
+  budget = max(_budget_keeping(cfg, p.archs, p.depths, 1, 1) for p in engine.passes_for(archs, depths))
+  assert {plan.kept_layers for _, plan in engine.plan_passes(cfg, archs, depths, 3, budget, chunk=1)} >= {1}
+  partly = engine.measure_archs(cfg, archs, depths, seeds, KEY, chunk=1, max_memory=budget)
+  redrawn = engine.measure_archs(cfg, archs, depths, seeds, KEY, chunk=2, redraw=True)
+  _assert_same(kept, partly, "one layer kept, chunk 1")
+  _assert_same(kept, redrawn, "redrawn, chunk 2")
+
+
+@pytest.mark.slow
+def test_partly_kept_float64_equals_the_reference_path():
+  """ResiDual in float64 with the bottom layer's weights kept and the others redrawn equals jax.grad of
+  the NNX model to 1e-10 (the engine's reference test, on the mixed path)."""
+  cfg = Config(arch="residual", d=6, L=3, n=3, d_ff=5, dtype="float64")
+  ref = nt.grad_norms(cfg, seeds=2, key=1, method="reference")
+  budget = _budget_keeping(cfg, ("residual",), (3,), 2, 1)
+  assert engine.plan_memory(cfg, ("residual",), (3,), 2, budget, chunk=2) == engine.MemoryPlan(2, 1)
+  fast = engine.measure_depths(cfg, [3], np.arange(2), prng.make_key(1), chunk=2, max_memory=budget)[3]
+  for name in nt.PARAM_NAMES:
+    np.testing.assert_allclose(fast.grad_norms[name], ref.grad_norm[name], rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.slow
+def test_a_device_with_one_seed_computes_it_like_a_device_with_several():
+  """Text read through a tied embedding, Sandwich-LN: one seed per call equals three per call bit for
+  bit (a loop over one seed is compiled differently unless the engine prevents it; this case used to
+  differ in the last bit)."""
+  cfg = Config(d=16, n=4, loss="xent", inputs="text", tied=True)
+  one = engine.measure_archs(cfg, ("sandwich",), [2], np.arange(2), KEY, chunk=1)
+  both = engine.measure_archs(cfg, ("sandwich",), [2], np.arange(2), KEY, chunk=2)
+  _assert_same(both, one, "chunk 1 vs 2")
+
+
+@pytest.mark.slow
+def test_draw_weights_counts_every_distinct_weight_once():
+  """The sampling floor draws seeds x L_max x the drawn matrices of every pass: 4 d x d-sized
+  matrices per layer under uniform attention, 6 under Xavier attention; DeepNorm (one pass per depth)
+  draws its layers once per depth."""
+  d, f = 8, 12
+  uniform = Config(d=d, d_ff=f, n=4)
+  assert engine.draw_weights(uniform, ("post", "pre"), (1, 3), np.arange(3), KEY) == 3 * 3 * (2 * d * d + 2 * d * f)
+  xavier = dataclasses.replace(uniform, attention="xavier")
+  assert engine.draw_weights(xavier, ("deepnorm",), (1, 3), np.arange(2), KEY) == 2 * (1 + 3) * (4 * d * d + 2 * d * f)
+
+
+def test_drawn_params_are_the_random_part_of_layer_params():
+  """layer_params = with_constants(drawn_params): the drawn matrices are the same arrays, and the rest
+  (W_Q = W_K = 0 under uniform attention, the biases) are zeros."""
+  for attention, drawn in [("uniform", ("W_V", "W_O", "W1", "W2")), ("xavier", nt.PARAM_NAMES)]:
+    cfg = Config(d=8, d_ff=12, attention=attention)
+    p_key = sampling.params_key(jax.random.key(3))
+    assert sampling.drawn_names(cfg) == drawn
+    full, part = sampling.layer_params(cfg, p_key, 2, 0.5), sampling.drawn_params(cfg, p_key, 2, 0.5)
+    assert set(part) == set(drawn)
+    for name, value in full.items():
+      expected = part[name] if name in part else np.zeros_like(value)
+      np.testing.assert_array_equal(value, expected, err_msg=name)
+
+
+# The budget arithmetic: no compilation, so hypothesis can try many budgets.
+PLAN_CFG = Config(d=64, d_ff=96, n=16)
+PLAN_DEPTHS = (6, 12, 24)
+
+
+@settings(max_examples=200, deadline=None)
+@given(budget=st.integers(1, 2**28), seeds=st.integers(1, 20), fixed_chunk=st.none() | st.integers(1, 20))
+def test_plan_fits_the_budget_and_keeps_as_much_as_fits(budget, seeds, fixed_chunk):
+  """A plan holds at most the budget (unless one seed without kept weights already exceeds it: then one
+  seed, nothing kept); keeping one more layer would exceed it; with every layer kept, one call fewer
+  would exceed it; a fixed chunk is kept as given (at most the seed count)."""
+  need = engine.seed_bytes(PLAN_CFG, ("post", "pre"), PLAN_DEPTHS)
+  L_max = max(PLAN_DEPTHS)
+  plan = engine.plan_memory(PLAN_CFG, ("post", "pre"), PLAN_DEPTHS, seeds, budget, fixed_chunk)
+  held = lambda chunk, kept: engine._padded(chunk) * (need.fixed + kept * need.per_kept_layer)
+  assert 1 <= plan.chunk <= seeds and 0 <= plan.kept_layers <= L_max
+  if fixed_chunk is not None:
+    assert plan.chunk == min(fixed_chunk, seeds)
+  if held(plan.chunk, plan.kept_layers) > budget:
+    assert plan.kept_layers == 0 and (plan.chunk == 1 or fixed_chunk is not None)
+    return
+  if plan.kept_layers < L_max:
+    assert held(plan.chunk, plan.kept_layers + 1) > budget
+  elif fixed_chunk is None and plan.chunk < seeds:
+    calls = -(-seeds // plan.chunk)
+    assert held(-(-seeds // (calls - 1)), L_max) > budget
+
+
+def test_plan_examples_at_d512():
+  """The issue's sizes: one seed's 96 layers at d = 512 are 4 x 512² x 4 B x 96 = 403 MB; 2 GiB keep
+  every layer of 4 seeds per call (at most 5 fit: two even calls), 256 MiB keep 58 layers of one seed,
+  1 MiB keep none; redraw keeps none and fits all 8 seeds."""
+  cfg, archs, depths = Config(d=512), ("post", "pre"), (6, 12, 24, 48, 96)
+  need = engine.seed_bytes(cfg, archs, depths)
+  assert need.per_kept_layer * 96 == 4 * 512**2 * 4 * 96
+  plan = lambda budget, **kw: engine.plan_memory(cfg, archs, depths, 8, budget, **kw)
+  if jax.local_device_count() == 1:
+    assert plan(2 * 2**30) == (4, 96)
+    assert plan(2**28) == (1, (2**28 - need.fixed) // need.per_kept_layer)
+  assert plan(2**20).kept_layers == 0
+  assert plan(2 * 2**30, redraw=True) == (8, None)
+
+
+@pytest.mark.slow
+def test_memory_flags_store_the_same_numbers(tiny_store, tiny_argv, tmp_path):
+  """--redraw, and a --max-memory that keeps some layers with one seed per call, store the same grad
+  norms as the default sweep (the tiny store), and meta.json records the budget and the switch."""
+  for flags in (["--redraw"], ["--max-memory", "40K", "--chunk", "1"]):
+    out = tmp_path / flags[0].strip("-")
+    assert cli.main([*tiny_argv, *flags, "--out", str(out)]) == 0
+    assert (out / "grad_norms.csv").read_text() == (tiny_store / "grad_norms.csv").read_text(), flags
+    run = nt.load(out).meta["runs"][-1]
+    assert run["redraw"] == (flags[0] == "--redraw")
+    if flags[0] == "--max-memory":
+      assert run["max_memory"] == 40 * 1024
