@@ -52,12 +52,13 @@ def command(setting: str, out: pathlib.Path, args: argparse.Namespace) -> list[s
 
 
 def summary(setting: str, store: pathlib.Path, fits: dict) -> list[str]:
-  """Lines for one setting: power-law γ and α per arch, Post/Pre ratio at the deepest L, mean-field scope."""
+  """Lines for one setting: power-law γ and α and the one-sided bound verdict per arch, Post/Pre ratio at
+  the deepest L, mean-field scope."""
   lines = [f"{setting}:"]
   for s in fits["series"]:
     p = s["power_law"]
     text = ", ".join(f"{k} = {fit._fmt(p[k])}" for k in ("gamma", "alpha") if k in p)
-    lines.append(f"  {s['arch']}: {text}")
+    lines.append(f"  {s['arch']}: {text}; {fit.bound_verdict(s)}")
   grad = schema.read_table(store, schema.GRAD_FILE)
   last = grad[(grad["param"] == "W2") & (grad["layer"] == grad["L"]) & (grad["L"] == grad["L"].max())]
   means = last.groupby(["arch", "d"])["grad_norm"].mean()

@@ -127,6 +127,21 @@ def test_pre_falling_slower_than_the_bound_is_a_violation_with_its_miss():
   assert f"pre: VIOLATES Theorem 1's bound on this grid (gamma by {g['miss']:.3g}" in text
 
 
+def test_outside_the_theorems_assumptions_a_miss_is_the_shape_failing_not_a_violation():
+  """The same γ = 0.3 series measured on text inputs: the checks and their numbers are the same, but
+  Theorem 1 says nothing there, so the verdict names the relaxed assumption and says its bound's shape
+  FAILS, never that the theorem is violated."""
+  fits = fit.fit_frame(synthetic(lambda d, L: d * np.sqrt(np.log(d)) * L**-0.3, inputs="text"), n_boot=200)
+  s = series(fits, "pre")
+  assert fit.relaxed_assumptions(s) == ["inputs=text"]
+  g = check(fits, "pre", "gamma")
+  assert g["status"] == "violated"
+  text = fit.report(fits)
+  assert (f"pre: outside Theorem 1's assumptions (inputs=text): its bound's shape FAILS on this grid "
+          f"(gamma by {g['miss']:.3g}") in text
+  assert "VIOLATE" not in text
+
+
 def test_xent_grid_with_falling_envelope_is_not_a_violation():
   """An xent series whose d-exponent is below 1 (the V×d read-out scales the cotangent by about
   sqrt(2/(V+d))) and γ = ½: every envelope slope is <= 0, so nothing is a violation, although α lies
