@@ -3,9 +3,10 @@
 A training step sees the gradient of the loss averaged over B sequences that share
 the weights. For the linear loss with independent zero-mean targets the B
 per-sequence gradients are uncorrelated, so ``E||g_B||² = E||g_1||²/B``: the norm
-falls like ``1/√B``. For cross-entropy each per-sequence gradient has a part that
-does not average out (the softmax of shared weights is not uniform), so the norm
-falls like ``1/√B`` only down to a floor. One store per B::
+falls like ``1/√B``. For cross-entropy the per-sequence gradients may share a part
+that does not average out (the softmax of shared weights is not uniform), which would
+put a floor under ``1/√B`` at large B; the table shows whether one is visible on the
+grid measured. One store per B::
 
   python experiments/batch_scaling.py --out results/batch
 

@@ -111,7 +111,8 @@ def test_lemma2_pre_bounds_hold_and_correlation_pushes_to_the_upper_one(measured
   shared attention vector and the ReLU's positive mean) and A -> d; the correlated
   mean-field recursion gets it within 10%, and predicts how far up the band it sits.
   """
-  sq_per_d_L = measured["pre"][96].sq_norms.mean(0) / D  # entering layer l+1 = after l layers
+  sq_all = measured["pre"][96].sq_norms.mean(0) / D  # (97,): entering layers 1..96, then leaving layer 96
+  sq_per_d_L = sq_all[:96]  # entering layer l+1 = after l layers
   l_L = np.arange(96)
   lower_L, upper_L = theory.pre_sq_norm_bounds(D, l_L)
   assert (sq_per_d_L >= 0.98 * lower_L / D).all()
@@ -125,6 +126,10 @@ def test_lemma2_pre_bounds_hold_and_correlation_pushes_to_the_upper_one(measured
   predicted_band_L = (predicted_L - lower_L / D) / ((upper_L - lower_L) / D + 1e-12)
   assert abs(band_L[-1] - predicted_band_L[-1]) < 0.05
   assert band_L[-1] > 0.8
+  # the state leaving the last layer (hidden layer L + 1) is inside the band of l = 96, as the mean field says
+  (lower,), (upper,) = theory.pre_sq_norm_bounds(D, np.array([96]))
+  assert 0.98 * lower / D <= sq_all[96] <= upper / D
+  np.testing.assert_allclose(theory.mean_field("pre", D, 96, N)["final_sq_norm_per_d"], sq_all[96], rtol=0.10)
 
 
 # --- The mean-field predictor against the engine ---------------------------------
@@ -146,7 +151,7 @@ def test_mean_field_last_layer_w2(measured, arch, L):
 def test_mean_field_sq_norm(measured, arch, L):
   """Mean over 8 seeds of E||x_L||²/d entering the last layer within 10% of the mean field
   (measured error <= 4%)."""
-  sampled = float(measured[arch][L].sq_norms[:, -1].mean()) / D
+  sampled = float(measured[arch][L].sq_norms[:, L - 1].mean()) / D
   assert _rel_err(theory.mean_field(arch, D, L, N)["sq_norm_per_d"][-1], sampled) < 0.10
 
 
