@@ -124,11 +124,7 @@ def layer_params(cfg: Config, p_key: jax.Array, layer, scale=1.0) -> Params:
   the depth metrics all call it (through :func:`drawn_params`).
 
   Args:
-    cfg: the model.
-    p_key: the sample's params key.
-    layer: 1-based layer index (Python int or traced integer).
-    scale: multiplies the Xavier draws of W_V, W_O, W1, W2 (DeepNorm's beta; DeepNet
-      keeps W_Q and W_K at gain 1).
+    cfg, p_key, layer, scale: as :func:`drawn_params`.
 
   Returns:
     dict with W_Q, W_K (zeros under ``attention="uniform"``, Xavier-Gaussian under
