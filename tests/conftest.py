@@ -1,9 +1,9 @@
 """Shared fixtures, and the two test tiers.
 
 ``pytest -q`` runs every test (what ``.ci/run`` calls). ``pytest -q -m "not slow"`` is
-the fast tier: every module keeps at least one fast test, and the long ones (fresh
-interpreters, the notebook, forced multi-device runs, d = 256 / L = 96 models,
-training) carry ``@pytest.mark.slow`` (the marker is registered in pyproject.toml).
+the fast tier: the long tests (fresh interpreters, two-process runs, the notebook,
+forced multi-device runs, Flax-built models, d = 256 / L = 96 models, training) carry
+``@pytest.mark.slow`` (the marker is registered in pyproject.toml).
 
 The whole session uses the sweep CLI's persistent compilation cache
 (``~/.cache/normtheory/xla``): a cold cache compiles every program once, a warm one

@@ -10,7 +10,7 @@ import pathlib
 
 import pytest
 
-from normtheory import schema
+from normtheory import cli, schema
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -50,3 +50,26 @@ def test_two_settings_run_into_their_stores_and_draw_the_figures(tmp_path, capsy
   assert "mean field: does not apply: the mean field predicts the gradient for the linear loss only" in text
   assert "with xavier attention the weights depend on the inputs" in text
   assert "python experiments/grad_scaling.py --arch post,pre --loss xent --vocab 256" in text
+
+
+def test_each_setting_is_the_common_flags_plus_the_one_it_relaxes(tmp_path):
+  """Every setting's command is COMMON (the shared xent read-out) + the grid + its own flags + its own store;
+  the sweep CLI accepts each, and they differ from the paper setting only in attention, heads, inputs,
+  tied or batch."""
+  module = _assumptions()
+  args = module.parse(["--out", str(tmp_path), "--d", "64,128", "--L", "6,12", "--seeds", "2"])
+  fields = ("attention", "heads", "inputs", "tied", "batch")
+  parsed = {}
+  for setting in module.SETTINGS:
+    argv = module.command(setting, tmp_path, args)
+    assert argv[:len(module.COMMON)] == module.COMMON and argv[-2:] == ["--out", str(tmp_path / setting)]
+    p = cli.parse(argv)
+    parsed[setting] = {f: getattr(p.args, f) for f in fields} | {"loss": p.axes["loss"], "vocab": p.args.vocab}
+  assert parsed["paper"] == {"attention": "uniform", "heads": 1, "inputs": "gaussian", "tied": False, "batch": 1,
+                             "loss": ["xent"], "vocab": 256}
+  assert parsed["realistic"] | {"loss": ["xent"]} == parsed["paper"] | {"attention": "xavier", "heads": 8, "inputs": "text"}
+  for setting, relaxed in [("xavier", {"attention": "xavier"}), ("heads8", {"heads": 8}), ("text", {"inputs": "text"}),
+                           ("text-tied", {"inputs": "text", "tied": True}), ("batch8", {"batch": 8})]:
+    assert parsed[setting] == parsed["paper"] | relaxed, setting
+  with pytest.raises(SystemExit):
+    module.parse(["--settings", "paper,nonsense"])

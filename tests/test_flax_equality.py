@@ -28,7 +28,7 @@ import pytest
 from flax import nnx
 
 import normtheory as nt
-from normtheory import engine, sampling
+from normtheory import engine, layers, sampling
 from normtheory.config import PARAM_NAMES
 
 # sow_weights=True (see the module docstring) sows outside nnx.capture(), which Flax 0.12 deprecates.
@@ -141,3 +141,16 @@ def test_flax_built_models_have_the_engines_gradient_norms(heads, attention, tex
           expected = float(jnp.sqrt((flax_grads.embed.embedding[...] ** 2).sum()))
           assert got["E"][s, 0] == pytest.approx(expected, rel=1e-10), (arch, s, "E")
   assert set(measured["pre"][L].grad_norms) == set(PARAM_NAMES) | ({"E"} if text else set())
+
+
+def test_the_flax_models_positions_and_layer_norm_are_normtheorys():
+  """The two pieces the Flax-built model writes itself or configures: Vaswani's sinusoids equal
+  normtheory's ``sinusoidal_positions``, and ``nnx.LayerNorm(use_fast_variance=False)`` equals
+  ``(x - mean) / sqrt(var + eps)`` on float64 rows (gain 1, bias 0)."""
+  with jax.enable_x64(True):
+    np.testing.assert_allclose(layers.sinusoidal_positions(16, 12, jnp.float64), _positions(16, 12), rtol=1e-12, atol=1e-12)
+    x = jax.random.normal(jax.random.key(0), (N, D), jnp.float64) * 3.0 + 1.0
+    ln = nnx.LayerNorm(D, epsilon=1e-6, use_fast_variance=False, dtype=jnp.float64, param_dtype=jnp.float64,
+                       rngs=nnx.Rngs(0))
+    expected = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-6)
+    np.testing.assert_allclose(ln(x), expected, rtol=1e-12)

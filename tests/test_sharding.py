@@ -8,6 +8,9 @@ import sys
 import numpy as np
 import pytest
 
+from normtheory import engine, prng
+from normtheory.config import Config
+
 PROGRAM = """
 import sys, jax, numpy as np
 from normtheory import engine, prng
@@ -43,3 +46,13 @@ def test_four_devices_equal_one_device_with_uneven_seeds(tmp_path):
   four = _norms_with_devices(tmp_path, 4)
   assert one.shape == four.shape == (3 * 8 * 5 * 2 + 2 * 2 * 2 + 2,)  # (mode x arch x depth x param) x seeds x layers, text
   np.testing.assert_array_equal(one, four)
+
+
+def test_a_padded_last_chunk_changes_no_bit():
+  """3 seeds in calls of 2 (the last call padded with a dummy seed) equal each seed measured alone."""
+  cfg, key = Config(d=8, n=4), prng.make_key(0, "threefry2x32")
+  together = engine.measure_archs(cfg, ("pre",), (2,), np.arange(3), key, chunk=2)["pre"][2]
+  alone = [engine.measure_archs(cfg, ("pre",), (2,), np.array([s]), key, chunk=1)["pre"][2] for s in range(3)]
+  for name, g in together.grad_norms.items():
+    np.testing.assert_array_equal(g, np.concatenate([a.grad_norms[name] for a in alone]), err_msg=name)
+  np.testing.assert_array_equal(together.sq_norms, np.concatenate([a.sq_norms for a in alone]))
