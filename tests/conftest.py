@@ -1,7 +1,7 @@
 """Shared fixtures, and the two test tiers.
 
 ``pytest -q`` runs every test (what ``.ci/run`` calls). ``pytest -q -m "not slow"`` is
-the fast tier: the long tests (fresh interpreters, two-process runs, the notebook,
+the fast tier (``-n 2`` runs it on two pytest-xdist workers, one per core): the long tests (fresh interpreters, two-process runs, the notebook,
 forced multi-device runs, Flax-built models, d = 256 / L = 96 models, training) carry
 ``@pytest.mark.slow`` (the marker is registered in pyproject.toml).
 
