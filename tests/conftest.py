@@ -29,10 +29,11 @@ import shutil
 
 import jax
 import matplotlib
+import numpy as np
 import pytest
 
 import normtheory as nt
-from normtheory import cli
+from normtheory import cli, engine
 
 matplotlib.use("Agg")  # no test opens a window (normtheory itself never chooses a backend)
 # The sweep CLI's compilation cache, from the first test on (not only after the first cli.main):
@@ -83,3 +84,18 @@ def tiny_store_copy(tiny_store, tmp_path) -> pathlib.Path:
 def tiny_frames(tiny_store) -> nt.Frames:
   """``nt.load(tiny_store)``: its tables, meta and fits."""
   return nt.load(tiny_store)
+
+
+@pytest.fixture
+def nan_in_pre_w2(monkeypatch) -> None:
+  """The engine measures as usual, except that at d = 8 Pre-LN's W2 at layer 2 of L = 2 is NaN for the first
+  seed of each call (a non-finite measurement to flag, store and leave out of the fits)."""
+  real = engine.measure_archs
+
+  def with_nan(cfg, archs, depths, seeds, key, chunk=None, **memory):
+    out = real(cfg, archs, depths, seeds, key, chunk, **memory)
+    if cfg.d == 8:
+      out["pre"][2].grad_norms["W2"][0, -1] = np.nan
+    return out
+
+  monkeypatch.setattr(engine, "measure_archs", with_nan)
