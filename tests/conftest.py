@@ -99,3 +99,16 @@ def nan_in_pre_w2(monkeypatch) -> None:
     return out
 
   monkeypatch.setattr(engine, "measure_archs", with_nan)
+
+
+@pytest.fixture
+def stderr_line(capsys):
+  """Reads the one line a refused command wrote to stderr (the CLIs' bad-input contract): the test fails
+  unless there is exactly one."""
+
+  def read() -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+  return read

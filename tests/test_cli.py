@@ -188,23 +188,21 @@ def test_failed_write_leaves_the_previous_file_intact(tmp_path, monkeypatch):
         (["--max-memory", "0"], "--max-memory"),
     ],
 )
-def test_bad_input_exits_2_with_one_line_naming_the_flag_and_writes_nothing(tmp_path, capsys, flag_args, flag):
+def test_bad_input_exits_2_with_one_line_naming_the_flag_and_writes_nothing(tmp_path, stderr_line, flag_args, flag):
   """Each bad flag: exit status 2, exactly one stderr line naming the flag, no output directory created."""
   out = tmp_path / "never"
   assert cli.main([*flag_args, "--out", str(out)]) == 2
-  err = capsys.readouterr().err.strip().splitlines()
-  assert len(err) == 1 and flag in err[0], err
+  assert flag in stderr_line()
   assert not out.exists()
 
 
-def test_unwritable_out_and_settings_mismatch_exit_2(tmp_path, tiny_store, tiny_argv, capsys):
+def test_unwritable_out_and_settings_mismatch_exit_2(tmp_path, tiny_store, tiny_argv, stderr_line):
   """--out that cannot be a directory (under a regular file), or a store made with other settings:
   exit 2, one stderr line, nothing written."""
   blocker = tmp_path / "a_file"
   blocker.write_text("")
   assert cli.main(["--out", str(blocker / "sub")]) == 2
-  err = capsys.readouterr().err.strip().splitlines()
-  assert len(err) == 1 and "--out" in err[0]
+  assert "--out" in stderr_line()
   assert blocker.read_text() == ""
   before = sorted(os.listdir(tiny_store))
   assert cli.main([*tiny_argv, "--dtype", "float64", "--out", str(tiny_store)]) == 2

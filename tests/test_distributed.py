@@ -54,11 +54,10 @@ def test_a_malformed_cluster_is_refused_naming_the_flag_or_variable(flags, env, 
     (["--distributed", "--timeout", "0"], "--timeout"),
     (["--distributed", "--coordinator", "127.0.0.1"], "--coordinator"),
 ])
-def test_the_cli_refuses_a_bad_cluster_with_exit_2_and_one_line(tmp_path, capsys, argv, named):
+def test_the_cli_refuses_a_bad_cluster_with_exit_2_and_one_line(tmp_path, stderr_line, argv, named):
   out = tmp_path / "never"
   assert cli.main([*argv, "--out", str(out)]) == 2
-  err = capsys.readouterr().err.strip().splitlines()
-  assert len(err) == 1 and named in err[0], err
+  assert named in stderr_line()
   assert not out.exists()
 
 

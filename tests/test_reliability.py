@@ -155,7 +155,7 @@ CORRUPTIONS = {
 
 @pytest.mark.parametrize("name", list(CORRUPTIONS))
 def test_a_store_that_cannot_be_trusted_is_refused_with_one_line_and_left_byte_for_byte(
-    template_store, tmp_path, capsys, name):
+    template_store, tmp_path, stderr_line, name):
   """A truncated or malformed table, a meta.json that is not JSON / has no settings / is missing, or columns
   of another version: exit status 2, one stderr line naming the file, and every byte of the store unchanged
   (no lock file or temporary file left behind)."""
@@ -170,8 +170,8 @@ def test_a_store_that_cannot_be_trusted_is_refused_with_one_line_and_left_byte_f
     target.write_bytes(edited if isinstance(edited, bytes) else edited.encode())
   before = snapshot(out)
   assert cli.main([*STORE_ARGS, "--out", str(out)]) == 2
-  err = capsys.readouterr().err.strip().splitlines()
-  assert len(err) == 1 and filename in err[0] and words in err[0], err
+  line = stderr_line()
+  assert filename in line and words in line, line
   assert snapshot(out) == before
 
 
@@ -201,7 +201,7 @@ def test_a_setting_missing_from_an_old_meta_json_counts_as_its_default(tmp_path)
     store.ResultsStore(tmp_path, {k: v for k, v in settings.items() if k != "vocab"}, defaults={})
 
 
-def test_a_second_sweep_on_a_locked_store_refuses_naming_the_owner(template_store, tmp_path, capsys):
+def test_a_second_sweep_on_a_locked_store_refuses_naming_the_owner(template_store, tmp_path, stderr_line):
   """While another writer holds DIR/.lock, the CLI exits 2 with one line naming the owner's pid and the lock
   file, and writes nothing; the holder's release removes the lock file."""
   out = tmp_path / "store"
@@ -209,8 +209,8 @@ def test_a_second_sweep_on_a_locked_store_refuses_naming_the_owner(template_stor
   with store.StoreLock(out):
     before = snapshot(out)
     assert cli.main([*STORE_ARGS, "--out", str(out)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and f"pid {os.getpid()}" in err[0] and ".lock" in err[0], err
+    line = stderr_line()
+    assert f"pid {os.getpid()}" in line and ".lock" in line, line
     assert snapshot(out) == before
   assert not (out / ".lock").exists()
 
@@ -260,7 +260,7 @@ def test_a_lock_in_a_new_directory_leaves_nothing_when_released(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_sweeps_started_on_one_store_the_second_refuses(tmp_path, capsys):
+def test_two_sweeps_started_on_one_store_the_second_refuses(tmp_path, stderr_line):
   """A real sweep in another process holds the lock: a second sweep on the same --out exits 2 naming that
   process, and the first completes undisturbed."""
   out = tmp_path / "store"
@@ -272,8 +272,7 @@ def test_two_sweeps_started_on_one_store_the_second_refuses(tmp_path, capsys):
       time.sleep(0.01)
     assert first.poll() is None, "the first sweep ended before it could be raced"
     assert cli.main([*STORE_ARGS, "--out", str(out)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and f"pid {first.pid}" in err[0], err
+    assert f"pid {first.pid}" in stderr_line()
     assert first.wait(timeout=600) == 0, first.stderr.read()
   finally:
     if first.poll() is None:
@@ -327,15 +326,14 @@ FIGURE_STORES = {
 
 @pytest.mark.parametrize("name", list(FIGURE_STORES))
 def test_make_figures_on_an_empty_missing_or_partial_store_exits_2_and_writes_nothing(
-    template_store, tmp_path, capsys, name):
+    template_store, tmp_path, stderr_line, name):
   """make_figures.py on a store it cannot draw: exit status 2, one stderr line, and no figure folder."""
   results = tmp_path / "store"
   shutil.copytree(template_store, results)
   damage, words = FIGURE_STORES[name]
   damage(results)
   assert _make_figures().main(["--results", str(results), "--out", str(tmp_path / "figs"), "--n-boot", "10"]) == 2
-  err = capsys.readouterr().err.strip().splitlines()
-  assert len(err) == 1 and words in err[0], err
+  assert words in stderr_line()
   assert not (tmp_path / "figs").exists()
 
 

@@ -176,12 +176,11 @@ def _warmup_script():
 
 
 @pytest.mark.parametrize("flag", [["--L", "0"], ["--steps", "0"], ["--arch", "nope"], ["--lr", "-1"], ["--bogus"]])
-def test_cli_bad_input_returns_2_with_one_line_and_writes_nothing(flag, tmp_path, capsys):
+def test_cli_bad_input_returns_2_with_one_line_and_writes_nothing(flag, tmp_path, stderr_line):
   """experiments/warmup.py's main rejects bad input: status 2, one stderr line naming the script, no files."""
   out = tmp_path / "out"
   assert _warmup_script().main([*flag, "--out", str(out / "w.csv"), "--figures", str(out)]) == 2
-  err = capsys.readouterr().err.strip().splitlines()
-  assert len(err) == 1 and err[0].startswith("warmup.py: error: "), err
+  assert stderr_line().startswith("warmup.py: error: ")
   assert not out.exists()
 
 
