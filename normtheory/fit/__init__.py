@@ -77,7 +77,7 @@ from normtheory.fit.estimators import (
     summarize,
 )
 from normtheory.fit.readers import read_depth_metrics, read_grad_norms, read_hidden_norms, read_ln_jacobian
-from normtheory.fit.reporting import _fmt, report, table
+from normtheory.fit.reporting import _fmt, report, short_report, table
 from normtheory.fit.series import (
     SERIES_DEFAULTS,
     SERIES_KEYS,

@@ -1,4 +1,4 @@
-"""The fits as words and as a tidy table: the CLI's verdict text (:func:`report`) and :func:`table`.
+"""The fits as words and as a tidy table: the verdict text (:func:`report`, :func:`short_report`), :func:`table`.
 
 References:
   Xiong et al. 2020, "On Layer Normalization in the Transformer Architecture",
@@ -7,6 +7,8 @@ References:
 
 from __future__ import annotations
 
+import pathlib
+
 import numpy as np
 import pandas as pd
 
@@ -14,7 +16,7 @@ from normtheory import theory
 from normtheory.fit.estimators import CI_LEVEL
 from normtheory.fit.series import SERIES_KEYS, _extras, series_name
 from normtheory.fit.verdicts import AT_LIMIT, VIOLATED, bound_verdict, relaxed_assumptions
-from normtheory.schema import CELL_COLUMNS
+from normtheory.schema import CELL_COLUMNS, FITS_FILE
 
 
 def table(fits: dict) -> pd.DataFrame:
@@ -198,14 +200,8 @@ def _ratio_lines(r: dict) -> list[str]:
   return lines
 
 
-def report(fits: dict) -> str:
-  """Plain-text verdict of :func:`fit_frame`'s result, one block per series and per Post/Pre pair.
-
-  The bound (Theorem 1's one-sided claim: holds / holds at the limit / VIOLATED) and
-  the tightness (whether the exponents equal the theorem's, and the mean field's on
-  the same cells) are separate lines; tightness is never a violation.
-  """
-  meta = fits["meta"]
+def _title_lines(meta: dict) -> list[str]:
+  """What was fitted and what the CIs cover, and a warning if non-finite values were left out."""
   layer = "the last layer L" if meta["layer"] == "L" else f"layer {meta['layer']}"
   title = "Theorem 1 on the grid" if meta["theorem"] else "Descriptive fits (Theorem 1 concerns W2 at layer L)"
   lines = [
@@ -214,11 +210,64 @@ def report(fits: dict) -> str:
   ]
   if meta.get("dropped_nonfinite"):
     lines.append(f"  WARNING: {meta['dropped_nonfinite']} non-finite values were left out of these fits.")
+  return lines
+
+
+def report(fits: dict) -> str:
+  """Plain-text verdict of :func:`fit_frame`'s result, one block per series and per Post/Pre pair.
+
+  The bound (Theorem 1's one-sided claim: holds / holds at the limit / VIOLATED) and
+  the tightness (whether the exponents equal the theorem's, and the mean field's on
+  the same cells) are separate lines; tightness is never a violation.
+  """
+  meta = fits["meta"]
+  lines = _title_lines(meta)
   for s in fits["series"]:
     lines.extend(_series_lines(s, meta["theorem"]))
   for r in fits["ratios"]:
     lines.extend(_ratio_lines(r))
   lines.extend(_effective_depth_lines(fits.get("effective_depth", [])))
+  return "\n".join(lines)
+
+
+def _short_bound_line(s: dict) -> str:
+  """``series: <bound_verdict>; gamma = x [lo, hi] (<its claim>).`` (the power law's gamma where it has no check)."""
+  gamma = next((c for c in s["checks"] if c["name"] == "gamma"), None)
+  if gamma is not None:
+    exponent = f"gamma = {_fmt(gamma)} ({gamma['claim']})"
+  else:
+    exponent = f"gamma = {_fmt(s['power_law']['gamma'])}" if "gamma" in s["power_law"] else "one depth"
+  return f"{series_name(s)}: {bound_verdict(s)}; {exponent}."
+
+
+def short_report(fits: dict) -> str:
+  """The sweep CLI's default verdict text: per series its bound and tightness, the Post/Pre ratio, where the rest is.
+
+  Every line is built by the same code as :func:`report`'s (the verdicts' words are
+  the same): :func:`report`'s title (and non-finite warning), then per series one line
+  with :func:`bound_verdict` and the depth exponent gamma with its CI and claim, and
+  its gamma tightness line; per Post/Pre pair the ratio's first line; and one line
+  naming where the rest is (``fits.json``, and ``--report full`` for :func:`report`'s text).
+
+  Args:
+    fits: :func:`fit_frame`'s (or :func:`fit_store`'s) result.
+
+  Returns:
+    The text, one line per item above.
+  """
+  meta = fits["meta"]
+  lines = _title_lines(meta)
+  for s in fits["series"]:
+    lines.append(_short_bound_line(s))
+    note = s.get("mean_field", {}).get("note")
+    lines.extend(_tightness_line(item, note) for item in s.get("tightness", []) if item["name"] == "gamma")
+  for r in fits["ratios"]:
+    lines.append(_ratio_lines(r)[0])
+  rest = "every one-sided check, alpha's tightness, local exponents, Lemma 2, the mean-field ratio"
+  if fits.get("effective_depth"):
+    rest += ", the effective depth"
+  where = pathlib.Path(meta["results_dir"]) / FITS_FILE if "results_dir" in meta else FITS_FILE
+  lines.append(f"The rest ({rest}): {where}; --report full prints it all as text.")
   return "\n".join(lines)
 
 
