@@ -31,7 +31,6 @@ from normtheory.probe.paths import Leaf, layout
 from normtheory.schema import PROBE_COLUMNS, PROBE_FILE, PROBE_OPTIONAL_COLUMNS, StoreError
 
 
-
 # ---------------------------------------------------------------- measurement
 
 
