@@ -39,6 +39,13 @@ def _main_rows(table: str, arch: str, loss: str, L: int, label=None) -> np.ndarr
   return rows.sort_values(["seed", "layer"]).iloc[:, -1].to_numpy().reshape(2, L)
 
 
+# The committed store was written on another CPU: XLA compiles for the host's vector units (AVX2 vs
+# AVX-512 reduce in different orders), so a stored float32 can differ from a fresh one in its last bits
+# (seen: 4.8e-7 absolute, 1.7e-7 relative, on W_V). Same code, same draws, same numbers to a few float32
+# ulps: a changed draw, key, layer or formula moves these norms by O(1), so STORED_RTOL still tells them apart.
+STORED_RTOL = 2e-6
+
+
 def _check_main_store(archs, losses):
   key = prng.make_key(0, "threefry2x32")  # the store's --seed 0 --prng threefry2x32
   for loss in losses:
@@ -47,21 +54,23 @@ def _check_main_store(archs, losses):
       for L in (1, 3):
         r = measured[arch][L]
         for w in PARAM_NAMES:
-          np.testing.assert_array_equal(r.grad_norms[w], _main_rows("grad_norms.csv", arch, loss, L, ("param", w)),
-                                        err_msg=f"{arch} {loss} L={L} {w}")
-        np.testing.assert_array_equal(r.sq_norms[:, :L], _main_rows("hidden_norms.csv", arch, loss, L))
+          np.testing.assert_allclose(r.grad_norms[w], _main_rows("grad_norms.csv", arch, loss, L, ("param", w)),
+                                     rtol=STORED_RTOL, atol=0, err_msg=f"{arch} {loss} L={L} {w}")
+        np.testing.assert_allclose(r.sq_norms[:, :L], _main_rows("hidden_norms.csv", arch, loss, L),
+                                   rtol=STORED_RTOL, atol=0)
 
 
 @pytest.mark.slow
-def test_defaults_reproduce_a_store_made_before_the_relaxations_bit_for_bit():
+def test_defaults_reproduce_a_store_made_before_the_relaxations():
   """batch = 1, uniform attention, one head, Gaussian inputs: Post-LN and Pre-LN (one shared pass) give
-  exactly the grad and hidden norms that main's code stored at 8807192 (tests/data/store_8807192)."""
+  the grad and hidden norms that main's code stored at 8807192 (tests/data/store_8807192), to float32
+  rounding (:data:`STORED_RTOL`: the store was written on another CPU)."""
   _check_main_store(("post", "pre"), ("linear", "xent"))
 
 
 @pytest.mark.slow
-def test_every_placement_loss_and_depth_metric_reproduces_the_old_store_bit_for_bit():
-  """All six placements of the old store, all three losses, and its depth metrics, bit for bit."""
+def test_every_placement_loss_and_depth_metric_reproduces_the_old_store():
+  """All six placements of the old store, all three losses, and its depth metrics, to float32 rounding."""
   _check_main_store(("post", "pre", "sandwich", "lns"), ("linear", "xent", "mse"))
   _check_main_store(("deepnorm",), ("linear", "xent", "mse"))
   _check_main_store(("mixln",), ("linear", "xent", "mse"))
@@ -70,7 +79,7 @@ def test_every_placement_loss_and_depth_metric_reproduces_the_old_store_bit_for_
     cfg = nt.Config(arch=arch, d=8, L=3, n=4, loss="mse", vocab=11)
     new = depth_metrics.depth_metrics(cfg, 2, prng.make_key(0, "threefry2x32"))
     want = old[(old.arch == arch) & (old.loss == "mse") & (old.L == 3)].reset_index(drop=True)
-    pd.testing.assert_frame_equal(new, want, check_exact=True, check_dtype=False)
+    pd.testing.assert_frame_equal(new, want, check_exact=False, rtol=STORED_RTOL, atol=0, check_dtype=False)
 
 
 def test_sequence_zero_of_a_batch_is_the_one_sequence_sample():
