@@ -373,11 +373,11 @@ def _report(args, axes, main_store) -> None:
   say = (lambda *a: None) if args.quiet else print
   if not args.quiet:
     wanted = {(a, lo, d) for a in axes["arch"] for lo in axes["loss"] for d in axes["d"]}
-    table = sweep.summary_table(main_store.grad)
+    table = sweep.summary_table(main_store.read(where=store.last_layer("W2")))
     table = table[[idx[:3] in wanted for idx in table.index]]
     say("last-layer ||dL/dW2||, mean ± std over seeds:")
     say(table[[L for L in axes["L"] if L in table.columns]].to_string())
-  if not main_store.grad.empty:
+  if main_store.stored_seeds():
     fits = fit.write_fits(args.out, n_boot=args.n_boot)
     say(fit.report(fits))
 

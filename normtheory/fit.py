@@ -59,9 +59,10 @@ from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
+import pyarrow.compute as pc
 from scipy import optimize
 
-from normtheory import theory
+from normtheory import parts, store, theory
 from normtheory.config import ARCHS
 from normtheory.schema import (
     CELL_COLUMNS,
@@ -72,7 +73,6 @@ from normtheory.schema import (
     HIDDEN_FILE,
     LN_JACOBIAN_FILE,
     atomic_write,
-    read_table,
 )
 
 SERIES_KEYS = tuple(c for c in CELL_COLUMNS if c not in ("d", "L"))
@@ -86,40 +86,42 @@ CI_SCOPE = ("seed noise on the given grid (paired bootstrap: one resample of see
 # ---------------------------------------------------------------------- reading
 
 
-def _read(results_dir, filename: str) -> pd.DataFrame:
-  """A store CSV (a key of ``schema.TABLES``) that must exist, its header checked by the schema."""
-  path = pathlib.Path(results_dir) / filename
-  if not path.parent.is_dir():
-    raise FileNotFoundError(f"no results directory {path.parent}")
-  if not path.is_file():
-    raise FileNotFoundError(f"missing {path} (the sweep writes it)")
-  return read_table(results_dir, filename)
+def _read(results_dir, filename: str, where=None) -> pd.DataFrame:
+  """A store table (a key of ``schema.TABLES``) that must exist, only the rows ``where`` selects (a
+  ``pyarrow.compute`` expression pushed into the read: :func:`normtheory.store.read`)."""
+  path = pathlib.Path(results_dir)
+  if not path.is_dir():
+    raise FileNotFoundError(f"no results directory {path}")
+  contents = store.Contents(path)
+  if not contents.has(filename):
+    raise FileNotFoundError(f"missing {path / parts.folder(filename)} (the sweep writes it)")
+  return contents.read(filename, where=where)
 
 
-def read_grad_norms(results_dir) -> pd.DataFrame:
-  """``DIR/grad_norms.csv`` as a frame; FileNotFoundError / ValueError if absent or malformed."""
-  return _read(results_dir, GRAD_FILE)
+def read_grad_norms(results_dir, where=None) -> pd.DataFrame:
+  """The store's grad-norm table (only the rows ``where`` selects); FileNotFoundError / ValueError if absent or malformed."""
+  return _read(results_dir, GRAD_FILE, where)
 
 
-def read_hidden_norms(results_dir) -> pd.DataFrame:
-  """``DIR/hidden_norms.csv`` as a frame; FileNotFoundError / ValueError if absent or malformed."""
-  return _read(results_dir, HIDDEN_FILE)
+def read_hidden_norms(results_dir, where=None) -> pd.DataFrame:
+  """The store's hidden-norm table (only the rows ``where`` selects); FileNotFoundError / ValueError if absent or malformed."""
+  return _read(results_dir, HIDDEN_FILE, where)
 
 
-def _read_optional(results_dir, filename: str) -> pd.DataFrame | None:
-  if not (pathlib.Path(results_dir) / filename).is_file():
+def _read_optional(results_dir, filename: str, where=None) -> pd.DataFrame | None:
+  if not store.Contents(results_dir).has(filename):
     return None
-  return _read(results_dir, filename)
+  return _read(results_dir, filename, where)
 
 
-def read_depth_metrics(results_dir) -> pd.DataFrame | None:
-  """``DIR/depth_metrics.csv`` as a frame, or None if the store has none (runs without depth metrics)."""
-  return _read_optional(results_dir, DEPTH_FILE)
+def read_depth_metrics(results_dir, where=None) -> pd.DataFrame | None:
+  """The store's depth-metric table, or None if the store has none (runs without depth metrics)."""
+  return _read_optional(results_dir, DEPTH_FILE, where)
 
 
-def read_ln_jacobian(results_dir) -> pd.DataFrame | None:
-  """``DIR/ln_jacobian.csv`` as a frame, or None if the store has none (stores written before it existed)."""
-  return _read_optional(results_dir, LN_JACOBIAN_FILE)
+def read_ln_jacobian(results_dir, where=None) -> pd.DataFrame | None:
+  """The store's LN-Jacobian table, or None if the store has none (stores written before it existed)."""
+  return _read_optional(results_dir, LN_JACOBIAN_FILE, where)
 
 
 # -------------------------------------------------------------------- summaries
@@ -830,12 +832,17 @@ def effective_depth_fits(frame: pd.DataFrame, n_boot: int = 1000, seed: int = 0)
 
 
 def fit_store(results_dir, n_boot: int = 1000, seed: int = 0, param: str = "W2", layer: int | None = None) -> dict:
-  """:func:`fit_frame` of ``DIR/grad_norms.csv`` with ``DIR/hidden_norms.csv`` (same arguments and
-  result), plus ``effective_depth`` (:func:`effective_depth_fits`) if the store has ``depth_metrics.csv``."""
-  hidden = _read_optional(results_dir, HIDDEN_FILE)
-  fits = fit_frame(read_grad_norms(results_dir), n_boot=n_boot, seed=seed, param=param, layer=layer, hidden=hidden)
+  """:func:`fit_frame` of the store's grad norms with its hidden norms (same arguments and result), plus
+  ``effective_depth`` (:func:`effective_depth_fits`) if the store has depth metrics.
+
+  Only the rows the fits use are read (the selection is pushed into the read): ``param`` at the
+  fitted layer, Pre-LN's hidden norms at ``layer = L + 1``, and the ``rel_update`` depth metrics."""
+  at = pc.field("L") if layer is None else layer
+  grad = read_grad_norms(results_dir, (pc.field("param") == param) & (pc.field("layer") == at))
+  hidden = _read_optional(results_dir, HIDDEN_FILE, (pc.field("arch") == "pre") & (pc.field("layer") == pc.field("L") + 1))
+  fits = fit_frame(grad, n_boot=n_boot, seed=seed, param=param, layer=layer, hidden=hidden)
   fits["meta"]["results_dir"] = str(results_dir)
-  depth = read_depth_metrics(results_dir)
+  depth = read_depth_metrics(results_dir, pc.field("metric") == "rel_update")
   if depth is not None:
     fits["effective_depth"] = effective_depth_fits(depth, n_boot=n_boot, seed=seed)
   return fits
