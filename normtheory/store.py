@@ -79,7 +79,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from normtheory import parts
+from normtheory import parts, schema
 from normtheory.schema import (
     CELL_COLUMNS,
     DEPTH_FILE,
@@ -89,7 +89,6 @@ from normtheory.schema import (
     LN_JACOBIAN_FILE,
     META_FILE,
     SETTING_DEFAULTS,
-    TABLES,
     StoreError,
     atomic_write,
     cell_key,
@@ -176,7 +175,7 @@ class Contents:
     self.path = Path(out_dir)
     self.index = parts.scan(self.path)
     self.converted = parts.CSV_ID in self.index.ids()
-    present = [name for name in TABLES if (self.path / name).exists()]
+    present = [name for name in schema.TABLES if (self.path / name).exists()]
     self.leftover_csv = [self.path / name for name in present] if self.converted else []
     self.csv = {} if self.converted else {name: read_table(self.path, name) for name in present}
     self.csv_pairs = frozenset(parts.pairs_of(self.csv[GRAD_FILE])) if GRAD_FILE in self.csv else frozenset()
@@ -199,7 +198,7 @@ class Contents:
     pieces = []
     if table in self.csv:
       csv = pa.Table.from_pandas(self.csv[table], preserve_index=False)
-      pieces.append((csv if where is None else csv.filter(where)).select(list(columns or TABLES[table])))
+      pieces.append((csv if where is None else csv.filter(where)).select(list(columns or schema.TABLES[table])))
     if self.index.parts[table] or not pieces:
       pieces.append(parts.read(self.index.parts[table], table, columns, where))
     return parts.to_frame(pieces[0] if len(pieces) == 1 else pa.concat_tables(pieces))
@@ -499,7 +498,7 @@ class ResultsStore:
     self.settings = dict(defaults) | dict(settings)
     meta = read_meta(self.path)
     self.contents = Contents(self.path)
-    present = [name for name in TABLES if self.contents.has(name)]
+    present = [name for name in schema.TABLES if self.contents.has(name)]
     if meta is None and present:
       raise StoreError(f"{self.path / META_FILE}: missing, so the settings of the rows in {present[0]} are unknown")
     self.meta = meta if meta is not None else {"settings": {}, "runs": [], "passes": []}
@@ -537,7 +536,7 @@ class ResultsStore:
       depth: the same cells' depth-metric rows (columns ``depth_metrics.COLUMNS``), if measured.
     """
     new = concat_tables(results) | ({} if depth is None else {DEPTH_FILE: depth})
-    part_id = self._write_chunk(new)
+    part_id = self.write_chunk(new)
     self.meta["passes"].append({
         "cells": [dict(zip(CELL_COLUMNS, cell_key(r.config))) | {"seeds": [int(s) for s in r.seeds]} for r in results],
         "wall_time_s": round(wall_time_s, 4),
@@ -556,7 +555,7 @@ class ResultsStore:
     """
     self._prepare()
     if other.contents.csv:
-      self._write_chunk(dict(other.contents.csv))
+      self.write_chunk(dict(other.contents.csv))
     by_id = {}
     for table, table_parts in other.contents.index.parts.items():
       for part in table_parts:
@@ -564,7 +563,7 @@ class ResultsStore:
     for part_id in other.contents.index.ids():
       chunk = by_id[part_id]
       if chunk[GRAD_FILE].pairs & self.contents.pairs():
-        self._write_chunk({table: parts.to_frame(parts.read([part], table)) for table, part in chunk.items()})
+        self.write_chunk({table: parts.to_frame(parts.read([part], table)) for table, part in chunk.items()})
         parts.remove(p.path for p in chunk.values())
         continue
       moved = {}
@@ -583,8 +582,9 @@ class ResultsStore:
     self.meta.setdefault("problems", []).append(problem)
     self._write_meta()
 
-  def _write_chunk(self, tables: Mapping[str, pd.DataFrame]) -> str:
-    """Write one chunk's tables as parts (grad norms last), without rows of pairs already stored; its id."""
+  def write_chunk(self, tables: Mapping[str, pd.DataFrame]) -> str:
+    """Store one chunk's tables (``{table: frame}``) as new parts, grad norms last, leaving out the rows of
+    pairs already stored; returns the chunk's id. ``append`` is this plus the chunk's record in meta.json."""
     self._prepare()
     stored = self.contents.pairs()
     part_id = parts.new_id()
