@@ -160,6 +160,12 @@ def base_config(args: argparse.Namespace, axes: dict) -> Config:
                 inputs=args.inputs, tied=args.tied)
 
 
+def store_settings(args: argparse.Namespace, base: Config) -> dict[str, Any]:
+  """The store-level settings of a run (meta.json "settings"): what every row depends on but no column says."""
+  return {"dtype": args.dtype, "eps": args.eps, "base_seed": args.seed, "prng": args.prng, "vocab": base.vocab,
+          "tied": args.tied}
+
+
 class Parsed(NamedTuple):
   """A validated command line."""
 
@@ -244,8 +250,7 @@ def main(argv: list[str] | None = None) -> int:
   try:
     args, axes = parse(argv)
     base = base_config(args, axes)
-    settings = {"dtype": args.dtype, "eps": args.eps, "base_seed": args.seed, "prng": args.prng, "vocab": base.vocab,
-                "tied": args.tied}
+    settings = store_settings(args, base)
     store.ResultsStore(args.out, settings)  # refuse a store that cannot be trusted before anything starts
   except (UsageError, store.StoreError, ValueError) as e:
     return usage_exit(PROG, e)

@@ -90,10 +90,10 @@ def pairs_of(frame: pd.DataFrame) -> list[tuple]:
   if frame.empty:
     return []
   keys = frame[list(key_columns())].drop_duplicates()
-  return [tuple(_plain(v) for v in row) for row in keys.itertuples(index=False)]
+  return [tuple(_python(v) for v in row) for row in keys.itertuples(index=False)]
 
 
-def _plain(value):
+def _python(value):
   return int(value) if isinstance(value, (int, np.integer)) else str(value)
 
 
@@ -230,20 +230,21 @@ def scan(directory: str | os.PathLike) -> Index:
   return Index(parts, orphans)
 
 
-def _decoded(table: pa.Table) -> pa.Table:
-  """``table`` with dictionary columns decoded to plain strings (what pandas' ``str`` dtype holds)."""
-  columns = [c.cast(c.type.value_type) if pa.types.is_dictionary(c.type) else c for c in table.columns]
+def plain(table: pa.Table) -> pa.Table:
+  """``table`` with its string columns (dictionary-encoded or not) as ``large_string``: what pandas' ``str``
+  dtype holds, so the conversion to pandas copies no string."""
+  strings = lambda t: pa.types.is_dictionary(t) or pa.types.is_string(t)  # noqa: E731
+  columns = [c.cast(pa.large_string()) if strings(c.type) else c for c in table.columns]
   return pa.Table.from_arrays(columns, names=table.column_names)
 
 
-def _with_defaults(batch: pa.Table, table: str, part: Part) -> pa.Table:
-  """An older part's rows with the columns added since at their default (``CELL_DEFAULTS``)."""
+def _with_defaults(rows: pa.Table, table: str) -> pa.Table:
+  """An older part's rows with the columns added since at their default (``CELL_DEFAULTS``), in table order."""
   for column in schema.TABLES[table]:
-    if column not in batch.column_names and column in schema.CELL_DEFAULTS:
-      value = schema.CELL_DEFAULTS[column]
-      kind = pa.int64() if column in schema.INTEGER_COLUMNS else pa.string()
-      batch = batch.append_column(column, pa.array(np.full(len(batch), value) if kind == pa.int64() else [value] * len(batch), kind))
-  return batch.select(list(schema.TABLES[table]))
+    if column not in rows.column_names:
+      kind = pa.int64() if column in schema.INTEGER_COLUMNS else pa.large_string()
+      rows = rows.append_column(column, pa.array([schema.CELL_DEFAULTS[column]] * len(rows), kind))
+  return rows.select(list(schema.TABLES[table]))
 
 
 def read(parts: Sequence[Part], table: str, columns: Sequence[str] | None = None,
@@ -269,25 +270,24 @@ def read(parts: Sequence[Part], table: str, columns: Sequence[str] | None = None
   columns = full if columns is None else list(columns)
   current = [str(p.path) for p in parts if p.columns == tuple(full)]
   pieces = []
-  if current:
+  if current:  # batch by batch, each decoded at once: the peak stays near the selected rows' own size
     dataset = ds.dataset(current, schema=arrow_schema(table), format="parquet")
-    pieces.append(_decoded(dataset.to_table(columns=columns, filter=where)))
+    scan = dataset.scanner(columns=columns, filter=where, batch_size=1 << 18, batch_readahead=2, fragment_readahead=1)
+    pieces += [plain(pa.Table.from_batches([batch])) for batch in scan.to_batches()]
   for part in (p for p in parts if p.columns != tuple(full)):
     for batch in pq.ParquetFile(part.path).iter_batches(batch_size=1 << 20):
-      rows = _with_defaults(_decoded(pa.Table.from_batches([batch])), table, part)
+      rows = _with_defaults(plain(pa.Table.from_batches([batch])), table)
       pieces.append((rows if where is None else rows.filter(where)).select(columns))
   if not pieces:
-    return _decoded(arrow_schema(table).empty_table()).select(columns)
+    return plain(arrow_schema(table).empty_table()).select(columns)
   return pa.concat_tables(pieces)
 
 
 def to_frame(arrow: pa.Table) -> pd.DataFrame:
   """An Arrow table of a store as the pandas frame :func:`normtheory.schema.read_table` gives (``str``,
-  int64, float64 columns, a RangeIndex), converted one column at a time to bound the peak memory."""
-  columns = {}
-  for name in arrow.column_names:
-    columns[name] = arrow.column(name).to_pandas()
-  return pd.DataFrame(columns) if columns else pd.DataFrame(index=pd.RangeIndex(arrow.num_rows))
+  int64, float64 columns, a RangeIndex). Consumes ``arrow`` (its buffers are handed to pandas or freed
+  column by column, so the peak memory stays near one copy)."""
+  return plain(arrow).to_pandas(split_blocks=True, self_destruct=True)
 
 
 def remove(paths: Iterable[Path]) -> None:

@@ -197,11 +197,13 @@ class Contents:
     selects (a ``pyarrow.compute`` expression), as :func:`read` describes."""
     pieces = []
     if table in self.csv:
-      csv = pa.Table.from_pandas(self.csv[table], preserve_index=False)
+      csv = parts.plain(pa.Table.from_pandas(self.csv[table], preserve_index=False))
       pieces.append((csv if where is None else csv.filter(where)).select(list(columns or schema.TABLES[table])))
     if self.index.parts[table] or not pieces:
       pieces.append(parts.read(self.index.parts[table], table, columns, where))
-    return parts.to_frame(pieces[0] if len(pieces) == 1 else pa.concat_tables(pieces))
+    rows = pieces.pop() if len(pieces) == 1 else pa.concat_tables(pieces)
+    pieces.clear()  # no reference left but ``rows``, whose buffers to_frame frees as it converts
+    return parts.to_frame(rows)
 
 
 def last_layer(param: str = "W2") -> pc.Expression:
