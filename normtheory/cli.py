@@ -5,7 +5,7 @@ status 2 and one line on stderr), prints the expanded grid, measures the missing
 cells with a progress bar, appends them to the results store, and ends with a
 summary table and the fits against Theorem 1. With ``--depth-metrics`` every
 measured cell also gets the effective-depth metrics of its samples
-(``depth_metrics.csv``) and the fits add the exponent of ``rel_update ∝ l^-kappa``.
+(the store's ``depth_metrics`` table) and the fits add the exponent of ``rel_update ∝ l^-kappa``.
 A cell counts as stored once its gradient norms are, so depth metrics are computed
 only for cells that a run measures: to add them to a finished grid, use a new --out.
 

@@ -12,8 +12,9 @@ comes from, first match wins, each of the three values on its own:
 Process p measures the seeds s with ``s % P == p`` on its local devices (the engine's
 mesh) and writes only its own rows, to ``DIR/parts/process-p`` (under that part's
 :class:`~normtheory.store.StoreLock`). Process 0, the only writer of ``DIR`` (under
-``DIR``'s lock), waits until every process is done, merges every part into ``DIR``
-(rows replaced per (cell, seed), so never twice) and deletes the merged parts. A
+``DIR``'s lock), waits until every process is done, moves every part's files into ``DIR``
+by renaming them (:func:`merge_parts`; a (cell, seed) is never stored twice) and deletes
+what is left of the parts. A
 sample depends only on (base key, seed), so the merged store equals a single-process
 run's, bit for bit.
 

@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 import pytest
 
 import normtheory as nt
-from normtheory import parts, schema, store
+from normtheory import cli, parts, schema, store
 
 OLD_STORE = Path(__file__).parent / "data" / "store_8807192"
 OLD_SETTINGS = {"dtype": "float32", "eps": 1e-6, "base_seed": 0, "prng": "threefry2x32", "vocab": 11, "tied": False}
@@ -175,3 +175,21 @@ def test_a_cell_column_added_with_a_default_reads_old_parquet_and_csv_stores(tin
     assert store.read(directory, schema.HIDDEN_FILE, where=pc.field("norm") == "rmsnorm").empty
     pairs = store.Contents(directory).pairs()
     assert len(pairs) == 3 * 12 and {p[len(cells) - 1] for p in pairs} == {"layernorm"}
+
+
+@pytest.mark.slow
+def test_the_cli_resumes_the_committed_old_csv_store_and_reports_on_it(tmp_path, capsys):
+  """The sweep CLI on tests/data/store_8807192 with one more seed: only seed 2 of the asked cells is measured,
+  the store is converted (no CSV left), every old row is kept bit for bit, and the fits are written."""
+  old = tmp_path / "old"
+  shutil.copytree(OLD_STORE, old)
+  before = nt.load(old)
+  argv = ["--arch", "post", "--loss", "linear", "--d", "8", "--L", "1,3", "--seeds", "3", "--n", "4", "--vocab", "11",
+          "--seed", "0", "--prng", "threefry2x32", "--n-boot", "10", "--out", str(old)]
+  assert cli.main(argv) == 0
+  assert "2 cells: 0 already stored" in capsys.readouterr().out
+  after = nt.load(old)
+  assert not list(old.glob("*.csv")) and (old / "fits.json").exists()
+  pd.testing.assert_frame_equal(after.grad.iloc[: len(before.grad)], before.grad, check_exact=True)
+  new = after.grad.iloc[len(before.grad):]
+  assert set(new.seed) == {2} and set(zip(new.arch, new.L)) == {("post", 1), ("post", 3)}
