@@ -110,8 +110,14 @@ def write_part(directory: str | os.PathLike, table: str, part_id: str, frame: pd
   record = {"table": table, "columns": list(key_columns()), "pairs": [list(p) for p in pairs_of(frame)],
             "rows": len(frame)}
   arrow = arrow.replace_schema_metadata({FOOTER_KEY: json.dumps(record)})
-  path = target / f"{part_id}{SUFFIX}"
-  tmp = target / f".{part_id}{SUFFIX}.tmp"
+  return write_arrow(target / f"{part_id}{SUFFIX}", arrow)
+
+
+def write_arrow(path: str | os.PathLike, arrow: pa.Table) -> Path:
+  """Write an Arrow table as the Parquet file ``path``, atomically: a hidden temporary file beside it
+  (``.NAME.tmp``), fsynced, then renamed, so ``path`` appears complete or not at all."""
+  path = Path(path)
+  tmp = path.parent / f".{path.name}.tmp"
   try:
     pq.write_table(arrow, tmp, compression=COMPRESSION)
     fd = os.open(tmp, os.O_RDONLY)

@@ -160,9 +160,10 @@ def read_json(path: str | os.PathLike) -> dict[str, Any] | None:
 class Contents:
   """The rows a store directory holds: CSV tables of the older layout (until converted) and committed parts.
 
-  Opening reads every part's footer (:func:`normtheory.parts.scan`) and every CSV table
-  of an unconverted store (:func:`normtheory.schema.read_table`, with its refusals);
-  no part's values are read until :meth:`read`.
+  Opening reads every part's footer (:func:`normtheory.parts.scan`); no part's values
+  are read until :meth:`read`. A CSV table of an unconverted store is read (with the
+  refusals of :func:`normtheory.schema.read_table`) once, when first needed, or all of
+  them at once by :meth:`check`.
 
   Args:
     out_dir: the store directory (need not exist: then it holds nothing).
@@ -177,27 +178,43 @@ class Contents:
     self.converted = parts.CSV_ID in self.index.ids()
     present = [name for name in schema.TABLES if (self.path / name).exists()]
     self.leftover_csv = [self.path / name for name in present] if self.converted else []
-    self.csv = {} if self.converted else {name: read_table(self.path, name) for name in present}
-    self.csv_pairs = frozenset(parts.pairs_of(self.csv[GRAD_FILE])) if GRAD_FILE in self.csv else frozenset()
-    for part in self.index.parts[GRAD_FILE]:
-      repeated = part.pairs & self.csv_pairs
-      if repeated:
-        raise StoreError(f"{part.path}: repeats {len(repeated)} (cell, seed) pairs stored in {self.path / GRAD_FILE}")
+    self.csv_tables = [] if self.converted else present
+    self._csv: dict[str, pd.DataFrame] = {}
+    if GRAD_FILE in self.csv_tables and self.index.parts[GRAD_FILE]:
+      for part in self.index.parts[GRAD_FILE]:
+        repeated = part.pairs & self.csv_pairs()
+        if repeated:
+          raise StoreError(f"{part.path}: repeats {len(repeated)} (cell, seed) pairs stored in {self.path / GRAD_FILE}")
+
+  def csv(self, table: str) -> pd.DataFrame:
+    """A CSV table of an unconverted store (read once)."""
+    if table not in self._csv:
+      self._csv[table] = read_table(self.path, table)
+    return self._csv[table]
+
+  def check(self) -> None:
+    """Read every CSV table of an unconverted store, so that one that cannot be trusted is refused now."""
+    for table in self.csv_tables:
+      self.csv(table)
+
+  def csv_pairs(self) -> frozenset[tuple]:
+    """The (cell, seed) pairs of an unconverted store's grad_norms.csv."""
+    return frozenset(parts.pairs_of(self.csv(GRAD_FILE))) if GRAD_FILE in self.csv_tables else frozenset()
 
   def pairs(self) -> frozenset[tuple]:
     """Every stored (cell, seed) pair, in ``parts.key_columns()`` order."""
-    return self.csv_pairs | self.index.pairs()
+    return self.csv_pairs() | self.index.pairs()
 
   def has(self, table: str) -> bool:
     """Whether the store holds the table (a CSV file or any part of it)."""
-    return table in self.csv or bool(self.index.parts[table])
+    return table in self.csv_tables or bool(self.index.parts[table])
 
   def read(self, table: str, columns: Sequence[str] | None = None, where: pc.Expression | None = None) -> pd.DataFrame:
     """One table's rows (CSV rows first, then the parts in write order): only ``columns``, only the rows ``where``
     selects (a ``pyarrow.compute`` expression), as :func:`read` describes."""
     pieces = []
-    if table in self.csv:
-      csv = parts.plain(pa.Table.from_pandas(self.csv[table], preserve_index=False))
+    if table in self.csv_tables:
+      csv = parts.plain(pa.Table.from_pandas(self.csv(table), preserve_index=False))
       pieces.append((csv if where is None else csv.filter(where)).select(list(columns or schema.TABLES[table])))
     if self.index.parts[table] or not pieces:
       pieces.append(parts.read(self.index.parts[table], table, columns, where))
@@ -500,6 +517,7 @@ class ResultsStore:
     self.settings = dict(defaults) | dict(settings)
     meta = read_meta(self.path)
     self.contents = Contents(self.path)
+    self.contents.check()
     present = [name for name in schema.TABLES if self.contents.has(name)]
     if meta is None and present:
       raise StoreError(f"{self.path / META_FILE}: missing, so the settings of the rows in {present[0]} are unknown")
@@ -556,8 +574,8 @@ class ResultsStore:
     written as one new chunk.
     """
     self._prepare()
-    if other.contents.csv:
-      self.write_chunk(dict(other.contents.csv))
+    if other.contents.csv_tables:
+      self.write_chunk({table: other.contents.csv(table) for table in other.contents.csv_tables})
     by_id = {}
     for table, table_parts in other.contents.index.parts.items():
       for part in table_parts:
@@ -584,20 +602,21 @@ class ResultsStore:
     self.meta.setdefault("problems", []).append(problem)
     self._write_meta()
 
-  def write_chunk(self, tables: Mapping[str, pd.DataFrame]) -> str:
+  def write_chunk(self, tables: Mapping[str, pd.DataFrame]) -> str | None:
     """Store one chunk's tables (``{table: frame}``) as new parts, grad norms last, leaving out the rows of
-    pairs already stored; returns the chunk's id. ``append`` is this plus the chunk's record in meta.json."""
+    pairs already stored; returns the chunk's id (None: nothing new, nothing written). ``append`` is this
+    plus the chunk's record in meta.json."""
     self._prepare()
     stored = self.contents.pairs()
+    new = {name: _without_pairs(frame, stored) for name, frame in tables.items()}
+    new = {name: frame for name, frame in new.items() if not frame.empty}
+    if not new:
+      return None
     part_id = parts.new_id()
+    new.setdefault(GRAD_FILE, empty_table(GRAD_FILE))
     written = {}
-    for name in sorted(tables, key=lambda name: name == GRAD_FILE):  # grad norms last: they commit the chunk
-      frame = _without_pairs(tables[name], stored)
-      if name != GRAD_FILE and frame.empty:
-        continue
-      written[name] = parts.read_footer(parts.write_part(self.path, name, part_id, frame), name)
-    if GRAD_FILE not in written:
-      written[GRAD_FILE] = parts.read_footer(parts.write_part(self.path, GRAD_FILE, part_id, empty_table(GRAD_FILE)), GRAD_FILE)
+    for name in sorted(new, key=lambda name: name == GRAD_FILE):  # grad norms last: they commit the chunk
+      written[name] = parts.read_footer(parts.write_part(self.path, name, part_id, new[name]), name)
     self._add_parts(written)
     return part_id
 
@@ -612,12 +631,13 @@ class ResultsStore:
       return
     self._ensure_meta()
     parts.remove(self.contents.index.orphans + self.contents.leftover_csv)
-    if self.contents.csv:
-      for name in sorted(self.contents.csv, key=lambda name: name == GRAD_FILE):
-        parts.write_part(self.path, name, parts.CSV_ID, self.contents.csv[name])
-      if GRAD_FILE not in self.contents.csv:
+    csv = self.contents.csv_tables
+    if csv:
+      for name in sorted(csv, key=lambda name: name == GRAD_FILE):
+        parts.write_part(self.path, name, parts.CSV_ID, self.contents.csv(name))
+      if GRAD_FILE not in csv:
         parts.write_part(self.path, GRAD_FILE, parts.CSV_ID, empty_table(GRAD_FILE))
-      parts.remove(self.path / name for name in self.contents.csv)
+      parts.remove(self.path / name for name in csv)
     self.contents = Contents(self.path)
     self._prepared = True
 
