@@ -296,6 +296,38 @@ def to_frame(arrow: pa.Table) -> pd.DataFrame:
   return plain(arrow).to_pandas(split_blocks=True, self_destruct=True)
 
 
+def write_frame(directory: str | os.PathLike, frame: pd.DataFrame) -> Path:
+  """Add ``frame`` (any columns: a table whose layout its writer owns, e.g. the probe's) as a new part of the
+  folder ``directory``, atomically (:func:`write_arrow`); returns its path."""
+  directory = Path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  return write_arrow(directory / f"{new_id()}{SUFFIX}", pa.Table.from_pandas(frame, preserve_index=False))
+
+
+def read_frames(directory: str | os.PathLike) -> pd.DataFrame | None:
+  """Every part of a folder that :func:`write_frame` fills, in write order, as one frame (None: no part).
+
+  Raises:
+    StoreError: naming the part that cannot be read or whose columns differ from the first part's.
+  """
+  paths = sorted(Path(directory).glob(f"{PREFIX}*{SUFFIX}")) if Path(directory).is_dir() else []
+  if not paths:
+    return None
+  tables = []
+  for path in paths:
+    try:
+      tables.append(pq.read_table(path))
+    except (OSError, pa.ArrowException) as error:
+      raise StoreError(f"{path}: not a readable Parquet part ({str(error).splitlines()[0]})") from None
+    if tables[-1].schema.names != tables[0].schema.names:
+      raise StoreError(f"{path}: columns are {','.join(tables[-1].schema.names)}, those of {paths[0].name} are "
+                       f"{','.join(tables[0].schema.names)}")
+  try:
+    return to_frame(pa.concat_tables(tables, promote_options="permissive"))
+  except pa.ArrowException as error:
+    raise StoreError(f"{directory}: parts of different column types ({str(error).splitlines()[0]})") from None
+
+
 def remove(paths: Iterable[Path]) -> None:
   """Delete files (orphans, merged parts); a file already gone is fine."""
   for path in paths:
