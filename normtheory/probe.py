@@ -64,7 +64,7 @@ import numpy as np
 import pandas as pd
 from flax import nnx
 
-from normtheory import parts, sampling, schema
+from normtheory import parts, sampling
 from normtheory.measure import as_key, seed_indices
 from normtheory.probe_fit import (FLAT_BAND, GROUP_COLUMNS, NEITHER, POST_LIKE, PRE_BAND, PRE_LIKE, SWEEP_AXES,
                                   ZERO_RTOL, cell_columns, classify, fit_groups, report,
