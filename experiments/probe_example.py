@@ -34,7 +34,8 @@ import jax.numpy as jnp
 import pandas as pd
 from flax import nnx
 
-from normtheory import plot, probe, probe_plot, schema
+from normtheory import plot, probe, schema
+from normtheory.probe import plot as probe_plot
 
 VOCAB = 256  # token vocabulary
 SEQ = 16  # tokens per sequence

@@ -3,8 +3,9 @@
 Parses and validates every flag before anything is written (bad input: exit
 status 2 and one line on stderr), prints the expanded grid, measures the missing
 cells with a progress bar, appends them to the results store, and ends with a
-summary table and the fits against Theorem 1. With ``--depth-metrics`` every
-measured cell also gets the effective-depth metrics of its samples
+summary table and the fits against Theorem 1 (per series the bound and its tightness,
+and the Post/Pre ratio; ``--report full`` prints every fit of ``fits.json`` in words).
+With ``--depth-metrics`` every measured cell also gets the effective-depth metrics of its samples
 (the store's ``depth_metrics`` table) and the fits add the exponent of ``rel_update ∝ l^-kappa``.
 A cell counts as stored once its gradient norms are, so depth metrics are computed
 only for cells that a run measures: to add them to a finished grid, use a new --out.
@@ -95,6 +96,9 @@ def build_parser() -> ArgumentParser:
   p.add_argument("--depth-metrics", action="store_true",
                  help="also store per-layer effective-depth metrics of every measured cell (L+1 forward passes per cell)")
   p.add_argument("--out", default="results/grad_scaling", help="results directory")
+  p.add_argument("--report", choices=("short", "full"), default="short",
+                 help="verdict text after the table: short (per series the bound and its tightness, the ratio) "
+                      "or full (every check and fit; the whole of fits.json in words)")
   p.add_argument("--quiet", action="store_true", help="no progress bar or tables")
   p.add_argument("--compile-cache", default=DEFAULT_CACHE,
                  help="JAX persistent compilation cache directory, so a re-run compiles nothing ('none': off)")
@@ -384,7 +388,7 @@ def _report(args, axes, main_store) -> None:
     say(table[[L for L in axes["L"] if L in table.columns]].to_string())
   if main_store.stored_seeds():
     fits = fit.write_fits(args.out, n_boot=args.n_boot)
-    say(fit.report(fits))
+    say(fit.report(fits) if args.report == "full" else fit.short_report(fits))
 
 
 if __name__ == "__main__":  # the child of distributed.supervise

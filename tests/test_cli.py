@@ -4,6 +4,7 @@
 3 seeds, n = 4.
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -18,7 +19,7 @@ import pytest
 import jax
 
 import normtheory as nt
-from normtheory import architectures, cli, parts, sampling, schema, store
+from normtheory import architectures, cli, fit, parts, sampling, schema, store
 from normtheory.layers import Taps, layer_norm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,6 +109,18 @@ def test_cli_values_equal_the_library_api(tiny_store):
 def snapshot(directory: Path) -> dict[str, bytes]:
   """Every file under ``directory`` (hidden ones included), path -> bytes."""
   return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("flags, words", [([], fit.short_report), (["--report", "full"], fit.report)])
+def test_the_run_ends_with_the_short_report_and_report_full_prints_the_whole_text(tiny_store_copy, tiny_argv,
+                                                                                  capsys, flags, words):
+  """After the table the sweep prints fit.short_report of the fits.json it wrote (7 lines on post and pre),
+  or with --report full fit.report's text (every fit in words), and nothing after it."""
+  assert cli.main([*[a for a in tiny_argv if a != "--quiet"], *flags, "--out", str(tiny_store_copy)]) == 0
+  out = capsys.readouterr().out
+  text = words(json.loads((tiny_store_copy / "fits.json").read_text()))
+  assert out.endswith("\n" + text + "\n")
+  assert (len(text.splitlines()) == 7) == (not flags)
 
 
 @pytest.mark.slow
@@ -238,6 +251,7 @@ def test_failed_write_leaves_the_previous_file_intact(tmp_path, monkeypatch):
         (["--preset", "huge"], "--preset"),
         (["--max-memory", "lots"], "--max-memory"),
         (["--max-memory", "0"], "--max-memory"),
+        (["--report", "long"], "--report"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_naming_the_flag_and_writes_nothing(tmp_path, stderr_line, flag_args, flag):

@@ -472,4 +472,52 @@ def test_fit_update_exponent_recovers_a_known_exponent(noise):
 
 
 def test_docstring_examples():
-  assert doctest.testmod(fit).failed == 0
+  """Every module of the fit package runs its examples as written (the package itself only re-exports)."""
+  results = [doctest.testmod(module) for module in (fit.readers, fit.estimators, fit.verdicts, fit.series,
+                                                    fit.reporting)]
+  assert sum(r.failed for r in results) == 0 and sum(r.attempted for r in results) >= 2
+
+
+# --- the short report -------------------------------------------------------------------
+
+
+def _post_pre_fits():
+  """Post flat and Pre ∝ L^-½ on (64, 128) x (6, 12, 24) with hidden norms: two series and their ratio."""
+  grad, hidden = _lemma2_pair(lambda d, L, s: 1.0 + L)
+  return fit.fit_frame(grad, n_boot=50, hidden=hidden)
+
+
+def test_short_report_is_the_full_reports_lines_for_the_bound_tightness_and_ratio():
+  """The short report's lines come from the same fits and words as the full one: its title, per series
+  one line with bound_verdict and the gamma check's value, CI and claim (the full report's check line),
+  the full report's gamma tightness line, the ratio's line, and one line naming fits.json and --report full."""
+  fits = _post_pre_fits()
+  full, short = fit.report(fits).splitlines(), fit.short_report(fits).splitlines()
+  assert len(short) == 1 + 2 * len(fits["series"]) + len(fits["ratios"]) + 1 == 7
+  assert short[0] == full[0]
+  for s, bound, tight in zip(fits["series"], short[1:5:2], short[2:5:2]):
+    g = next(c for c in s["checks"] if c["name"] == "gamma")
+    assert bound.startswith(f"{fit.series_name(s)}: {fit.bound_verdict(s)}; ")
+    value = f"gamma = {fit._fmt(g)}"
+    assert f"{value} ({g['claim']})." in bound and any(line.startswith(f"  {value}: ") for line in full)
+    assert f"  => {s['arch']}: {fit.bound_verdict(s)}." in full
+    assert tight in full and tight.startswith("  tightness: gamma = ")
+  assert short[5] in full and short[5].startswith("post vs pre (loss=linear, n=16): g_post/g_pre ~ L^beta")
+  assert "fits.json" in short[6] and "--report full" in short[6]
+
+
+def test_short_report_follows_the_fits_it_is_given():
+  """A violated gamma check (changed in the fits) turns the short line into the full report's
+  VIOLATES words with the miss; a relaxed series keeps the relaxed words; no ratio, no ratio line."""
+  fits = _post_pre_fits()
+  g = next(c for c in series(fits, "post")["checks"] if c["name"] == "gamma")
+  (before,) = [x for x in fit.short_report(fits).splitlines() if x.startswith("post (")]
+  assert "VIOLATES" not in before
+  g.update(status=fit.VIOLATED, holds=False, miss=0.125)
+  (line,) = [x for x in fit.short_report(fits).splitlines() if x.startswith("post (")]
+  assert "VIOLATES Theorem 1's bound on this grid (gamma by 0.125" in line
+  assert "post: VIOLATES Theorem 1's bound on this grid (gamma by 0.125" in fit.report(fits)
+  relaxed = fit.fit_frame(synthetic(lambda d, L: d * np.sqrt(np.log(d)) * L**-0.3, inputs="text"), n_boot=50)
+  text = fit.short_report(relaxed)
+  assert "outside Theorem 1's assumptions (inputs=text): its bound's shape FAILS on this grid" in text
+  assert "VIOLATE" not in text and "post vs pre" not in text

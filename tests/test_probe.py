@@ -22,7 +22,8 @@ from matplotlib.figure import Figure  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 import normtheory as nt  # noqa: E402
-from normtheory import fit, losses, plot, probe, probe_plot, sampling, schema  # noqa: E402
+from normtheory import fit, losses, plot, probe, sampling, schema  # noqa: E402
+from normtheory.probe import plot as probe_plot  # noqa: E402
 from normtheory.model import Transformer  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

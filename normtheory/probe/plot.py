@@ -2,11 +2,11 @@
 
 The gradient-norm figures of a probe (last layer vs depth, per-layer profile) are
 :func:`normtheory.plot.fig_last_layer_vs_depth` and
-:func:`normtheory.plot.fig_layer_profile` of :func:`normtheory.probe_fit.to_grad_table`.
+:func:`normtheory.plot.fig_layer_profile` of :func:`normtheory.probe.fit.to_grad_table`.
 
 References:
   Xiong et al. 2020, Theorem 1: γ = 0 (Post-LN) and γ = ½ (Pre-LN) for the last
-    layer's gradient ``∝ L^-γ``; the shaded bands are :mod:`normtheory.probe_fit`'s
+    layer's gradient ``∝ L^-γ``; the shaded bands are :mod:`normtheory.probe.fit`'s
     classification rule around them.
 """
 
@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from normtheory import plot, probe_fit
+from normtheory import plot
+from normtheory.probe import fit as probe_fit
 
 VERDICT_COLORS = {probe_fit.POST_LIKE: plot.arch_style("post")["color"],
                   probe_fit.PRE_LIKE: plot.arch_style("pre")["color"]}
@@ -32,7 +33,7 @@ def fig_exponents(groups: pd.DataFrame) -> Figure:
   """γ and its CI per parameter group, one panel per model, the two classification bands shaded.
 
   Args:
-    groups: :func:`normtheory.probe_fit.fit_groups`'s result.
+    groups: :func:`normtheory.probe.fit.fit_groups`'s result.
 
   Returns:
     The Figure.
