@@ -286,13 +286,30 @@ def read(parts: Sequence[Part], table: str, columns: Sequence[str] | None = None
       pieces.append((rows if where is None else rows.filter(where)).select(columns))
   if not pieces:
     return plain(arrow_schema(table).empty_table()).select(columns)
-  return pa.concat_tables(pieces)
+  return compact(pieces)
+
+
+def compact(pieces: list[pa.Table]) -> pa.Table:
+  """The tables of ``pieces`` (same columns) as one, consuming the list: each numeric column becomes one
+  contiguous array (so pandas takes it without a copy), one column at a time, so the peak memory is the
+  result plus one column; string columns stay chunked (pandas' ``str`` arrays take chunks as they are)."""
+  names = pieces[0].column_names
+  columns = {name: [t.column(name) for t in pieces] for name in names}
+  pieces.clear()
+  out = []
+  for name in names:
+    chunks = [chunk for part in columns.pop(name) for chunk in part.chunks]
+    kind = chunks[0].type
+    merged = pa.chunked_array(chunks, kind) if pa.types.is_large_string(kind) else pa.chunked_array([pa.concat_arrays(chunks)], kind)
+    del chunks
+    out.append(merged)
+  return pa.Table.from_arrays(out, names=names)
 
 
 def to_frame(arrow: pa.Table) -> pd.DataFrame:
   """An Arrow table of a store as the pandas frame :func:`normtheory.schema.read_table` gives (``str``,
-  int64, float64 columns, a RangeIndex). Consumes ``arrow`` (its buffers are handed to pandas or freed
-  column by column, so the peak memory stays near one copy)."""
+  int64, float64 columns, a RangeIndex). Consumes ``arrow``: pandas takes its buffers (without a copy
+  where a column is one contiguous array, as :func:`compact` leaves them)."""
   return plain(arrow).to_pandas(split_blocks=True, self_destruct=True)
 
 

@@ -218,9 +218,7 @@ class Contents:
       pieces.append((csv if where is None else csv.filter(where)).select(list(columns or schema.TABLES[table])))
     if self.index.parts[table] or not pieces:
       pieces.append(parts.read(self.index.parts[table], table, columns, where))
-    rows = pieces.pop() if len(pieces) == 1 else pa.concat_tables(pieces)
-    pieces.clear()  # no reference left but ``rows``, whose buffers to_frame frees as it converts
-    return parts.to_frame(rows)
+    return parts.to_frame(parts.compact(pieces))
 
 
 def last_layer(param: str = "W2") -> pc.Expression:
