@@ -584,13 +584,11 @@ class ResultsStore:
         self.write_chunk({table: parts.to_frame(parts.read([part], table)) for table, part in chunk.items()})
         parts.remove(p.path for p in chunk.values())
         continue
-      moved = {}
       for table in sorted(chunk, key=lambda name: name == GRAD_FILE):  # grad norms last: they commit the chunk
         target = self.path / parts.folder(table) / chunk[table].path.name
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(chunk[table].path, target)
-        moved[table] = chunk[table]._replace(path=target)
-      self._add_parts(moved)
+    self.contents = Contents(self.path)  # the moved parts, with any an interrupted merge had moved before
     for key in ("runs", "passes", "problems"):
       self.meta.setdefault(key, []).extend(other.meta.get(key, []))
     self._write_meta()
@@ -624,11 +622,14 @@ class ResultsStore:
 
   def _prepare(self) -> None:
     """Before the first table write: meta.json (no table is ever without its settings), the orphans of
-    chunks cut short removed, and a CSV store converted to parts (grad norms last, then the CSVs deleted)."""
+    chunks cut short removed (but not those of a chunk whose grad-norm part still waits in
+    ``DIR/parts/process-*``: a merge cut short moved them, the next merge commits them), and a CSV store
+    converted to parts (grad norms last, then the CSVs deleted)."""
     if self._prepared:
       return
     self._ensure_meta()
-    parts.remove(self.contents.index.orphans + self.contents.leftover_csv)
+    merging = {p.name for p in self.path.glob(f"parts/process-*/{parts.folder(GRAD_FILE)}/*{parts.SUFFIX}")}
+    parts.remove([p for p in self.contents.index.orphans if p.name not in merging] + self.contents.leftover_csv)
     csv = self.contents.csv_tables
     if csv:
       for name in sorted(csv, key=lambda name: name == GRAD_FILE):

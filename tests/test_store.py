@@ -193,3 +193,23 @@ def test_the_cli_resumes_the_committed_old_csv_store_and_reports_on_it(tmp_path,
   pd.testing.assert_frame_equal(after.grad.iloc[: len(before.grad)], before.grad, check_exact=True)
   new = after.grad.iloc[len(before.grad):]
   assert set(new.seed) == {2} and set(zip(new.arch, new.L)) == {("post", 1), ("post", 3)}
+
+
+def test_a_merge_cut_short_between_its_renames_is_completed_by_the_next_merge(tmp_path):
+  """Process parts merge by renaming their files, grad norms last: a merge killed after moving a chunk's
+  hidden-norm part (its grad part still in the process's folder) leaves that part in DIR, not removed as an
+  orphan by the next write, and the next merge commits it; every row once, nothing lost."""
+  from normtheory import distributed
+
+  out = tmp_path / "store"
+  for process, seeds in enumerate([[(0, 1.0)], [(1, 2.0)]]):
+    store.ResultsStore(distributed.part_dir(out, process), OLD_SETTINGS).write_chunk(_chunk(seeds))
+  hidden = next((out / "parts" / "process-1" / "hidden_norms").iterdir())
+  (out / "hidden_norms").mkdir(parents=True)
+  hidden.rename(out / "hidden_norms" / hidden.name)  # the merge died here
+  main = store.ResultsStore(out, OLD_SETTINGS)
+  assert main.stored_seeds() == {}
+  merged = distributed.merge_parts(out, OLD_SETTINGS)
+  frames = nt.load(out)
+  assert sorted(frames.grad.seed) == [0, 1] and sorted(frames.hidden.seed) == [0, 1]
+  assert not (out / "parts").exists() and {s for v in merged.stored_seeds().values() for s in v} == {0, 1}
