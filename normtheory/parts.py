@@ -298,9 +298,12 @@ def compact(pieces: list[pa.Table]) -> pa.Table:
   pieces.clear()
   out = []
   for name in names:
-    chunks = [chunk for part in columns.pop(name) for chunk in part.chunks]
-    kind = chunks[0].type
-    merged = pa.chunked_array(chunks, kind) if pa.types.is_large_string(kind) else pa.chunked_array([pa.concat_arrays(chunks)], kind)
+    column = columns.pop(name)
+    kind = column[0].type
+    chunks = [chunk for part in column for chunk in part.chunks]
+    del column
+    contiguous = chunks and not pa.types.is_large_string(kind)
+    merged = pa.chunked_array([pa.concat_arrays(chunks)] if contiguous else chunks, kind)
     del chunks
     out.append(merged)
   return pa.Table.from_arrays(out, names=names)
