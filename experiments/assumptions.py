@@ -31,7 +31,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-from normtheory import cli, fit, plot, schema, theory  # noqa: E402
+from normtheory import cli, fit, plot, schema, store, theory  # noqa: E402
 
 COMMON = ["--arch", "post,pre", "--loss", "xent", "--vocab", "256", "--n", "16"]
 SETTINGS: dict[str, list[str]] = {
@@ -51,7 +51,7 @@ def command(setting: str, out: pathlib.Path, args: argparse.Namespace) -> list[s
   return [*COMMON, *grid, *SETTINGS[setting], "--out", str(out / setting), *(["--quiet"] if args.quiet else [])]
 
 
-def summary(setting: str, store: pathlib.Path, fits: dict) -> list[str]:
+def summary(setting: str, results: pathlib.Path, fits: dict) -> list[str]:
   """Lines for one setting: power-law γ and α and the one-sided bound verdict per arch, Post/Pre ratio at
   the deepest L, mean-field scope."""
   lines = [f"{setting}:"]
@@ -59,13 +59,13 @@ def summary(setting: str, store: pathlib.Path, fits: dict) -> list[str]:
     p = s["power_law"]
     text = ", ".join(f"{k} = {fit._fmt(p[k])}" for k in ("gamma", "alpha") if k in p)
     lines.append(f"  {s['arch']}: {text}; {fit.bound_verdict(s)}")
-  grad = schema.read_table(store, schema.GRAD_FILE)
-  last = grad[(grad["param"] == "W2") & (grad["layer"] == grad["L"]) & (grad["L"] == grad["L"].max())]
+  last = store.read(results, schema.GRAD_FILE, where=store.last_layer("W2"))
+  last = last[last["L"] == last["L"].max()]
   means = last.groupby(["arch", "d"])["grad_norm"].mean()
   if {"post", "pre"} <= set(last["arch"]):
     ratios = "  ".join(f"d={d}: {means['post', d] / means['pre', d]:.3g}" for d in sorted(last["d"].unique()))
     lines.append(f"  Post/Pre ratio at L = {int(last['L'].max())}: {ratios}")
-  cell = grad.iloc[0]
+  cell = last.iloc[0]
   gap = theory.mean_field_gap(cell)
   lines.append("  mean field: " + ("applies" if gap is None else f"does not apply: {gap}"))
   return lines
@@ -109,7 +109,7 @@ def main(argv=None) -> int:
   plot.save(plot.fig_assumptions(fits_by_setting), fig_dir, "fig_assumptions", dpi=args.dpi)
   for setting in ("paper", "realistic"):
     if setting in args.settings:
-      grad = schema.read_table(out / setting, schema.GRAD_FILE)
+      grad = store.read(out / setting, schema.GRAD_FILE, where=store.last_layer("W2"))
       fig = plot.fig_last_layer_vs_depth(grad, dict(fits_by_setting)[setting])
       plot.save(fig, fig_dir, f"fig_last_layer_vs_depth_{setting}", dpi=args.dpi)
   print(f"figures in {fig_dir}")

@@ -29,7 +29,7 @@ import sys
 import numpy as np
 import pandas as pd
 
-from normtheory import cli, schema
+from normtheory import cli, schema, store
 
 
 def command(B: int, args: argparse.Namespace) -> list[str]:
@@ -40,9 +40,8 @@ def command(B: int, args: argparse.Namespace) -> list[str]:
 
 def table(out: pathlib.Path, batches: list[int]) -> pd.DataFrame:
   """Mean last-layer W2 norm per (arch, loss, d, L) and B, its ratio to B = 1, and sqrt(B) times that."""
-  frames = [schema.read_table(out / f"B{B}", schema.GRAD_FILE) for B in batches]
-  grad = pd.concat(frames, ignore_index=True)
-  last = grad[(grad["param"] == "W2") & (grad["layer"] == grad["L"])]
+  frames = [store.read(out / f"B{B}", schema.GRAD_FILE, where=store.last_layer("W2")) for B in batches]
+  last = pd.concat(frames, ignore_index=True)
   mean = last.groupby(["arch", "loss", "d", "L", "batch"])["grad_norm"].mean().unstack("batch")
   rows = []
   for key, g_B in mean.iterrows():

@@ -5,6 +5,7 @@
   python experiments/benchmark.py --seeds 8,64    # each seed count in turn
   python experiments/benchmark.py --devices 2     # also the engine with seeds over 2 devices (CPU: forced host devices)
   python experiments/benchmark.py --no-assumptions  # without the paper/realistic pair of rows
+  python experiments/benchmark.py --store /tmp/bench  # the results store instead (see below)
 
 Post-LN and Pre-LN, linear loss, n = 16, float32, threefry2x32. Each row runs in a fresh
 child process (so its peak RSS and its compilations are its own, with no persistent
@@ -27,6 +28,17 @@ its distinct weights and nothing else (:func:`normtheory.engine.draw_weights`: t
 PRNG, shapes, passes and chunks) and (b) its dense products at the matmul peak measured
 there (:func:`floor_flops` FLOPs over a 2048² float32 product's rate); ``warm / floor``
 is the warm sweep over (a) + (b).
+
+``--store DIR`` benchmarks the results store instead (:func:`store_benchmark`): it writes a
+synthetic store shaped like ``--d 512 --L 6..6144 --seeds 64`` (post and pre: 9.4 M
+grad-norm, 1.6 M hidden-norm, 3.1 M LN-Jacobian rows; values drawn at random, one
+seed chunk per part, as a sweep at that size stores them) through the store's own
+writer, and one of twice its rows (128 seeds), then times in fresh child processes
+(wall time and peak RSS from ``/usr/bin/time``): ``nt.load``; listing the stored
+(cell, seed) pairs; appending one pass (one more width, one seed: 0.15 M grad rows)
+beside writing the same rows into an empty store; the sweep CLI's summary, fits and
+report on the complete store (nothing left to measure); the size on disk beside the
+CSV bytes today's layout (``store.export_csv``) takes for the same rows.
 """
 
 from __future__ import annotations
@@ -191,7 +203,16 @@ def main() -> int:
   parser.add_argument("--no-assumptions", action="store_true",
                       help="skip the paper vs realistic rows (xent over 256 tokens)")
   parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+  parser.add_argument("--store", default=None, metavar="DIR",
+                      help="benchmark the results store instead, writing its synthetic stores under DIR")
   args = parser.parse_args()
+  if args.store is not None:
+    rows = store_benchmark(args.store)
+    _print_store_tables(rows)
+    if args.json:
+      with open(args.json, "w") as f:
+        json.dump(rows, f, indent=1)
+    return 0
   full_L = [int(v) for v in args.L.split(",")]
   base_L = [] if args.baseline_L == "none" else [int(v) for v in args.baseline_L.split(",")]
   seed_counts = [int(v) for v in args.seeds.split(",")]
@@ -225,6 +246,174 @@ def main() -> int:
     with open(args.json, "w") as f:
       json.dump({"sampling_rates": rates, "rows": done}, f, indent=1)
   return 0
+
+
+# ------------------------------------------------------------------------- the results store (--store)
+
+STORE_GRID = ["--d", "512", "--L", "6..6144", "--seeds", "64"]
+
+
+def _synthetic_cell(cfg, seeds_S, rng):
+  """A :class:`normtheory.GradNorms` of ``cfg`` with every quantity drawn at random (its shapes, not its values)."""
+  import numpy as np
+
+  from normtheory import architectures
+  from normtheory.config import reported_params
+  from normtheory.measure import GradNorms
+
+  S, L = len(seeds_S), cfg.L
+  final = 1 if architectures.get(cfg.arch).final_ln else 0
+  grads = {name: rng.lognormal(size=(S, L)) for name in reported_params(cfg)}
+  return GradNorms(cfg, np.asarray(seeds_S), grads, rng.lognormal(size=(S, L + 1)), rng.lognormal(size=(S, L, 2)),
+                   rng.lognormal(size=(S, final)), rng.lognormal(size=S))
+
+
+def synthetic_chunks(argv: list[str], seeds_per_chunk: int = 1):
+  """The store settings of a sweep ``argv`` and, lazily, its chunks: one list of cells (random values) per
+  seed chunk of each pass, as the sweep would store them."""
+  import dataclasses
+  import tempfile
+
+  import numpy as np
+
+  from normtheory import cli, sweep
+
+  args, axes = cli.parse([*argv, "--out", tempfile.gettempdir()])  # --out is checked, not written
+  base = cli.base_config(args, axes)
+  passes, _ = sweep.plan(base, axes["arch"], axes["loss"], axes["d"], axes["L"], range(args.seeds), {}, d_ff=args.d_ff)
+  rng = np.random.default_rng(0)
+
+  def chunks():
+    for p in passes:
+      for first in range(0, len(p.seeds), seeds_per_chunk):
+        seeds = p.seeds[first : first + seeds_per_chunk]
+        yield [_synthetic_cell(dataclasses.replace(p.base, arch=a, L=L), seeds, rng) for a, L in sorted(p.cells)]
+
+  return cli.store_settings(args, base), chunks()
+
+
+def synthetic_store(out: str, argv: list[str], seeds_per_chunk: int = 1) -> dict:
+  """Write the store a sweep ``argv`` would write (its cells, settings and seed chunks), values at random.
+
+  Every chunk goes through :meth:`normtheory.store.ResultsStore.append`, the sweep's writer.
+
+  Returns:
+    ``{"rows": {table: rows}, "write_s": seconds}`` (the time includes drawing the values).
+  """
+  from normtheory import store
+
+  settings, chunks = synthetic_chunks(argv, seeds_per_chunk)
+  results, rows, start = store.ResultsStore(out, settings), {}, time.perf_counter()
+  for cells in chunks:
+    results.append(cells, 0.0)
+    for cell in cells:
+      for table, frame in cell.tables().items():
+        rows[table] = rows.get(table, 0) + len(frame)
+  return {"rows": rows, "write_s": time.perf_counter() - start}
+
+
+def _timed_child(code: str) -> dict:
+  """Run ``code`` (which prints one JSON line last) in a fresh interpreter under ``/usr/bin/time``: its JSON,
+  wall time and peak RSS."""
+  import subprocess
+  import tempfile
+
+  with tempfile.NamedTemporaryFile("r", suffix=".time") as report:
+    done = subprocess.run(["/usr/bin/time", "-f", "%e %M", "-o", report.name, sys.executable, "-c", code],
+                          capture_output=True, text=True, cwd=os.path.dirname(os.path.abspath(__file__)))
+    wall, rss_kb = report.read().split()[-2:]
+  if done.returncode != 0:
+    raise RuntimeError(f"child failed ({done.returncode}): {done.stderr.strip().splitlines()[-3:]}")
+  lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+  return (json.loads(lines[-1]) if lines else {}) | {"wall_s": float(wall), "peak_rss_gb": int(rss_kb) * 1024 / 1e9}
+
+
+def _csv_bytes(out: str) -> int:
+  """Bytes today's CSV layout takes for a store's rows (each table's ``to_csv``, written part by part)."""
+  from normtheory import parts, store
+
+  contents = store.Contents(out)
+  total = 0
+  for table, table_parts in contents.index.parts.items():
+    for k, part in enumerate(table_parts):
+      total += len(parts.to_frame(parts.read([part], table)).to_csv(index=False, header=k == 0).encode())
+  return total
+
+
+def _disk_bytes(out: str) -> int:
+  return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(out) for f in fs)
+
+
+def store_benchmark(scratch: str) -> list[dict]:
+  """The store's rows: write, load, list, append, the CLI's report, and the size on disk (see the module doc)."""
+  import shutil
+
+  scratch, rows = os.path.abspath(scratch), []
+  for name, seeds in (("1x", 64), ("2x", 128)):
+    out = os.path.join(scratch, f"store_{name}")
+    shutil.rmtree(out, ignore_errors=True)
+    argv = [*STORE_GRID[:-1], str(seeds)]
+    written = synthetic_store(out, argv)
+    row = {"store": name, "seeds": seeds, **written, "disk_bytes": _disk_bytes(out), "csv_bytes": _csv_bytes(out)}
+    row["load"] = _timed_child(
+        "import json, time; import normtheory as nt; t = time.perf_counter(); "
+        f"f = nt.load({out!r}); print(json.dumps({{'s': time.perf_counter() - t, 'grad': len(f.grad)}}))")
+    row["pairs"] = _timed_child(
+        "import json, time; from normtheory import store; t = time.perf_counter(); "
+        f"n = len(store.Contents({out!r}).pairs()); print(json.dumps({{'s': time.perf_counter() - t, 'pairs': n}}))")
+    row["append"] = _timed_child(f"from benchmark import _append_child; _append_child({out!r})")
+    row["report"] = _timed_child(
+        "import sys; from normtheory import cli; "
+        f"sys.exit(cli.main({[*argv, '--out', out]!r}))")
+    rows.append(row)
+    print(f"  done: store {name}: {json.dumps(row)}", file=sys.stderr, flush=True)
+  return rows
+
+
+def _append_child(out: str) -> None:
+  """In a child: time storing one pass (d = 16 at the store's depths, one seed; values drawn beforehand) into
+  the store, and the same rows into an empty store: best of 3 each, the appended parts removed in between;
+  each time opens the store (its footers) and appends. Prints JSON."""
+  import shutil
+  import tempfile
+
+  from normtheory import store
+
+  settings, chunks = synthetic_chunks(["--d", "16", *STORE_GRID[2:4], "--seeds", "1"])
+  cells = [cell for chunk in chunks for cell in chunk]
+  times = {"append_s": [], "empty_s": []}
+  meta = open(os.path.join(out, "meta.json"), "rb").read()
+  for _ in range(3):
+    for key, target in (("append_s", out), ("empty_s", tempfile.mkdtemp())):
+      before = {os.path.join(r, f) for r, _, fs in os.walk(target) for f in fs}
+      start = time.perf_counter()
+      store.ResultsStore(target, settings).append(cells, 0.0)
+      times[key].append(time.perf_counter() - start)
+      if target == out:
+        for r, _, fs in os.walk(out):
+          for f in fs:
+            if os.path.join(r, f) not in before:
+              os.remove(os.path.join(r, f))
+        open(os.path.join(out, "meta.json"), "wb").write(meta)
+      else:
+        shutil.rmtree(target)
+  print(json.dumps({k: min(v) for k, v in times.items()} | {"grad_rows": sum(len(c.to_frame()) for c in cells)}))
+
+
+def _print_store_tables(rows: list[dict]) -> None:
+  print(f"# normtheory store benchmark, {time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPUs; synthetic stores shaped like {' '.join(STORE_GRID)} (1x) and 128 seeds (2x)")
+  print("| store | grad rows | hidden rows | LN-Jacobian rows | write s | nt.load s | nt.load peak RSS GB "
+        "| list pairs s | append pass s | same rows, empty store s | append / empty | CLI report s | CLI report peak RSS GB "
+        "| disk MB | CSV MB |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+  for r in rows:
+    n = r["rows"]
+    a = r["append"]
+    print(f"| {r['store']} | {n['grad_norms.csv'] / 1e6:.2f} M | {n['hidden_norms.csv'] / 1e6:.2f} M | "
+          f"{n['ln_jacobian.csv'] / 1e6:.2f} M | {r['write_s']:.1f} | {r['load']['s']:.1f} | {r['load']['peak_rss_gb']:.2f} | "
+          f"{r['pairs']['s']:.2f} | {a['append_s']:.2f} | {a['empty_s']:.2f} | {a['append_s'] / a['empty_s']:.2f}x | "
+          f"{r['report']['wall_s']:.1f} | {r['report']['peak_rss_gb']:.2f} | {r['disk_bytes'] / 1e6:.0f} | {r['csv_bytes'] / 1e6:.0f} |")
 
 
 def _print_tables(rows: list[dict], rates: dict, args) -> None:

@@ -11,7 +11,7 @@ random tokens and the next-token cross-entropy. Two placements of LayerNorm:
 Each is built two ways: a list of blocks (``nnx.List``, run in a Python loop) and
 stacked blocks (``nnx.vmap`` over split RNGs, run with ``nnx.scan``), the two
 layouts :func:`normtheory.probe.layout` recognises. The script probes all four over
-a grid of depths, stores ``probe_norms.csv``, prints the fitted depth exponent and
+a grid of depths, stores ``probe_norms/`` (Parquet parts), prints the fitted depth exponent and
 the classification of every parameter group, and draws the figures::
 
   python experiments/probe_example.py                 # L in {2,4,8,16,32}, d = 64, 8 seeds
@@ -155,7 +155,7 @@ def parse(argv) -> argparse.Namespace:
   p.add_argument("--widths", default="64", help=f"comma list of widths d (multiples of {HEADS})")
   p.add_argument("--seeds", type=int, default=8, help="samples per (d, L)")
   p.add_argument("--layouts", default="list,scan", help="comma list of list, scan")
-  p.add_argument("--out", default="results/probe", help="results store (probe_norms.csv)")
+  p.add_argument("--out", default="results/probe", help="results store (probe_norms/)")
   p.add_argument("--figures", default="figures/probe", help="folder for the PNG/PDF figures")
   p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates of the fits")
   p.add_argument("--dpi", type=int, default=120, help="PNG resolution")
@@ -200,7 +200,7 @@ def main(argv=None) -> dict:
   captions = "\n".join(f"- `{name}`: {captions[name]}" for name in figures)
   command = " ".join(["python experiments/probe_example.py", *argv])
   schema.atomic_write(pathlib.Path(args.figures) / "captions.md", f"# Figures of `{command}`\n\n{captions}\n")
-  print(f"wrote {args.out}/probe_norms.csv and {len(paths)} figures to {args.figures}/")
+  print(f"wrote {args.out}/probe_norms/ and {len(paths)} figures to {args.figures}/")
   return {"groups": groups, "figures": paths}
 
 

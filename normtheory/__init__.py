@@ -2,7 +2,7 @@
 
 One model: :func:`grad_norms`. A grid of models, with the sweep's depth-sharing
 engine and no store: :func:`measure_grid`. A results store written by the sweep CLI:
-:func:`load`. Both give :class:`Frames`, the tidy tables that ``fit`` (bounds, power
+:func:`load` (:func:`export_csv` writes it as CSVs). Both give :class:`Frames`, the tidy tables that ``fit`` (bounds, power
 laws, bootstrap CIs) and ``plot`` (the figures) take. ``theory`` has the paper's
 lemmas and a mean-field predictor, ``depth_metrics`` the effective-depth metrics,
 ``probe`` exact per-layer gradient norms of your own JAX/Flax model with the same fits;
@@ -22,7 +22,7 @@ from normtheory import depth_metrics, fit, plot, probe, schema, store, theory
 from normtheory.architectures import ARCHITECTURES
 from normtheory.config import ARCHS, LOSSES, PARAM_NAMES, Config
 from normtheory.measure import GRAD_COLUMNS, HIDDEN_COLUMNS, GradNorms, grad_norms
-from normtheory.store import Frames, load
+from normtheory.store import Frames, export_csv, load
 from normtheory.sweep import measure_grid
 
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "HIDDEN_COLUMNS",
     "LOSSES",
     "PARAM_NAMES",
+    "export_csv",
     "grad_norms",
     "load",
     "measure_grid",

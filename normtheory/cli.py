@@ -6,7 +6,7 @@ cells with a progress bar, appends them to the results store, and ends with a
 summary table and the fits against Theorem 1 (per series the bound and its tightness,
 and the Post/Pre ratio; ``--report full`` prints every fit of ``fits.json`` in words).
 With ``--depth-metrics`` every measured cell also gets the effective-depth metrics of its samples
-(``depth_metrics.csv``) and the fits add the exponent of ``rel_update ∝ l^-kappa``.
+(the store's ``depth_metrics`` table) and the fits add the exponent of ``rel_update ∝ l^-kappa``.
 A cell counts as stored once its gradient norms are, so depth metrics are computed
 only for cells that a run measures: to add them to a finished grid, use a new --out.
 
@@ -164,6 +164,12 @@ def base_config(args: argparse.Namespace, axes: dict) -> Config:
                 inputs=args.inputs, tied=args.tied)
 
 
+def store_settings(args: argparse.Namespace, base: Config) -> dict[str, Any]:
+  """The store-level settings of a run (meta.json "settings"): what every row depends on but no column says."""
+  return {"dtype": args.dtype, "eps": args.eps, "base_seed": args.seed, "prng": args.prng, "vocab": base.vocab,
+          "tied": args.tied}
+
+
 class Parsed(NamedTuple):
   """A validated command line."""
 
@@ -248,8 +254,7 @@ def main(argv: list[str] | None = None) -> int:
   try:
     args, axes = parse(argv)
     base = base_config(args, axes)
-    settings = {"dtype": args.dtype, "eps": args.eps, "base_seed": args.seed, "prng": args.prng, "vocab": base.vocab,
-                "tied": args.tied}
+    settings = store_settings(args, base)
     store.ResultsStore(args.out, settings)  # refuse a store that cannot be trusted before anything starts
   except (UsageError, store.StoreError, ValueError) as e:
     return usage_exit(PROG, e)
@@ -377,11 +382,11 @@ def _report(args, axes, main_store) -> None:
   say = (lambda *a: None) if args.quiet else print
   if not args.quiet:
     wanted = {(a, lo, d) for a in axes["arch"] for lo in axes["loss"] for d in axes["d"]}
-    table = sweep.summary_table(main_store.grad)
+    table = sweep.summary_table(main_store.read(where=store.last_layer("W2")))
     table = table[[idx[:3] in wanted for idx in table.index]]
     say("last-layer ||dL/dW2||, mean ± std over seeds:")
     say(table[[L for L in axes["L"] if L in table.columns]].to_string())
-  if not main_store.grad.empty:
+  if main_store.stored_seeds():
     fits = fit.write_fits(args.out, n_boot=args.n_boot)
     say(fit.report(fits) if args.report == "full" else fit.short_report(fits))
 

@@ -12,8 +12,9 @@ comes from, first match wins, each of the three values on its own:
 Process p measures the seeds s with ``s % P == p`` on its local devices (the engine's
 mesh) and writes only its own rows, to ``DIR/parts/process-p`` (under that part's
 :class:`~normtheory.store.StoreLock`). Process 0, the only writer of ``DIR`` (under
-``DIR``'s lock), waits until every process is done, merges every part into ``DIR``
-(rows replaced per (cell, seed), so never twice) and deletes the merged parts. A
+``DIR``'s lock), waits until every process is done, moves every part's files into ``DIR``
+by renaming them (:func:`merge_parts`; a (cell, seed) is never stored twice) and deletes
+what is left of the parts. A
 sample depends only on (base key, seed), so the merged store equals a single-process
 run's, bit for bit.
 
@@ -58,7 +59,7 @@ from pathlib import Path
 
 import jax
 
-from normtheory import store
+from normtheory import parts, store
 from normtheory.schema import META_FILE, TABLES
 
 ENV_COORDINATOR, ENV_PROCESSES, ENV_PROCESS_ID = "JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"
@@ -425,18 +426,25 @@ def part_dir(out_dir: str | Path, process: int | None = None) -> Path:
 
 
 def merge_parts(out_dir: str | Path, settings: dict) -> store.ResultsStore:
-  """Process 0: fold every ``DIR/parts/process-*`` store into ``DIR``, then delete the merged parts' files.
+  """Process 0: move every ``DIR/parts/process-*`` store's parts into ``DIR``, then delete what is left of them.
 
-  Rows are replaced per (cell, seed), so a part merged twice (a crash between the
-  merge and the deletion) adds no row twice. Lock files of running processes stay.
+  A part moves by a rename (:meth:`normtheory.store.ResultsStore.absorb`), grad norms
+  last, so a crash during the merge leaves each chunk either in its process's part or
+  in ``DIR``, never in both; the same command merges the rest. Lock files of running
+  processes stay.
   """
   target = store.ResultsStore(out_dir, settings)
-  parts = sorted((Path(out_dir) / "parts").glob("process-*"))
-  for part in parts:
-    target.absorb(store.ResultsStore(part, settings))
-  for part in parts:
+  folders = sorted((Path(out_dir) / "parts").glob("process-*"))
+  for folder in folders:
+    target.absorb(store.ResultsStore(folder, settings))
+  for folder in folders:
     for name in (*TABLES, META_FILE):
-      (part / name).unlink(missing_ok=True)
+      (folder / name).unlink(missing_ok=True)
+    for table in TABLES:
+      table_dir = folder / parts.folder(table)
+      if table_dir.is_dir():
+        parts.remove(table_dir.iterdir())
+        table_dir.rmdir()
   remove_empty_parts(out_dir)
   return target
 

@@ -1,49 +1,62 @@
-"""The results store: tidy CSVs plus meta.json, written atomically, resumable.
+"""The results store: typed Parquet parts plus meta.json, appended chunk by chunk, resumable.
 
 Layout of a store directory (the contract other tools read; columns in
-:mod:`normtheory.schema`, where ``CELL`` is ``arch,loss,d,L,n,d_ff,batch,attention,heads,inputs``):
+:mod:`normtheory.schema`, where ``CELL`` is ``arch,loss,d,L,n,d_ff,batch,attention,heads,inputs``;
+the files of each table in :mod:`normtheory.parts`):
 
-* ``grad_norms.csv``: ``CELL,seed,layer,param,grad_norm`` (layers 1..L; text inputs
-  add the token embedding as ``param = E, layer = 0``)
-* ``hidden_norms.csv``: ``CELL,seed,layer,sq_norm``: ``||x_l||²/n`` of the state
+* ``grad_norms/part-*.parquet``: ``CELL,seed,layer,param,grad_norm`` (layers 1..L; text
+  inputs add the token embedding as ``param = E, layer = 0``)
+* ``hidden_norms/part-*.parquet``: ``CELL,seed,layer,sq_norm``: ``||x_l||²/n`` of the state
   entering layer l = 1..L, and ``layer = L + 1`` the state leaving the last layer
   (before any final LN); over all B·n rows of a sample (stores written before this
   row existed hold layers 1..L only)
-* ``ln_jacobian.csv``: ``CELL,seed,layer,ln,value``: the LN Jacobian's spectral norm
-  ``1/sqrt(var + eps)`` averaged over the rows at the input of layer l's k-th
+* ``ln_jacobian/part-*.parquet``: ``CELL,seed,layer,ln,value``: the LN Jacobian's spectral
+  norm ``1/sqrt(var + eps)`` averaged over the rows at the input of layer l's k-th
   LayerNorm (``ln = k``, forward order); the final LayerNorm is ``layer = L + 1, ln = 1``
-* ``depth_metrics.csv`` (only from runs with depth metrics):
+* ``depth_metrics/part-*.parquet`` (only from runs with depth metrics):
   ``CELL,seed,layer,metric,value`` (:mod:`normtheory.depth_metrics`)
 * ``meta.json``: the store's fixed settings (dtype, eps, base seed, PRNG, vocab,
   tied; a setting missing from an older store reads as its default), one
   entry per run (argv, package versions, JAX backend and device kind) and one per
-  measured pass (its cells, seeds and wall time).
+  stored chunk (its cells, seeds, wall time and part id).
 * ``fits.json``: the fits of :mod:`normtheory.fit` (written by the sweep and
   ``fit.write_fits``).
 
 * ``.lock``: only while a sweep writes the store (:class:`StoreLock`).
 * ``parts/process-p/``: only while a ``--distributed`` run is unfinished: the rows
-  process p measured, each part a store of this layout (:mod:`normtheory.distributed`).
+  process p measured, each a store of this layout (:mod:`normtheory.distributed`).
 
-:func:`load` reads all of it into :class:`Frames`, the same container
-:func:`normtheory.measure_grid` returns without a store.
+Every folder reads as one table in pandas, polars, DuckDB or R
+(``pd.read_parquet("DIR/grad_norms")``); :func:`load` reads all of it into
+:class:`Frames`, the same container :func:`normtheory.measure_grid` returns without a
+store, and :func:`read` reads one table's selected columns and rows (the fits and
+figures read only what they use). :func:`export_csv` writes the older CSV layout.
 
-A *cell* is one value of the cell columns; settings that are not CSV columns are
+**Appending.** Each stored chunk of seeds adds one part per table and rewrites
+nothing that is stored: parts appear by atomic rename, the grad-norm part last,
+so a (cell, seed) counts as stored once its grad-norm part is in place, and a kill
+loses at most the chunk being written. Pairs already stored are never written
+twice: a chunk's rows of a stored (cell, seed) are dropped (the samples of a pair
+are fixed by the store's settings, so the stored rows describe the same samples).
+Which pairs are stored is read from the parts' footers, not from their values.
+
+**Stores written before Parquet** hold ``grad_norms.csv``, ``hidden_norms.csv``,
+``ln_jacobian.csv``, ``depth_metrics.csv`` (same columns). They load, resume and
+report as before, with the same refusals (:func:`normtheory.schema.read_table`).
+The first write converts them: each CSV becomes the part ``parts.CSV_ID`` of its
+table, grad norms last; once that grad-norm part is in place the CSVs are ignored
+and deleted (a kill before that leaves the CSV store as it was: the next write
+converts again).
+
+A *cell* is one value of the cell columns; settings that are not columns are
 fixed per store, so two runs with a different dtype or base seed cannot mix rows
-that nobody could tell apart. Every write replaces a file by ``os.replace`` of a
-complete temporary file (in a new store meta.json first, so that no table is ever
-without its settings; then depth metrics, hidden norms and LN Jacobians, grad norms
-last, meta.json again), so a crash or Ctrl-C leaves either the old or the new file, never
-a partial row, and a (cell, seed) counts as stored only once its grad-norm rows are
-in place. A remeasured pair replaces its rows in the files the pass writes; the
-samples of a (cell, seed) are fixed by the store's settings, so rows it keeps in
-the other files (depth metrics from an earlier run) still describe the same samples.
-
-A store is opened only if every file can be trusted: a table that
-:func:`normtheory.schema.read_table` refuses, a meta.json that is not JSON or has no
-"settings", tables without a meta.json, or other settings raise
-:class:`~normtheory.schema.StoreError` before anything is written. A writer holds
-:class:`StoreLock` (``DIR/.lock``) so that two sweeps never interleave their rewrites.
+that nobody could tell apart. A store is opened only if every file can be trusted: a
+CSV table that :func:`normtheory.schema.read_table` refuses, a part that
+:func:`normtheory.parts.scan` refuses (unreadable, another layout, pairs stored
+twice), a meta.json that is not JSON or has no "settings", tables without a
+meta.json, or other settings raise :class:`~normtheory.schema.StoreError` before
+anything is written. A writer holds :class:`StoreLock` (``DIR/.lock``) so that two
+sweeps never interleave their writes.
 """
 
 from __future__ import annotations
@@ -63,7 +76,10 @@ except ImportError:  # not POSIX: the owner record alone decides
   fcntl = None
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
+from normtheory import parts, schema
 from normtheory.schema import (
     CELL_COLUMNS,
     DEPTH_FILE,
@@ -73,7 +89,6 @@ from normtheory.schema import (
     LN_JACOBIAN_FILE,
     META_FILE,
     SETTING_DEFAULTS,
-    TABLES,
     StoreError,
     atomic_write,
     cell_key,
@@ -95,10 +110,10 @@ class Frames(NamedTuple):
   columns) when nothing was measured for it.
 
   Attributes:
-    grad: ``grad_norms.csv``: one row per (cell, seed, layer, param).
-    hidden: ``hidden_norms.csv``: one row per (cell, seed, layer).
-    depth: ``depth_metrics.csv``: one row per (cell, seed, layer, metric).
-    ln_jacobian: ``ln_jacobian.csv``: one row per (cell, seed, layer, ln).
+    grad: ``grad_norms``: one row per (cell, seed, layer, param).
+    hidden: ``hidden_norms``: one row per (cell, seed, layer).
+    depth: ``depth_metrics``: one row per (cell, seed, layer, metric).
+    ln_jacobian: ``ln_jacobian``: one row per (cell, seed, layer, ln).
     meta: the store's ``meta.json`` (None when there is none).
     fits: the store's ``fits.json`` (None when there is none).
   """
@@ -142,6 +157,104 @@ def read_json(path: str | os.PathLike) -> dict[str, Any] | None:
     raise StoreError(f"{path}: not JSON ({error})") from None
 
 
+class Contents:
+  """The rows a store directory holds: CSV tables of the older layout (until converted) and committed parts.
+
+  Opening reads every part's footer (:func:`normtheory.parts.scan`); no part's values
+  are read until :meth:`read`. A CSV table of an unconverted store is read (with the
+  refusals of :func:`normtheory.schema.read_table`) once, when first needed, or all of
+  them at once by :meth:`check`.
+
+  Args:
+    out_dir: the store directory (need not exist: then it holds nothing).
+
+  Raises:
+    StoreError: naming the file that cannot be trusted, or a CSV table whose pairs a part repeats.
+  """
+
+  def __init__(self, out_dir: str | os.PathLike):
+    self.path = Path(out_dir)
+    self.index = parts.scan(self.path)
+    self.converted = parts.CSV_ID in self.index.ids()
+    present = [name for name in schema.TABLES if (self.path / name).exists()]
+    self.leftover_csv = [self.path / name for name in present] if self.converted else []
+    self.csv_tables = [] if self.converted else present
+    self._csv: dict[str, pd.DataFrame] = {}
+    if GRAD_FILE in self.csv_tables and self.index.parts[GRAD_FILE]:
+      for part in self.index.parts[GRAD_FILE]:
+        repeated = part.pairs & self.csv_pairs()
+        if repeated:
+          raise StoreError(f"{part.path}: repeats {len(repeated)} (cell, seed) pairs stored in {self.path / GRAD_FILE}")
+
+  def csv(self, table: str) -> pd.DataFrame:
+    """A CSV table of an unconverted store (read once)."""
+    if table not in self._csv:
+      self._csv[table] = read_table(self.path, table)
+    return self._csv[table]
+
+  def check(self) -> None:
+    """Read every CSV table of an unconverted store, so that one that cannot be trusted is refused now."""
+    for table in self.csv_tables:
+      self.csv(table)
+
+  def csv_pairs(self) -> frozenset[tuple]:
+    """The (cell, seed) pairs of an unconverted store's grad_norms.csv."""
+    return frozenset(parts.pairs_of(self.csv(GRAD_FILE))) if GRAD_FILE in self.csv_tables else frozenset()
+
+  def pairs(self) -> frozenset[tuple]:
+    """Every stored (cell, seed) pair, in ``parts.key_columns()`` order."""
+    return self.csv_pairs() | self.index.pairs()
+
+  def has(self, table: str) -> bool:
+    """Whether the store holds the table (a CSV file or any part of it)."""
+    return table in self.csv_tables or bool(self.index.parts[table])
+
+  def read(self, table: str, columns: Sequence[str] | None = None, where: pc.Expression | None = None) -> pd.DataFrame:
+    """One table's rows (CSV rows first, then the parts in write order): only ``columns``, only the rows ``where``
+    selects (a ``pyarrow.compute`` expression), as :func:`read` describes."""
+    pieces = []
+    if table in self.csv_tables:
+      csv = parts.plain(pa.Table.from_pandas(self.csv(table), preserve_index=False))
+      pieces.append((csv if where is None else csv.filter(where)).select(list(columns or schema.TABLES[table])))
+    if self.index.parts[table] or not pieces:
+      pieces.append(parts.read(self.index.parts[table], table, columns, where))
+    return parts.to_frame(parts.compact(pieces))
+
+
+def last_layer(param: str = "W2") -> pc.Expression:
+  """The selection of one weight's grad-norm rows at the last layer ``layer = L`` (Theorem 1's quantity for W2)."""
+  return (pc.field("param") == param) & (pc.field("layer") == pc.field("L"))
+
+
+def read(out_dir: str | os.PathLike, table: str, columns: Sequence[str] | None = None,
+         where: pc.Expression | None = None) -> pd.DataFrame:
+  """One table of a store, reading only the columns and rows asked for (pushed into the Parquet scan).
+
+  Example:
+    >>> import pyarrow.compute as pc
+    >>> last_w2 = read("results/run", GRAD_FILE,  # doctest: +SKIP
+    ...                where=(pc.field("param") == "W2") & (pc.field("layer") == pc.field("L")))
+
+  Args:
+    out_dir: the store directory.
+    table: a key of ``schema.TABLES``.
+    columns: the columns to return (default all, in table order).
+    where: a ``pyarrow.compute`` expression over the table's columns; None: every row.
+
+  Returns:
+    DataFrame with the typed columns of :func:`normtheory.schema.read_table` (strings ``str``,
+    integers int64, the value float64); a table the store lacks reads as empty.
+
+  Raises:
+    FileNotFoundError: ``out_dir`` is not a directory.
+    StoreError: a file cannot be trusted (:class:`Contents`).
+  """
+  path = Path(out_dir)
+  if not path.is_dir():
+    raise FileNotFoundError(f"no results directory {path}")
+  return Contents(path).read(table, columns, where)
+
+
 def load(out_dir: str | os.PathLike) -> Frames:
   """Every table of a results store, with its meta.json and fits.json.
 
@@ -155,17 +268,52 @@ def load(out_dir: str | os.PathLike) -> Frames:
 
   Returns:
     :class:`Frames`; tables the store lacks are empty. Stores written before a
-    column existed load with its default (:func:`normtheory.schema.read_table`).
+    column existed load with its default (``schema.CELL_DEFAULTS``), CSV stores as
+    :func:`normtheory.schema.read_table` reads them.
 
   Raises:
     FileNotFoundError: ``out_dir`` is not a directory.
-    StoreError: a file cannot be read or has a header of no known layout.
+    StoreError: a file cannot be read or has a layout of no known version.
   """
   path = Path(out_dir)
   if not path.is_dir():
     raise FileNotFoundError(f"no results directory {path}")
-  tables = {name: read_table(path, name) for name in FRAME_TABLES.values()}
+  contents = Contents(path)
+  tables = {name: contents.read(name) for name in FRAME_TABLES.values() if contents.has(name)}
   return Frames.from_tables(tables, meta=read_json(path / META_FILE), fits=read_json(path / FITS_FILE))
+
+
+def export_csv(out_dir: str | os.PathLike, csv_dir: str | os.PathLike) -> list[Path]:
+  """Write a store in the CSV layout (one ``<table>.csv`` per table, meta.json, fits.json), e.g. for a spreadsheet.
+
+  One line from a shell::
+
+    python -c "import normtheory as nt; nt.export_csv('results/run', 'results/run_csv')"
+
+  The result is a store of the older layout: it loads, resumes and reports like the
+  original (its first write converts it back to parts).
+
+  Args:
+    out_dir: the store.
+    csv_dir: where the CSVs go (created; files of the same name are replaced atomically).
+
+  Returns:
+    the files written.
+  """
+  frames = load(out_dir)
+  target = Path(csv_dir)
+  target.mkdir(parents=True, exist_ok=True)
+  written = []
+  for field, name in FRAME_TABLES.items():
+    frame = getattr(frames, field)
+    if not frame.empty:
+      atomic_write(target / name, frame.to_csv(index=False))
+      written.append(target / name)
+  for name, value in ((META_FILE, frames.meta), (FITS_FILE, frames.fits)):
+    if value is not None:
+      atomic_write(target / name, (Path(out_dir) / name).read_bytes())
+      written.append(target / name)
+  return written
 
 
 def check_writable(out_dir: str | os.PathLike) -> None:
@@ -348,8 +496,9 @@ def read_meta(out_dir: str | os.PathLike) -> dict | None:
 class ResultsStore:
   """A results directory with fixed settings, opened for appending.
 
-  Opening reads and checks every file (nothing is written until ``start_run`` or
-  ``append``); hold a :class:`StoreLock` on the directory while writing.
+  Opening checks every file (the parts' footers, the CSV tables of an older store,
+  meta.json) and reads no part's values; nothing is written until ``start_run`` or
+  ``append``. Hold a :class:`StoreLock` on the directory while writing.
 
   Args:
     out_dir: the directory (created on the first write).
@@ -365,7 +514,9 @@ class ResultsStore:
     self.path = Path(out_dir)
     self.settings = dict(defaults) | dict(settings)
     meta = read_meta(self.path)
-    present = [name for name in TABLES if (self.path / name).exists()]
+    self.contents = Contents(self.path)
+    self.contents.check()
+    present = [name for name in schema.TABLES if self.contents.has(name)]
     if meta is None and present:
       raise StoreError(f"{self.path / META_FILE}: missing, so the settings of the rows in {present[0]} are unknown")
     self.meta = meta if meta is not None else {"settings": {}, "runs": [], "passes": []}
@@ -375,21 +526,18 @@ class ResultsStore:
               if stored.get(k) != self.settings.get(k)}
       raise StoreError(f"--out {out_dir} holds results with other settings (stored, asked): {diff}; use another --out")
     self.meta["settings"] = self.settings
-    self.tables = {name: read_table(self.path, name) for name in TABLES}
+    self._prepared = False
 
-  @property
-  def grad(self) -> pd.DataFrame:
-    """The stored grad-norm rows."""
-    return self.tables[GRAD_FILE]
+  def read(self, table: str = GRAD_FILE, columns: Sequence[str] | None = None,
+           where: pc.Expression | None = None) -> pd.DataFrame:
+    """One stored table, only ``columns`` and the rows ``where`` selects (:func:`read`)."""
+    return self.contents.read(table, columns, where)
 
   def stored_seeds(self) -> dict[tuple, set[int]]:
-    """cell tuple -> the seeds whose grad-norm rows are stored."""
-    if self.grad.empty:
-      return {}
-    pairs = self.grad[[*CELL_COLUMNS, "seed"]].drop_duplicates()
+    """cell tuple -> the seeds whose grad-norm rows are stored (from the parts' footers)."""
     out: dict[tuple, set[int]] = {}
-    for row in pairs.itertuples(index=False):
-      out.setdefault(tuple(row[:-1]), set()).add(int(row[-1]))
+    for *cell, seed in self.contents.pairs():
+      out.setdefault(tuple(cell), set()).add(int(seed))
     return out
 
   def start_run(self, run_info: dict) -> None:
@@ -398,32 +546,49 @@ class ResultsStore:
     self._write_meta()
 
   def append(self, results: Sequence[GradNorms], wall_time_s: float, depth: pd.DataFrame | None = None) -> None:
-    """Add measured cells (replacing any rows with the same cell and seed) and record the pass.
+    """Store one chunk of measured cells as new parts (pairs already stored are left out) and record it.
 
     Args:
       results: one :class:`normtheory.GradNorms` per measured cell.
-      wall_time_s: the pass's wall time, for meta.json.
+      wall_time_s: the chunk's wall time, for meta.json.
       depth: the same cells' depth-metric rows (columns ``depth_metrics.COLUMNS``), if measured.
     """
     new = concat_tables(results) | ({} if depth is None else {DEPTH_FILE: depth})
-    self._ensure_meta()
-    for name in sorted(new, key=lambda name: name == GRAD_FILE):  # grad norms last: they mark a (cell, seed) as stored
-      self.tables[name] = _replace_rows(self.tables[name], new[name])
-      atomic_write(self.path / name, self.tables[name].to_csv(index=False))
+    part_id = self.write_chunk(new)
     self.meta["passes"].append({
         "cells": [dict(zip(CELL_COLUMNS, cell_key(r.config))) | {"seeds": [int(s) for s in r.seeds]} for r in results],
         "wall_time_s": round(wall_time_s, 4),
         "depth_metrics": depth is not None,
+        "part": part_id,
     })
     self._write_meta()
 
   def absorb(self, other: "ResultsStore") -> None:
-    """Fold another store's rows (and its runs, passes and problems) into this one."""
-    self._ensure_meta()
-    for name in (DEPTH_FILE, HIDDEN_FILE, LN_JACOBIAN_FILE, GRAD_FILE):  # grad norms last: they mark a (cell, seed) as stored
-      if not other.tables[name].empty:
-        self.tables[name] = _replace_rows(self.tables[name], other.tables[name])
-        atomic_write(self.path / name, self.tables[name].to_csv(index=False))
+    """Move another store's rows (and its runs, passes and problems) into this one.
+
+    A chunk of ``other`` whose pairs are not stored here moves by renaming its parts
+    (grad norms last), so nothing is copied; one that shares pairs with this store is
+    written anew without them. ``other``'s CSV tables (an older part store) are
+    written as one new chunk.
+    """
+    self._prepare()
+    if other.contents.csv_tables:
+      self.write_chunk({table: other.contents.csv(table) for table in other.contents.csv_tables})
+    by_id = {}
+    for table, table_parts in other.contents.index.parts.items():
+      for part in table_parts:
+        by_id.setdefault(part.id, {})[table] = part
+    for part_id in other.contents.index.ids():
+      chunk = by_id[part_id]
+      if chunk[GRAD_FILE].pairs & self.contents.pairs():
+        self.write_chunk({table: parts.to_frame(parts.read([part], table)) for table, part in chunk.items()})
+        parts.remove(p.path for p in chunk.values())
+        continue
+      for table in sorted(chunk, key=lambda name: name == GRAD_FILE):  # grad norms last: they commit the chunk
+        target = self.path / parts.folder(table) / chunk[table].path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(chunk[table].path, target)
+    self.contents = Contents(self.path)  # the moved parts, with any an interrupted merge had moved before
     for key in ("runs", "passes", "problems"):
       self.meta.setdefault(key, []).extend(other.meta.get(key, []))
     self._write_meta()
@@ -432,6 +597,48 @@ class ResultsStore:
     """Note a failed pass or non-finite values in meta.json (under "problems")."""
     self.meta.setdefault("problems", []).append(problem)
     self._write_meta()
+
+  def write_chunk(self, tables: Mapping[str, pd.DataFrame]) -> str | None:
+    """Store one chunk's tables (``{table: frame}``) as new parts, grad norms last, leaving out the rows of
+    pairs already stored; returns the chunk's id (None: nothing new, nothing written). ``append`` is this
+    plus the chunk's record in meta.json."""
+    self._prepare()
+    stored = self.contents.pairs()
+    new = {name: _without_pairs(frame, stored) for name, frame in tables.items()}
+    new = {name: frame for name, frame in new.items() if not frame.empty}
+    if not new:
+      return None
+    part_id = parts.new_id()
+    new.setdefault(GRAD_FILE, empty_table(GRAD_FILE))
+    written = {}
+    for name in sorted(new, key=lambda name: name == GRAD_FILE):  # grad norms last: they commit the chunk
+      written[name] = parts.read_footer(parts.write_part(self.path, name, part_id, new[name]), name)
+    self._add_parts(written)
+    return part_id
+
+  def _add_parts(self, written: Mapping[str, parts.Part]) -> None:
+    for name, part in written.items():
+      self.contents.index.parts[name].append(part)
+
+  def _prepare(self) -> None:
+    """Before the first table write: meta.json (no table is ever without its settings), the orphans of
+    chunks cut short removed (but not those of a chunk whose grad-norm part still waits in
+    ``DIR/parts/process-*``: a merge cut short moved them, the next merge commits them), and a CSV store
+    converted to parts (grad norms last, then the CSVs deleted)."""
+    if self._prepared:
+      return
+    self._ensure_meta()
+    merging = {p.name for p in self.path.glob(f"parts/process-*/{parts.folder(GRAD_FILE)}/*{parts.SUFFIX}")}
+    parts.remove([p for p in self.contents.index.orphans if p.name not in merging] + self.contents.leftover_csv)
+    csv = self.contents.csv_tables
+    if csv:
+      for name in sorted(csv, key=lambda name: name == GRAD_FILE):
+        parts.write_part(self.path, name, parts.CSV_ID, self.contents.csv(name))
+      if GRAD_FILE not in csv:
+        parts.write_part(self.path, GRAD_FILE, parts.CSV_ID, empty_table(GRAD_FILE))
+      parts.remove(self.path / name for name in csv)
+    self.contents = Contents(self.path)
+    self._prepared = True
 
   def _ensure_meta(self) -> None:
     """meta.json before any table, so that no table is ever stored without its settings."""
@@ -443,11 +650,11 @@ class ResultsStore:
     atomic_write(self.path / META_FILE, json.dumps(self.meta, indent=1) + "\n")
 
 
-def _replace_rows(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
-  """``old`` without the (cell, seed) pairs present in ``new``, then ``new``."""
-  if old.empty:
-    return new.reset_index(drop=True)
-  keys = [*CELL_COLUMNS, "seed"]
-  incoming = pd.MultiIndex.from_frame(new[keys].drop_duplicates())
-  keep = ~pd.MultiIndex.from_frame(old[keys]).isin(incoming)
-  return pd.concat([old[keep], new], ignore_index=True)
+def _without_pairs(frame: pd.DataFrame, stored: frozenset[tuple]) -> pd.DataFrame:
+  """``frame`` without the rows of (cell, seed) pairs in ``stored``."""
+  if frame.empty or not stored:
+    return frame.reset_index(drop=True)
+  keys = list(parts.key_columns())
+  have = pd.MultiIndex.from_tuples(sorted(stored, key=str), names=keys)
+  keep = ~pd.MultiIndex.from_frame(frame[keys]).isin(have)
+  return frame[keep].reset_index(drop=True)

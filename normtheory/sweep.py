@@ -170,6 +170,23 @@ def pass_depth_metrics(results: Sequence[GradNorms], base_key: jax.Array) -> pd.
   return pd.concat(frames, ignore_index=True)
 
 
+def seed_chunks(p: Pass, chunk: int | None, max_memory: int | None = None, redraw: bool = False) -> list[tuple[int, ...]]:
+  """The seed chunks a pass is measured and stored in: as many seeds as the engine measures per call.
+
+  A seed's numbers do not depend on the seeds measured with it (:mod:`normtheory.engine`),
+  so storing chunk by chunk changes no number.
+
+  Args:
+    p: the pass.
+    chunk, max_memory, redraw: as in :func:`run_pass`.
+  """
+  budget = engine.default_max_memory() if max_memory is None else max_memory
+  plans = engine.plan_passes(p.base, p.archs, p.depths, len(p.seeds), budget,
+                             None if chunk is None else min(chunk, len(p.seeds)), redraw)
+  size = max(plan.chunk for _, plan in plans)
+  return [p.seeds[start : start + size] for start in range(0, len(p.seeds), size)]
+
+
 def run(
     passes: Sequence[Pass],
     store: ResultsStore,
@@ -181,11 +198,14 @@ def run(
     max_memory: int | None = None,
     redraw: bool = False,
 ) -> list[Failure]:
-  """Measure every pass and append it to the store; ``on_cells(k)`` after each pass of k cells.
+  """Measure every pass, storing each seed chunk as it finishes; ``on_cells(k)`` after each pass of k cells.
 
-  A pass that raises is recorded and skipped, so every other pass is still
-  measured and stored; non-finite norms are stored as measured (never dropped or
-  averaged away), reported through ``warn`` and listed in meta.json.
+  Each chunk of seeds (:func:`seed_chunks`) is appended to the store as soon as it is
+  measured, so an interrupted pass loses at most the chunk in flight and the same
+  command resumes from the stored chunks. A chunk that raises is recorded and the
+  rest of its pass skipped, so every other pass is still measured and stored;
+  non-finite norms are stored as measured (never dropped or averaged away), reported
+  through ``warn`` and listed in meta.json.
 
   Args:
     passes: from :func:`plan`.
@@ -203,21 +223,23 @@ def run(
   """
   failures = []
   for p in passes:
-    start = time.perf_counter()
-    try:
-      results = run_pass(p, base_key, chunk, warn, max_memory, redraw)
-      metrics = pass_depth_metrics(results, base_key) if depth else None
-    except Exception as error:  # noqa: BLE001 - reported, and the exit status says so
-      cells = sorted((arch, p.base.loss, p.base.d, L) for arch, L in p.cells)
-      failures.append(Failure(cells, f"{type(error).__name__}: {error}"))
-      warn(f"failed: {len(cells)} cells of loss={p.base.loss} d={p.base.d}: {failures[-1].error.splitlines()[0]}")
-      store.record_problem({"failed_cells": cells, "error": failures[-1].error})
-      continue
-    for line in nonfinite(results):
-      warn(line)
-      store.record_problem({"nonfinite": line})
-    store.append(results, time.perf_counter() - start, metrics)
-    on_cells(len(p.cells))
+    for seeds in seed_chunks(p, chunk, max_memory, redraw):
+      start = time.perf_counter()
+      try:
+        results = run_pass(dataclasses.replace(p, seeds=seeds), base_key, chunk, warn, max_memory, redraw)
+        metrics = pass_depth_metrics(results, base_key) if depth else None
+      except Exception as error:  # noqa: BLE001 - reported, and the exit status says so
+        cells = sorted((arch, p.base.loss, p.base.d, L) for arch, L in p.cells)
+        failures.append(Failure(cells, f"{type(error).__name__}: {error}"))
+        warn(f"failed: {len(cells)} cells of loss={p.base.loss} d={p.base.d}: {failures[-1].error.splitlines()[0]}")
+        store.record_problem({"failed_cells": cells, "error": failures[-1].error})
+        break
+      for line in nonfinite(results):
+        warn(line)
+        store.record_problem({"nonfinite": line})
+      store.append(results, time.perf_counter() - start, metrics)
+    else:  # every chunk stored
+      on_cells(len(p.cells))
   return failures
 
 

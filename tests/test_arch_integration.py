@@ -21,7 +21,7 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 import normtheory as nt  # noqa: E402
-from normtheory import cli, depth_metrics  # noqa: E402
+from normtheory import cli, depth_metrics, schema, store  # noqa: E402
 
 pytestmark = pytest.mark.slow  # four architectures' passes and depth metrics through the CLI: minutes from a cold cache
 
@@ -41,13 +41,13 @@ def swept(tmp_path_factory):
 
 
 def _depth_rows(out: pathlib.Path) -> pd.DataFrame:
-  return pd.read_csv(out / "depth_metrics.csv")
+  return store.read(out, schema.DEPTH_FILE)
 
 
 def test_cli_stores_every_cell_seed_layer_and_metric(swept):
-  """depth_metrics.csv has the exact header and one finite row per (cell, seed, layer, metric);
+  """depth_metrics/ has the exact columns and one finite row per (cell, seed, layer, metric);
   fits.json holds the effective-depth exponent of every (arch, L); every pass is marked."""
-  assert (swept / "depth_metrics.csv").read_text().splitlines()[0] == ",".join(depth_metrics.COLUMNS)
+  assert list(_depth_rows(swept).columns) == list(depth_metrics.COLUMNS)
   frame = _depth_rows(swept)
   expected = {
       (arch, "linear", D, L, N, D, 1, "uniform", 1, "gaussian", seed, layer, metric)
@@ -65,8 +65,8 @@ def test_cli_stores_every_cell_seed_layer_and_metric(swept):
 
 
 def test_resumed_run_writes_nothing_new(swept, capsys):
-  """The same command again measures nothing: every CSV keeps its bytes and mtime, meta.json its passes."""
-  files = sorted(swept.glob("*.csv"))
+  """The same command again measures nothing: every part keeps its bytes and mtime, meta.json its passes."""
+  files = sorted(swept.rglob("*.parquet"))
   before = [(f.read_bytes(), f.stat().st_mtime_ns) for f in files]
   passes = json.loads((swept / "meta.json").read_text())["passes"]
   assert cli.main([*ARGV, "--out", str(swept)]) == 0
@@ -84,14 +84,14 @@ def test_cli_depth_metrics_equal_the_api(swept):
 
 
 def test_without_the_flag_no_depth_metrics_and_same_gradients(swept, tmp_path):
-  """The flag off: no depth_metrics.csv, no effective_depth fits, and the same gradient norms."""
+  """The flag off: no depth metrics, no effective_depth fits, and the same gradient norms."""
   argv = [a for a in ARGV if a != "--depth-metrics"]
   argv[argv.index("--arch") + 1] = "sandwich"
   assert cli.main([*argv, "--out", str(tmp_path)]) == 0
-  assert not (tmp_path / "depth_metrics.csv").exists()
+  assert not (tmp_path / "depth_metrics").exists()
   assert "effective_depth" not in json.loads((tmp_path / "fits.json").read_text())
-  with_flag = pd.read_csv(swept / "grad_norms.csv")
-  pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "grad_norms.csv"),
+  with_flag = store.read(swept, schema.GRAD_FILE)
+  pd.testing.assert_frame_equal(store.read(tmp_path, schema.GRAD_FILE),
                                 with_flag[with_flag["arch"] == "sandwich"].reset_index(drop=True))
 
 

@@ -10,7 +10,7 @@ import pathlib
 
 import pytest
 
-from normtheory import cli, schema
+from normtheory import cli, schema, store
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -32,8 +32,8 @@ def test_two_settings_run_into_their_stores_and_draw_the_figures(tmp_path, capsy
   argv = ["--settings", "paper,realistic", "--d", "8,16", "--L", "2,4", "--seeds", "2", "--n-boot", "20",
           "--out", str(out), "--figures", str(figs), "--dpi", "40", "--quiet"]
   assert module.main(argv) == 0
-  paper = schema.read_table(out / "paper", schema.GRAD_FILE)
-  realistic = schema.read_table(out / "realistic", schema.GRAD_FILE)
+  paper = store.read(out / "paper", schema.GRAD_FILE)
+  realistic = store.read(out / "realistic", schema.GRAD_FILE)
   assert set(paper[["attention", "heads", "inputs", "loss"]].itertuples(index=False, name=None)) == {("uniform", 1, "gaussian", "xent")}
   assert set(realistic[["attention", "heads", "inputs", "loss"]].itertuples(index=False, name=None)) == {("xavier", 8, "text", "xent")}
   assert set(realistic[realistic["param"] == "E"]["layer"]) == {0}

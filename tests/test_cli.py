@@ -9,17 +9,17 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 import jax
 
 import normtheory as nt
-from normtheory import architectures, cli, fit, sampling, schema
+from normtheory import architectures, cli, fit, parts, sampling, schema, store
 from normtheory.layers import Taps, layer_norm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,12 +31,15 @@ def run_cli(*argv: str) -> subprocess.CompletedProcess:
 
 
 def test_store_has_the_contract_columns_and_every_row(tiny_store):
-  """grad_norms.csv / hidden_norms.csv / ln_jacobian.csv have exactly the contract headers and one row
-  per measurement: hidden norms for layers 1..L+1, LN Jacobians for every LN of every layer (Post-LN 2,
-  Pre-LN 2 plus the final LN at layer L+1)."""
-  grad = pd.read_csv(tiny_store / "grad_norms.csv")
-  hidden = pd.read_csv(tiny_store / "hidden_norms.csv")
-  ln_jac = pd.read_csv(tiny_store / "ln_jacobian.csv")
+  """grad_norms/ hidden_norms/ ln_jacobian/ have exactly the contract columns and one row per measurement:
+  hidden norms for layers 1..L+1, LN Jacobians for every LN of every layer (Post-LN 2, Pre-LN 2 plus the
+  final LN at layer L+1); every part's file has the typed columns of its table."""
+  grad = store.read(tiny_store, schema.GRAD_FILE)
+  hidden = store.read(tiny_store, schema.HIDDEN_FILE)
+  ln_jac = store.read(tiny_store, schema.LN_JACOBIAN_FILE)
+  for table in (schema.GRAD_FILE, schema.HIDDEN_FILE, schema.LN_JACOBIAN_FILE):
+    for path in (tiny_store / parts.folder(table)).glob("part-*.parquet"):
+      assert pq.read_schema(path).remove_metadata() == parts.arrow_schema(table), path
   cell = "arch,loss,d,L,n,d_ff,batch,attention,heads,inputs"
   assert list(grad.columns) == f"{cell},seed,layer,param,grad_norm".split(",")
   assert list(hidden.columns) == f"{cell},seed,layer,sq_norm".split(",")
@@ -63,9 +66,9 @@ def test_stored_ln_jacobians_and_last_state_equal_their_definitions(tiny_store):
   hidden_norms.csv's layer L+1 is ||x_{L+1}||²/n of the state leaving the last layer."""
   cfg = nt.Config(arch="pre", d=8, L=4, n=4)
   arch = architectures.get("pre")
-  rows = schema.read_table(tiny_store, schema.LN_JACOBIAN_FILE)
+  rows = store.read(tiny_store, schema.LN_JACOBIAN_FILE)
   rows = rows[(rows.arch == "pre") & (rows.d == 8) & (rows.L == 4)]
-  hidden = schema.read_table(tiny_store, schema.HIDDEN_FILE)
+  hidden = store.read(tiny_store, schema.HIDDEN_FILE)
   hidden = hidden[(hidden.arch == "pre") & (hidden.d == 8) & (hidden.L == 4) & (hidden.layer == 5)]
   jacobian = jax.jit(jax.vmap(jax.jacfwd(lambda r_d: layer_norm(r_d, cfg.eps))))
 
@@ -92,15 +95,20 @@ def test_stored_ln_jacobians_and_last_state_equal_their_definitions(tiny_store):
 
 @pytest.mark.slow
 def test_cli_values_equal_the_library_api(tiny_store):
-  """A CLI run's CSV holds the values nt.grad_norms returns for the same seeds and base seed: the same
+  """A CLI run's store holds the values nt.grad_norms returns for the same seeds and base seed: the same
   samples, equal to float32 rounding (the CLI's pass batches the cotangents of several depths)."""
-  grad = pd.read_csv(tiny_store / "grad_norms.csv")
+  grad = store.read(tiny_store, schema.GRAD_FILE)
   for arch, d, L in [("post", 16, 4), ("pre", 8, 2)]:
     api = nt.grad_norms(nt.Config(arch=arch, d=d, L=L, n=4), seeds=3, key=0).to_frame()
     rows = grad[(grad.arch == arch) & (grad.d == d) & (grad.L == L)]
     merged = rows.merge(api, on=["seed", "layer", "param"], suffixes=("_cli", "_api"))
     assert len(merged) == len(api)
     np.testing.assert_allclose(merged["grad_norm_cli"], merged["grad_norm_api"], rtol=2e-6, atol=1e-7)
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+  """Every file under ``directory`` (hidden ones included), path -> bytes."""
+  return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
 @pytest.mark.parametrize("flags, words", [([], fit.short_report), (["--report", "full"], fit.report)])
@@ -117,44 +125,88 @@ def test_the_run_ends_with_the_short_report_and_report_full_prints_the_whole_tex
 
 @pytest.mark.slow
 def test_rerun_measures_nothing_and_more_seeds_adds_only_new_ones(tiny_store_copy, tiny_argv, capsys):
-  """The same command again stores nothing new; --seeds 4 adds seed 3 only, leaving old rows untouched."""
-  before = (tiny_store_copy / "grad_norms.csv").read_text()
+  """The same command again stores nothing new; --seeds 4 adds seed 3 only, as new parts: every stored part
+  keeps its bytes."""
+  stored_parts = {k: v for k, v in snapshot(tiny_store_copy).items() if k.endswith(".parquet")}
+  before = nt.load(tiny_store_copy).grad
   assert cli.main([*[a for a in tiny_argv if a != "--quiet"], "--out", str(tiny_store_copy)]) == 0
   assert "12 already stored" in capsys.readouterr().out
-  assert (tiny_store_copy / "grad_norms.csv").read_text() == before
+  assert {k: v for k, v in snapshot(tiny_store_copy).items() if k.endswith(".parquet")} == stored_parts
   args = [*tiny_argv, "--out", str(tiny_store_copy)]
   args[args.index("--seeds") + 1] = "4"
   assert cli.main(args) == 0
-  grad = pd.read_csv(tiny_store_copy / "grad_norms.csv")
+  after = snapshot(tiny_store_copy)
+  assert all(after[k] == v for k, v in stored_parts.items())
+  grad = nt.load(tiny_store_copy).grad
   assert sorted(grad.seed.unique()) == [0, 1, 2, 3]
-  old = pd.read_csv(pd.io.common.StringIO(before))
-  merged = old.merge(grad, on=list(old.columns[:-1]), suffixes=("_old", "_new"))
-  np.testing.assert_array_equal(merged.grad_norm_old, merged.grad_norm_new)
+  pd.testing.assert_frame_equal(grad.iloc[: len(before)], before, check_exact=True)
+
+
+# Run by a fresh interpreter: the sweep CLI, killed by SIGKILL right after the first part of its third seed
+# chunk is written (a chunk cut short between its renames).
+KILLED_AT_THE_THIRD_CHUNK = """
+import os, signal, sys
+from normtheory import cli, parts
+real, chunks = parts.write_part, []
+def write_part(directory, table, part_id, frame):
+  chunks.append(part_id) if part_id not in chunks else None
+  path = real(directory, table, part_id, frame)
+  if len(chunks) == 3:
+    os.kill(os.getpid(), signal.SIGKILL)
+  return path
+parts.write_part = write_part
+sys.exit(cli.main(sys.argv[1:]))
+"""
 
 
 @pytest.mark.slow
-def test_killed_sweep_resumes_without_duplicate_or_partial_rows(tmp_path):
-  """SIGKILL in the middle of a sweep, then the same command: every cell once, values as an uninterrupted run."""
+def test_a_sweep_killed_in_the_middle_of_a_pass_keeps_its_finished_chunks_and_resumes(tmp_path):
+  """SIGKILL while the third of four seed chunks of one pass is being stored: the two finished chunks are
+  stored (and nothing of the third), the lock is left behind; the same command takes the stale lock over,
+  measures only the missing seeds and ends with every row once, bit for bit as an uninterrupted run."""
   out = tmp_path / "killed"
-  args = ["--d", "8,12,16,20", "--L", "1,2", "--seeds", "2", "--n", "4", "--n-boot", "10", "--out", str(out)]
-  proc = subprocess.Popen([sys.executable, str(SCRIPT), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  deadline = time.time() + 300
-  while not (out / "grad_norms.csv").exists() and time.time() < deadline and proc.poll() is None:
-    time.sleep(0.05)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  partial = pd.read_csv(out / "grad_norms.csv")
-  assert partial.groupby(["arch", "d", "L"]).ngroups < 16, "the kill came too late to test anything"
-  assert run_cli(*args).returncode == 0
-  resumed = pd.read_csv(out / "grad_norms.csv")
-  keys = ["arch", "loss", "d", "L", "n", "d_ff", "seed", "layer", "param"]
-  assert not resumed.duplicated(keys).any()
-  assert resumed.groupby(["arch", "d", "L"]).ngroups == 16
-  assert cli.main([*args[:-1], str(tmp_path / "clean"), "--quiet"]) == 0
-  clean = pd.read_csv(tmp_path / "clean" / "grad_norms.csv")
-  merged = clean.merge(resumed, on=keys, suffixes=("_clean", "_resumed"))
-  assert len(merged) == len(clean) == len(resumed)
-  np.testing.assert_array_equal(merged.grad_norm_clean, merged.grad_norm_resumed)
+  args = ["--d", "8", "--L", "1,2", "--seeds", "4", "--chunk", "1", "--n", "4", "--n-boot", "10", "--quiet"]
+  killed = subprocess.run([sys.executable, "-c", KILLED_AT_THE_THIRD_CHUNK, *args, "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+  assert killed.returncode == -signal.SIGKILL, killed.stderr
+  assert (out / ".lock").exists()
+  stored = store.ResultsStore(out, {"dtype": "float32", "eps": 1e-6, "base_seed": 0, "prng": "threefry2x32",
+                                    "vocab": 1000}).stored_seeds()
+  assert len(stored) == 4 and all(seeds == {0, 1} for seeds in stored.values()), stored
+  assert len(list((out / "hidden_norms").glob("part-*"))) == 3  # the third chunk's hidden norms, an orphan
+  assert cli.main([*args, "--out", str(out)]) == 0
+  assert not (out / ".lock").exists() and len(list((out / "hidden_norms").glob("part-*"))) == 4
+  assert cli.main([*args, "--out", str(tmp_path / "clean")]) == 0
+  for field in ("grad", "hidden", "ln_jacobian"):
+    resumed, clean = getattr(nt.load(out), field), getattr(nt.load(tmp_path / "clean"), field)
+    keys = list(clean.columns[:-1])
+    assert not resumed.duplicated(keys).any()
+    pd.testing.assert_frame_equal(resumed.sort_values(keys).reset_index(drop=True),
+                                  clean.sort_values(keys).reset_index(drop=True), check_exact=True)
+
+
+# Run by a fresh interpreter: the sweep CLI, killed by SIGKILL when it starts its fits.
+KILLED_IN_THE_FITS = """
+import os, signal, sys
+from normtheory import cli, fit
+fit.write_fits = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_a_lock_left_by_a_sweep_killed_during_its_fits_is_taken_over(tmp_path):
+  """SIGKILL during the fits leaves DIR/.lock (naming the dead pid) and every measured row; the same command
+  takes the lock over, measures nothing, writes fits.json and removes the lock."""
+  out = tmp_path / "store"
+  args = ["--d", "8", "--L", "1,2", "--seeds", "2", "--n", "4", "--n-boot", "10", "--quiet", "--out", str(out)]
+  killed = subprocess.run([sys.executable, "-c", KILLED_IN_THE_FITS, *args], capture_output=True, text=True, timeout=600)
+  assert killed.returncode == -signal.SIGKILL, killed.stderr
+  assert (out / ".lock").exists() and not (out / "fits.json").exists()
+  rows = nt.load(out).grad
+  assert cli.main(args) == 0
+  assert not (out / ".lock").exists() and (out / "fits.json").exists()
+  pd.testing.assert_frame_equal(nt.load(out).grad, rows, check_exact=True)
 
 
 def test_failed_write_leaves_the_previous_file_intact(tmp_path, monkeypatch):

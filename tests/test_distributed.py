@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from normtheory import cli, distributed, schema
+from normtheory import cli, distributed, schema, store
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "experiments" / "grad_scaling.py"
@@ -114,14 +114,16 @@ def finish(processes) -> list[tuple[int, str]]:
 def assert_equal_stores(out: Path, reference: Path) -> None:
   """Every table of ``out`` holds the rows of ``reference``, each once, with bit-identical values."""
   for table in schema.TABLES:
-    a, b = schema.read_table(out, table), schema.read_table(reference, table)  # read_table refuses repeated keys
+    a, b = store.read(out, table), store.read(reference, table)
     keys = list(a.columns[:-1])
+    assert not a.duplicated(keys).any()
     pd.testing.assert_frame_equal(a.sort_values(keys).reset_index(drop=True), b.sort_values(keys).reset_index(drop=True),
                                   check_exact=True)
 
 
 def table_files(out: Path) -> list[str]:
-  return sorted(p.name for p in out.glob("*.csv"))
+  """The part files of the main store (not of its processes' parts)."""
+  return sorted(p.name for table in schema.TABLES for p in (out / table.removesuffix(".csv")).glob("*.parquet"))
 
 
 @pytest.mark.slow

@@ -110,7 +110,7 @@ def test_pre_ln_band_is_lemma2_shifted_by_one_layer():
 
 
 def test_make_figures_writes_every_figure_and_captions(store, tmp_path, capsys):
-  """make_figures.py on a real store without depth_metrics.csv writes PNG+PDF of every other figure (the
+  """make_figures.py on a real store without depth metrics writes PNG+PDF of every other figure (the
   LN Jacobians included) and captions.md, and prints the verdict without an effective-depth block."""
   _make_figures().main(["--results", str(store[2]), "--out", str(tmp_path), "--n-boot", "20"])
   for name in set(plot.CAPTIONS) - {"fig_depth_metrics"}:
@@ -121,9 +121,9 @@ def test_make_figures_writes_every_figure_and_captions(store, tmp_path, capsys):
   assert "Theorem 1 on the grid" in out and "Effective depth" not in out
 
 
-@pytest.mark.parametrize("missing", ["dir", "hidden_norms.csv"])
+@pytest.mark.parametrize("missing", ["dir", "hidden_norms"])
 def test_make_figures_on_bad_store_exits_2_with_one_stderr_line(tmp_path, capsys, missing):
-  """A missing results directory or CSV: exit status 2 and exactly one stderr line naming it."""
+  """A missing results directory or table: exit status 2 and exactly one stderr line naming it."""
   results = tmp_path / "nowhere"
   if missing != "dir":
     results = tmp_path

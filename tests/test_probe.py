@@ -19,6 +19,8 @@ import pytest  # noqa: E402
 from flax import nnx  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+import pyarrow.parquet as pq  # noqa: E402
+
 import normtheory as nt  # noqa: E402
 from normtheory import fit, losses, plot, probe, sampling, schema  # noqa: E402
 from normtheory.probe import plot as probe_plot  # noqa: E402
@@ -358,24 +360,43 @@ def _toy_sweep(out, seeds, cell, calls=None):
 
 
 def test_depth_sweep_stores_resumes_and_adds_only_new_seeds(tmp_path):
-  """probe_norms.csv = cell columns, d, L, the probe's columns; a rerun measures nothing, more seeds only the new;
-  a store with other cell columns is refused (StoreError naming the file) and left as it was."""
+  """probe_norms/ = cell columns, d, L, the probe's columns, one Parquet part per (d, L) measured; a rerun
+  measures nothing and writes nothing, more seeds add a part of only the new; a store with other cell columns
+  is refused (StoreError naming the folder) and left as it was."""
   calls = []
   first = _toy_sweep(tmp_path, 2, {"model": "toy"}, calls)
-  header = (tmp_path / schema.PROBE_FILE).read_text().splitlines()[0]
-  assert header == ",".join(["model", "d", "L", *schema.PROBE_COLUMNS, "sq_norm"])
+  folder = tmp_path / "probe_norms"
+  written = sorted(folder.iterdir())
+  assert len(written) == 1 and pq.read_schema(written[0]).names == ["model", "d", "L", *schema.PROBE_COLUMNS, "sq_norm"]
   stored = probe.read_probe(tmp_path)
   pd.testing.assert_frame_equal(stored, first, check_dtype=False)
   assert stored["layer"].dtype == "Int64" and stored["layer"].isna().sum() == 2 * 2  # inp, out per seed
   n_calls = len(calls)
   assert len(_toy_sweep(tmp_path, 2, {"model": "toy"}, calls)) == len(first) and len(calls) == n_calls
+  assert sorted(folder.iterdir()) == written
   more = _toy_sweep(tmp_path, 3, {"model": "toy"}, calls)
   assert sorted(more["seed"].unique()) == [0, 1, 2] and len(calls) > n_calls
   pd.testing.assert_frame_equal(more[more["seed"] < 2].reset_index(drop=True), first, check_dtype=False)
-  before = (tmp_path / schema.PROBE_FILE).read_text()
-  with pytest.raises(schema.StoreError, match=schema.PROBE_FILE):
+  added = sorted(set(folder.iterdir()) - set(written))
+  assert len(added) == 1 and set(pq.read_table(added[0])["seed"].to_pylist()) == {2}
+  before = {p: p.read_bytes() for p in folder.iterdir()}
+  with pytest.raises(schema.StoreError, match="probe_norms"):
     _toy_sweep(tmp_path, 1, {"arch": "toy"}, calls)
-  assert (tmp_path / schema.PROBE_FILE).read_text() == before
+  assert {p: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_an_old_probe_csv_keeps_loading_and_new_rows_go_to_parts(tmp_path):
+  """A probe_norms.csv written before Parquet reads as before; a sweep on it skips its stored seeds and adds the
+  new ones as a part beside it (the CSV is kept as it was)."""
+  calls = []
+  first = _toy_sweep(tmp_path / "new", 2, {"model": "toy"}, calls)
+  first.to_csv(tmp_path / schema.PROBE_FILE, index=False)
+  text = (tmp_path / schema.PROBE_FILE).read_text()
+  pd.testing.assert_frame_equal(probe.read_probe(tmp_path), first, check_dtype=False)
+  more = _toy_sweep(tmp_path, 3, {"model": "toy"}, calls)
+  assert (tmp_path / schema.PROBE_FILE).read_text() == text
+  assert set(pq.read_table(next((tmp_path / "probe_norms").iterdir()))["seed"].to_pylist()) == {2}
+  pd.testing.assert_frame_equal(probe.read_probe(tmp_path), more, check_dtype=False)
 
 
 def test_bad_cell_names_and_unreadable_stores_are_refused(tmp_path):

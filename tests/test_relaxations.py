@@ -159,8 +159,8 @@ def test_a_store_made_before_the_relaxations_opens_and_is_complete(tmp_path):
   shutil.copytree(MAIN_STORE, old)
   settings = {"dtype": "float32", "eps": 1e-6, "base_seed": 0, "prng": "threefry2x32", "vocab": 11, "tied": False}
   opened = store.ResultsStore(old, settings)
-  assert list(opened.tables[schema.HIDDEN_FILE].columns) == list(schema.HIDDEN_COLUMNS)
-  assert opened.tables[schema.LN_JACOBIAN_FILE].empty
+  assert list(opened.read(schema.HIDDEN_FILE).columns) == list(schema.HIDDEN_COLUMNS)
+  assert opened.read(schema.LN_JACOBIAN_FILE).empty
   base = nt.Config(d=8, n=4, vocab=11)
   passes, complete = sweep.plan(base, nt.ARCHS[:6], ("linear", "xent", "mse"), [8], [1, 3], range(2), opened.stored_seeds())
   assert passes == [] and complete == 6 * 3 * 2

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
-from normtheory import cli, distributed, engine, plot, prng, schema, store, sweep
+from normtheory import cli, distributed, engine, parts, plot, prng, schema, store, sweep
 from normtheory.config import Config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,8 +46,8 @@ def test_out_of_memory_halves_the_chunk_and_retries(tmp_path, monkeypatch, capsy
   assert cli.main([*TINY, "--out", str(tmp_path / "retried"), "--chunk", "2"]) == 0
   assert calls[:2] == [2, 1]
   assert "retrying with 1" in capsys.readouterr().err
-  clean = pd.read_csv(tmp_path / "clean" / "grad_norms.csv")
-  retried = pd.read_csv(tmp_path / "retried" / "grad_norms.csv")
+  clean = store.read(tmp_path / "clean", schema.GRAD_FILE)
+  retried = store.read(tmp_path / "retried", schema.GRAD_FILE)
   pd.testing.assert_frame_equal(clean, retried)
 
 
@@ -62,7 +63,7 @@ def test_failed_cells_exit_1_after_storing_every_other_cell(tmp_path, monkeypatc
   out = tmp_path / "partial"
   assert cli.main([*TINY, "--out", str(out)]) == 1
   assert "simulated failure" in capsys.readouterr().err
-  grad = pd.read_csv(out / "grad_norms.csv")
+  grad = store.read(out, schema.GRAD_FILE)
   assert set(grad.d) == {8} and grad.groupby(["arch", "L"]).ngroups == 6
   meta = json.loads((out / "meta.json").read_text())
   assert any("failed_cells" in p for p in meta["problems"])
@@ -77,7 +78,7 @@ def test_nonfinite_norms_are_flagged_never_averaged(tmp_path, nan_in_pre_w2, cap
   assert "non-finite values in pre loss=linear d=8 L=2: W2 x1" in captured.err
   assert "NON-FINITE x1" in captured.out
   assert "1 non-finite values were left out" in captured.out
-  grad = pd.read_csv(out / "grad_norms.csv")
+  grad = store.read(out, schema.GRAD_FILE)
   assert grad.grad_norm.isna().sum() == 1
   assert any("nonfinite" in p for p in json.loads((out / "meta.json").read_text())["problems"])
 
@@ -91,14 +92,15 @@ def test_merged_process_parts_equal_a_single_process_run(tmp_path):
     part = store.ResultsStore(distributed.part_dir(tmp_path / "multi", process), settings)
     passes, _ = sweep.plan(base, ["post", "pre"], ["linear"], [8], [1, 2, 4], seeds, {})
     assert not sweep.run(passes, part, key, None)
-  merged = distributed.merge_parts(tmp_path / "multi", settings).grad
+  merged = distributed.merge_parts(tmp_path / "multi", settings).read()
+  assert not (tmp_path / "multi" / "parts").exists()
   single = store.ResultsStore(tmp_path / "single", settings)
   passes, _ = sweep.plan(base, ["post", "pre"], ["linear"], [8], [1, 2, 4], range(6), {})
   sweep.run(passes, single, key, 3)
   keys = ["arch", "loss", "d", "L", "n", "d_ff", "seed", "layer", "param"]
   a = merged.sort_values(keys).reset_index(drop=True)
-  b = single.grad.sort_values(keys).reset_index(drop=True)
-  pd.testing.assert_frame_equal(a, b)
+  b = single.read().sort_values(keys).reset_index(drop=True)
+  pd.testing.assert_frame_equal(a, b, check_exact=True)
   assert distributed.my_seeds(5) == {0, 1, 2, 3, 4}  # one process takes every seed
 
 
@@ -153,14 +155,22 @@ CORRUPTIONS = {
 }
 
 
+@pytest.fixture(scope="module")
+def csv_template(template_store, tmp_path_factory):
+  """The template store in the CSV layout of stores written before Parquet (its own export)."""
+  out = tmp_path_factory.mktemp("csv_template") / "store"
+  store.export_csv(template_store, out)
+  return out
+
+
 @pytest.mark.parametrize("name", list(CORRUPTIONS))
-def test_a_store_that_cannot_be_trusted_is_refused_with_one_line_and_left_byte_for_byte(
-    template_store, tmp_path, stderr_line, name):
-  """A truncated or malformed table, a meta.json that is not JSON / has no settings / is missing, or columns
-  of another version: exit status 2, one stderr line naming the file, and every byte of the store unchanged
-  (no lock file or temporary file left behind)."""
+def test_a_csv_store_that_cannot_be_trusted_is_refused_with_one_line_and_left_byte_for_byte(
+    csv_template, tmp_path, stderr_line, name):
+  """A store of the older CSV layout with a truncated or malformed table, a meta.json that is not JSON / has no
+  settings / is missing, or columns of another version: exit status 2, one stderr line naming the file, and
+  every byte of the store unchanged (no lock file, temporary file or conversion left behind)."""
   out = tmp_path / "store"
-  shutil.copytree(template_store, out)
+  shutil.copytree(csv_template, out)
   filename, edit, words = CORRUPTIONS[name]
   target = out / filename
   if edit is None:
@@ -172,6 +182,53 @@ def test_a_store_that_cannot_be_trusted_is_refused_with_one_line_and_left_byte_f
   assert cli.main([*STORE_ARGS, "--out", str(out)]) == 2
   line = stderr_line()
   assert filename in line and words in line, line
+  assert snapshot(out) == before
+
+
+def _one_part(out: Path, table: str = schema.GRAD_FILE) -> Path:
+  return sorted((out / parts.folder(table)).glob("part-*.parquet"))[0]
+
+
+def _rewrite(path: Path, edit) -> None:
+  """Replace a part by a file pyarrow writes from ``edit(table)`` (its footer record kept unless edit drops it)."""
+  pq.write_table(edit(pq.read_table(path)), path)
+
+
+def _copy_of_a_part(out: Path) -> None:
+  source = _one_part(out)
+  shutil.copy(source, source.parent / f"{parts.new_id()}.parquet")
+
+
+PART_CORRUPTIONS = {
+    # name: (edit of the store, words the error line must hold); the line names the part it refuses
+    "truncated part": (lambda out: _one_part(out).write_bytes(_one_part(out).read_bytes()[:-100]), "not a readable Parquet"),
+    "not Parquet": (lambda out: _one_part(out, schema.HIDDEN_FILE).write_bytes(b"arch,loss\n"), "not a readable Parquet"),
+    "no footer record": (lambda out: _rewrite(_one_part(out), lambda t: t.replace_schema_metadata(None)), "no readable normtheory"),
+    "rows not its record's": (lambda out: _rewrite(_one_part(out), lambda t: t.slice(1)), "rows, its footer record says"),
+    "column of another type": (lambda out: _rewrite(_one_part(out), lambda t: t.set_column(2, "d", t.column(2).cast("float64"))),
+                               "column d is double"),
+    "column renamed": (lambda out: _rewrite(_one_part(out), lambda t: t.rename_columns([*t.column_names[:-1], "norm"])),
+                       "columns are"),
+    "pairs stored twice": (_copy_of_a_part, "repeats"),
+}
+
+
+@pytest.mark.parametrize("name", list(PART_CORRUPTIONS))
+def test_a_part_that_cannot_be_trusted_is_refused_with_one_line_and_left_byte_for_byte(
+    template_store, tmp_path, stderr_line, name):
+  """A half-written or unreadable part, one without its footer record or disagreeing with it, one of another
+  layout, or a part that repeats stored (cell, seed) pairs: exit status 2, one stderr line naming that file,
+  and every byte of the store unchanged."""
+  out = tmp_path / "store"
+  shutil.copytree(template_store, out)
+  edit, words = PART_CORRUPTIONS[name]
+  files = set(out.rglob("*.parquet"))
+  edit(out)
+  changed = [p for p in out.rglob("*.parquet") if p not in files or p.read_bytes() != (template_store / p.relative_to(out)).read_bytes()]
+  before = snapshot(out)
+  assert cli.main([*STORE_ARGS, "--out", str(out)]) == 2
+  line = stderr_line()
+  assert words in line and any(str(p) in line for p in changed), line
   assert snapshot(out) == before
 
 
@@ -278,7 +335,7 @@ def test_two_sweeps_started_on_one_store_the_second_refuses(tmp_path, stderr_lin
     if first.poll() is None:
       first.kill()
   assert not (out / ".lock").exists()
-  assert len(schema.read_table(out)) == 2 * 2 * 6 * (1 + 2) * 2  # arch x d x params x sum(L) x seeds
+  assert len(store.read(out, schema.GRAD_FILE)) == 2 * 2 * 6 * (1 + 2) * 2  # arch x d x params x sum(L) x seeds
 
 
 def test_atomic_write_keeps_the_permissions_of_the_file_it_replaces(tmp_path):
@@ -304,22 +361,27 @@ def _make_figures():
 
 
 def _header_only(out: Path):
-  for name in (schema.GRAD_FILE, schema.HIDDEN_FILE):
-    (out / name).write_text((out / name).read_text().splitlines(keepends=True)[0])
+  for table in schema.TABLES:
+    for path in (out / parts.folder(table)).glob("part-*.parquet"):
+      _rewrite(path, lambda t: t.slice(0, 0).replace_schema_metadata({b"normtheory": json.dumps(
+          {"table": table, "columns": list(parts.key_columns()), "pairs": [], "rows": 0})}))
 
 
 def _no_last_layer(out: Path):
-  grad = pd.read_csv(out / schema.GRAD_FILE)
-  grad[grad.layer < grad.L].to_csv(out / schema.GRAD_FILE, index=False)
+  """Grad norms below the last layer only (and no cell of one layer, which would have none left)."""
+  for table in schema.TABLES:
+    for path in (out / parts.folder(table)).glob("part-*.parquet"):
+      frame = parts.to_frame(pq.read_table(path))
+      keep = (frame.layer < frame.L) if table == schema.GRAD_FILE else (frame.L > 1)
+      parts.write_part(out, table, path.name.removesuffix(".parquet"), frame[keep])
 
 
 FIGURE_STORES = {
     "missing directory": (lambda out: shutil.rmtree(out), "no results directory"),
-    "empty directory": (lambda out: [p.unlink() for p in out.iterdir()], "missing"),
+    "empty directory": (lambda out: [shutil.rmtree(p) if p.is_dir() else p.unlink() for p in out.iterdir()], "missing"),
     "header only": (_header_only, "no rows"),
-    "hidden norms missing": (lambda out: (out / schema.HIDDEN_FILE).unlink(), "hidden_norms.csv"),
-    "truncated table": (lambda out: (out / schema.GRAD_FILE).write_bytes((out / schema.GRAD_FILE).read_bytes()[:-5]),
-                        "truncated"),
+    "hidden norms missing": (lambda out: shutil.rmtree(out / "hidden_norms"), "hidden_norms"),
+    "truncated table": (lambda out: _one_part(out).write_bytes(_one_part(out).read_bytes()[:-5]), "not a readable Parquet"),
     "no last-layer rows": (_no_last_layer, "cannot draw figures"),
 }
 

@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
+import pyarrow.compute as pc
 
 from normtheory import theory
 from normtheory.config import ARCHS
@@ -393,12 +394,17 @@ def effective_depth_fits(frame: pd.DataFrame, n_boot: int = 1000, seed: int = 0)
 
 
 def fit_store(results_dir, n_boot: int = 1000, seed: int = 0, param: str = "W2", layer: int | None = None) -> dict:
-  """:func:`fit_frame` of ``DIR/grad_norms.csv`` with ``DIR/hidden_norms.csv`` (same arguments and
-  result), plus ``effective_depth`` (:func:`effective_depth_fits`) if the store has ``depth_metrics.csv``."""
-  hidden = _read_optional(results_dir, HIDDEN_FILE)
-  fits = fit_frame(read_grad_norms(results_dir), n_boot=n_boot, seed=seed, param=param, layer=layer, hidden=hidden)
+  """:func:`fit_frame` of the store's grad norms with its hidden norms (same arguments and result), plus
+  ``effective_depth`` (:func:`effective_depth_fits`) if the store has depth metrics.
+
+  Only the rows the fits use are read (the selection is pushed into the read): ``param`` at the
+  fitted layer, Pre-LN's hidden norms at ``layer = L + 1``, and the ``rel_update`` depth metrics."""
+  at = pc.field("L") if layer is None else layer
+  grad = read_grad_norms(results_dir, (pc.field("param") == param) & (pc.field("layer") == at))
+  hidden = _read_optional(results_dir, HIDDEN_FILE, (pc.field("arch") == "pre") & (pc.field("layer") == pc.field("L") + 1))
+  fits = fit_frame(grad, n_boot=n_boot, seed=seed, param=param, layer=layer, hidden=hidden)
   fits["meta"]["results_dir"] = str(results_dir)
-  depth = read_depth_metrics(results_dir)
+  depth = read_depth_metrics(results_dir, pc.field("metric") == "rel_update")
   if depth is not None:
     fits["effective_depth"] = effective_depth_fits(depth, n_boot=n_boot, seed=seed)
   return fits

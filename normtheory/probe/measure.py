@@ -1,7 +1,7 @@
 """Exact per-layer gradient norms of a user's model at init (:func:`grad_norms`), and a stored sweep of them.
 
 :func:`grad_norms` measures one model over seeds; :func:`depth_sweep` a grid of
-depths and widths into ``probe_norms.csv`` (:func:`read_probe`); :func:`summary`
+depths and widths into ``probe_norms/`` (:func:`read_probe`); :func:`summary`
 counts its rows. The package docstring (:mod:`normtheory.probe`) describes the
 three functions a user gives and the keys each seed draws.
 
@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from flax import nnx
 
-from normtheory import sampling, schema
+from normtheory import parts, sampling
 from normtheory.measure import as_key, seed_indices
 from normtheory.probe.fit import SWEEP_AXES, cell_columns, rows_of
 from normtheory.probe.paths import Leaf, layout
@@ -206,26 +206,45 @@ def _probe_columns(frame: pd.DataFrame) -> list[str]:
 
 
 def read_probe(out_dir) -> pd.DataFrame:
-  """``DIR/probe_norms.csv`` as a frame (empty if absent); ``StoreError`` naming the file if unreadable."""
+  """The probe table of ``DIR`` (empty if none): ``DIR/probe_norms.csv`` of stores written before Parquet,
+  then the parts of ``DIR/probe_norms/`` (:func:`normtheory.parts.read_frames`); ``StoreError`` naming the
+  file that cannot be read."""
   path = pathlib.Path(out_dir) / PROBE_FILE
-  if not path.exists():
+  frames = [] if not path.exists() else [_read_probe_csv(path)]
+  stored = parts.read_frames(pathlib.Path(out_dir) / parts.folder(PROBE_FILE))
+  if stored is not None:
+    _check_columns(pathlib.Path(out_dir) / parts.folder(PROBE_FILE), stored)
+    if frames:
+      _check_header(path, frames[0], list(stored.columns))
+    frames.append(stored)
+  if not frames:
     return pd.DataFrame()
+  frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+  frame["layer"] = frame["layer"].astype("Int64")
+  return frame
+
+
+def _read_probe_csv(path: pathlib.Path) -> pd.DataFrame:
   try:
     frame = pd.read_csv(path, dtype={"path": str, "param": str}, keep_default_na=False, na_values={
         c: [""] for c in ("layer", "grad_norm", "loss", "sq_norm")})
   except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as error:
     first = str(error).splitlines()[0]
     raise StoreError(f"{path}: not a readable probe table ({type(error).__name__}: {first})") from None
-  missing = [c for c in (*PROBE_COLUMNS, *SWEEP_AXES) if c not in frame.columns]
-  if missing:
-    raise StoreError(f"{path}: header is {','.join(frame.columns)}; a probe table needs {', '.join(missing)}")
-  frame["layer"] = frame["layer"].astype("Int64")
+  _check_columns(path, frame)
   frame["nonfinite"] = frame["nonfinite"].astype(str).str.lower() == "true"
   return frame
 
 
+def _check_columns(path: pathlib.Path, frame: pd.DataFrame) -> None:
+  missing = [c for c in (*PROBE_COLUMNS, *SWEEP_AXES) if c not in frame.columns]
+  if missing:
+    raise StoreError(f"{path}: header is {','.join(frame.columns)}; a probe table needs {', '.join(missing)}")
+
+
 def _write_probe(out_dir: pathlib.Path, frame: pd.DataFrame) -> None:
-  schema.atomic_write(out_dir / PROBE_FILE, frame.to_csv(index=False))
+  """Add the rows of one measured (d, L) as a new part of ``DIR/probe_norms/`` (nothing stored is rewritten)."""
+  parts.write_frame(out_dir / parts.folder(PROBE_FILE), frame)
 
 
 def _check_header(path: pathlib.Path, stored: pd.DataFrame, columns: list[str]) -> None:
@@ -255,8 +274,9 @@ def depth_sweep(
 
   Every (d, L) model is measured with the same seeds (the sample pairs the fits
   resample together) and its layer stack is found with ``num_layers=L``. With
-  ``out``, rows go to ``out/probe_norms.csv`` (written atomically after each
-  (d, L)); a second call skips every stored (cell, d, L, seed), so an interrupted
+  ``out``, the rows of each measured (d, L) become a new Parquet part of
+  ``out/probe_norms/`` (written atomically; an older ``out/probe_norms.csv`` is read and
+  kept as it is); a second call skips every stored (cell, d, L, seed), so an interrupted
   sweep resumes and a larger ``seeds`` adds only the new ones.
 
   Args:
@@ -285,6 +305,8 @@ def depth_sweep(
   seeds_S = seed_indices(seeds)
   keys = [*cell, *SWEEP_AXES]
   path = None if out is None else pathlib.Path(out) / PROBE_FILE
+  if path is not None and not path.exists():
+    path = path.parent / parts.folder(PROBE_FILE)  # what error lines name: the CSV of an older store, else the parts
   stored = pd.DataFrame()
   if path is not None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -305,8 +327,8 @@ def depth_sweep(
         if path is not None:
           if not stored.empty:
             _check_header(path, stored, [*keys, *_probe_columns(frame)])
+          _write_probe(path.parent, frame)
           stored = pd.concat([stored, frame], ignore_index=True) if not stored.empty else frame
-          _write_probe(path.parent, stored)
         done = pd.concat([done, frame], ignore_index=True) if not done.empty else frame
       if progress is not None:
         verb = f"measured {len(todo)} seeds" if todo else "stored, skipped"
