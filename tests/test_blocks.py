@@ -209,3 +209,17 @@ def test_a_dyt_cell_stores_its_norm_parameters_and_final_norm_at_layer_L_plus_1(
   assert set(final["param"]) == {"dyt1_alpha", "dyt1_gamma", "dyt1_beta"}
   assert set(grad[grad["layer"] == 2]["param"]) == set(layer_param_names(nt.Config(norm="dyt", ffn="swiglu")))
   assert (final["grad_norm"] > 0).all()
+
+
+def test_forest_figure_draws_a_geometric_decay_as_an_arrow_at_gamma_max():
+  """fig_assumptions(gamma_max=1.5): the γ axis ends at 1.5 and an estimate beyond it (Post with DyT) is an
+  annotation with its value and CI instead of a point; without gamma_max the axis holds the point."""
+  from normtheory import plot
+  est = lambda v: {"value": v, "ci": [v - 0.1, v + 0.1]}
+  fits = {"series": [{"arch": "post", "power_law": {"gamma": est(4.0), "alpha": est(1.0)}},
+                     {"arch": "pre", "power_law": {"gamma": est(0.5), "alpha": est(1.0)}}]}
+  fig = plot.fig_assumptions([("dyt", fits)], gamma_max=1.5)
+  ax = fig.axes[0]
+  assert ax.get_xlim()[1] == 1.5
+  assert [t.get_text() for t in ax.texts] == ["4 [3.9, 4.1]"]
+  assert plot.fig_assumptions([("dyt", fits)]).axes[0].get_xlim()[1] > 4.0
