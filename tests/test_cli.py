@@ -36,7 +36,7 @@ def test_store_has_the_contract_columns_and_every_row(tiny_store):
   grad = pd.read_csv(tiny_store / "grad_norms.csv")
   hidden = pd.read_csv(tiny_store / "hidden_norms.csv")
   ln_jac = pd.read_csv(tiny_store / "ln_jacobian.csv")
-  cell = "arch,loss,d,L,n,d_ff,batch,attention,heads,inputs"
+  cell = "arch,loss,d,L,n,d_ff,batch,attention,heads,inputs,norm,ffn,causal,positions"
   assert list(grad.columns) == f"{cell},seed,layer,param,grad_norm".split(",")
   assert list(hidden.columns) == f"{cell},seed,layer,sq_norm".split(",")
   assert list(ln_jac.columns) == f"{cell},seed,layer,ln,value".split(",")
