@@ -506,7 +506,8 @@ MEAN_FIELD_ARCHS = (*_LAYERS, "mixln")
 #   the loss (Post's last norm, Pre's final norm) at state variance ``q_i = K_ii``:
 #   LayerNorm ``P = (d - 2)/q_i`` (removes the mean and z), RMSNorm ``P = (d - 1)/q_i``
 #   (removes z only: the closed-form difference the mean makes), DyT / Derf
-#   ``P = d E[f'(u)²]``, u ~ N(0, q_i) (no division by the stream's scale).
+#   ``P = d E[f'(u)²]``, u ~ N(0, q_i) (no division by the stream's scale: for large q it is
+#   about ``d alpha0 (∫ f'(t)² dt) / sqrt(2 pi q_i)``, so it falls like q^(-1/2), not q^(-1)).
 
 _GH_Z, _GH_W = np.polynomial.hermite_e.hermegauss(32)
 _GH_W = _GH_W / _GH_W.sum()  # E[g(z)], z ~ N(0, 1)
@@ -600,8 +601,18 @@ def _norm_delta(q_n, b: _Block):
   if b.norm == "rmsnorm":
     return (b.d - 1) / q_n
   df = _POINTWISE[b.norm][1]
-  ones = np.ones_like(q_n)
-  return b.d * b.alpha0**2 * _pair_expectation(lambda u: df(b.alpha0 * u), q_n, ones * q_n, q_n)
+  return b.d * b.alpha0**2 * np.array([_derivative_sq(df, b.alpha0 * math.sqrt(q)) for q in q_n])
+
+
+def _derivative_sq(df, scale: float) -> float:
+  """``E[df(scale z)²]``, z ~ N(0, 1), for a derivative df concentrated on |t| of order 1: by Gauss-Hermite
+  in z while ``scale <= 1``, else as ``∫ df(t)² N(t; 0, scale²) dt`` on a fine grid in t (where the
+  integrand's width 1/scale in z would fall between Gauss-Hermite nodes)."""
+  if scale <= 1.0:
+    return float((df(scale * _GH_Z) ** 2 * _GH_W).sum())
+  t = np.linspace(-40.0, 40.0, 16001)
+  density = np.exp(-0.5 * (t / scale) ** 2) / (scale * math.sqrt(2 * math.pi))
+  return float(np.trapezoid(df(t) ** 2 * density, t))
 
 
 def _block_mean_field(arch: str, b: _Block, L: int) -> tuple[np.ndarray, float, np.ndarray]:
