@@ -177,26 +177,33 @@ def test_pointwise_and_rms_norms_are_their_equations(norm):
       assert float(layers.norm_jacobian_norm(row, cfg)) == pytest.approx(np.linalg.svd(np.asarray(jac))[1][0], rel=1e-10)
 
 
-def test_engine_equals_the_reference_model_for_every_new_field_value():
+ENGINE_SETTINGS = {
+    "derf-swiglu-causal-rope": dict(norm="derf", alpha0=0.8, ffn="swiglu", causal=True, attention="xavier",
+                                    positions="rope", heads=2),
+    "rmsnorm-gelu": pytest.param(dict(norm="rmsnorm", ffn="gelu"), marks=pytest.mark.slow),
+    "dyt-causal": pytest.param(dict(norm="dyt", causal=True), marks=pytest.mark.slow),
+}
+
+
+@pytest.mark.parametrize("extra", list(ENGINE_SETTINGS.values()), ids=list(ENGINE_SETTINGS))
+def test_engine_equals_the_reference_model_for_every_new_field_value(extra):
   """Post and Pre, float64: the fast engine's per-layer gradient norms (W3 and the DyT/Derf parameters
-  included, the final norm's at layer L + 1) equal jax.grad of the NNX model's parameter pytree to 1e-10."""
-  settings = [dict(norm="rmsnorm", ffn="gelu"), dict(norm="dyt", ffn="swiglu", causal=True),
-              dict(norm="derf", alpha0=0.8, attention="xavier", positions="rope", heads=2)]
-  for extra in settings:
-    base = nt.Config(d=8, n=4, L=2, dtype="float64", **extra)
-    measured = engine.measure_archs(base, ("post", "pre"), [2], np.arange(2), jax.random.key(3))
-    for arch in ("post", "pre"):
-      cfg = dataclasses.replace(base, arch=arch)
-      fast, ref = measured[arch][2], reference.measure(cfg, np.arange(2), jax.random.key(3))
-      assert set(fast.grad_norms) == set(ref.grad_norms) == set(layer_param_names(cfg))
-      assert set(fast.final_grad_norms) == set(ref.final_grad_norms)
-      assert bool(fast.final_grad_norms) == (arch == "pre" and base.norm in ("dyt", "derf"))
-      for name in fast.grad_norms:
-        np.testing.assert_allclose(fast.grad_norms[name], ref.grad_norms[name], rtol=1e-10, atol=1e-14, err_msg=name)
-      for name in fast.final_grad_norms:
-        np.testing.assert_allclose(fast.final_grad_norms[name], ref.final_grad_norms[name], rtol=1e-10)
-      np.testing.assert_allclose(fast.sq_norms, ref.sq_norms, rtol=1e-12)
-      np.testing.assert_allclose(fast.ln_jacobian, ref.ln_jacobian, rtol=1e-12)
+  included, the final norm's at layer L + 1) equal jax.grad of the NNX model's parameter pytree to 1e-10
+  (the fast tier runs one setting that holds a pointwise norm, SwiGLU, the mask and RoPE at once)."""
+  base = nt.Config(d=8, n=4, L=2, dtype="float64", **extra)
+  measured = engine.measure_archs(base, ("post", "pre"), [2], np.arange(2), jax.random.key(3))
+  for arch in ("post", "pre"):
+    cfg = dataclasses.replace(base, arch=arch)
+    fast, ref = measured[arch][2], reference.measure(cfg, np.arange(2), jax.random.key(3))
+    assert set(fast.grad_norms) == set(ref.grad_norms) == set(layer_param_names(cfg))
+    assert set(fast.final_grad_norms) == set(ref.final_grad_norms)
+    assert bool(fast.final_grad_norms) == (arch == "pre" and base.norm in ("dyt", "derf"))
+    for name in fast.grad_norms:
+      np.testing.assert_allclose(fast.grad_norms[name], ref.grad_norms[name], rtol=1e-10, atol=1e-14, err_msg=name)
+    for name in fast.final_grad_norms:
+      np.testing.assert_allclose(fast.final_grad_norms[name], ref.final_grad_norms[name], rtol=1e-10)
+    np.testing.assert_allclose(fast.sq_norms, ref.sq_norms, rtol=1e-12)
+    np.testing.assert_allclose(fast.ln_jacobian, ref.ln_jacobian, rtol=1e-12)
 
 
 def test_a_dyt_cell_stores_its_norm_parameters_and_final_norm_at_layer_L_plus_1():
