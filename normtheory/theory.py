@@ -97,6 +97,7 @@ import math
 from typing import NamedTuple
 
 import numpy as np
+from scipy.special import erf, ndtr
 
 from normtheory import architectures
 
@@ -531,27 +532,25 @@ def _kernel(fn, k_nxn):
 
 
 def _relu_kernel(k_nxn):
+  """``E[ReLU(u_i) ReLU(u_j)]`` for u ~ N(0, K): the arc-cosine kernel (Cho & Saul 2009)."""
   diag = np.sqrt(np.diag(k_nxn))
   scale = np.outer(diag, diag)
   return scale / 2 * relu_correlation(k_nxn / scale)
 
 
 def _gelu(u):
-  from scipy.special import ndtr
+  """Exact GELU, ``u Φ(u)``."""
   return u * ndtr(u)
 
 
 def _silu(u):
+  """SiLU, ``u / (1 + e^(-u))`` (SwiGLU's gate activation)."""
   return u / (1 + np.exp(-u))
 
 
+# DyT's and Derf's pointwise function at alpha = 1 and its derivative (alpha0 scales the argument).
 _POINTWISE = {"dyt": (np.tanh, lambda u: 1 / np.cosh(u) ** 2),
-              "derf": (lambda u: _erf(u), lambda u: 2 / np.sqrt(np.pi) * np.exp(-(u**2)))}
-
-
-def _erf(u):
-  from scipy.special import erf
-  return erf(u)
+              "derf": (erf, lambda u: 2 / np.sqrt(np.pi) * np.exp(-(u**2)))}
 
 
 class _Block(NamedTuple):
@@ -574,6 +573,7 @@ def _mixing(b: _Block) -> np.ndarray:
 
 
 def _norm_k(k_nxn, b: _Block):
+  """The norm's output covariance: the correlation matrix (LayerNorm, RMSNorm) or ``E[f(u_i) f(u_j)]``."""
   if b.norm in ("layernorm", "rmsnorm"):
     diag = np.sqrt(np.diag(k_nxn))
     return k_nxn / np.outer(diag, diag)
