@@ -4,7 +4,10 @@ Each architecture maps one sample's hidden state ``x_nxd`` entering layer ``l``
 (1-based, possibly a traced integer) of an ``L``-layer model to the state leaving
 it, says what happens after the last layer (``final_ln``), and how its weights are
 scaled at init. ``Attn`` and ``FFN`` are :func:`normtheory.layers.attention` and
-:func:`normtheory.layers.ffn`; ``LN`` is :func:`normtheory.layers.layer_norm`.
+:func:`normtheory.layers.ffn` (:func:`attn` and :func:`mlp` read their kind, mask and
+positions from the Config); ``LN`` is the Config's norm (:func:`normalize`: LayerNorm
+by default; DyT and Derf, which carry parameters, at Post's and Pre's two norm sites,
+site k reading the layer's ``f"{norm}{k}_*"`` parameters).
 States carry any leading batch axes, ``(..., n, d)``; a dual-stream architecture
 (ResiDual) stacks its two streams on one more leading axis, ``(2, ..., n, d)``.
 
@@ -30,7 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from normtheory.config import Config
-from normtheory.layers import Params, Taps, attention, ffn, layer_norm
+from normtheory.layers import Params, Taps, attention, ffn, layer_norm, normalize
 
 
 class LayerFn(Protocol):
@@ -71,23 +74,38 @@ class Architecture:
     itself, or a dual architecture's running-sum stream b."""
     return state[1] if self.dual else state
 
-  def final(self, state: jax.Array, eps: float, taps: Taps | None = None) -> jax.Array:
-    """The representation the loss reads, from the state after the last layer."""
+  def final(self, state: jax.Array, eps: float, taps: Taps | None = None, cfg: Config | None = None,
+            head: Params | None = None) -> jax.Array:
+    """The representation the loss reads, from the state after the last layer.
+
+    With ``cfg`` the final norm is ``cfg.norm`` (site 1 of ``head``'s norm parameters);
+    without it, LayerNorm with ``eps``."""
+    norm = (lambda z: layer_norm(z, eps, taps)) if cfg is None else (lambda z: normalize(z, cfg, taps, head, 1))
     if self.dual:
-      return state[0] + layer_norm(state[1], eps, taps)
-    return layer_norm(state, eps, taps) if self.final_ln else state
+      return state[0] + norm(state[1])
+    return norm(state) if self.final_ln else state
+
+
+def attn(x_nxd, p, taps, cfg):
+  """The Config's attention: heads, causal mask, RoPE (:func:`normtheory.layers.attention`)."""
+  return attention(x_nxd, p, taps, cfg.heads, cfg.causal, cfg.positions == "rope")
+
+
+def mlp(x_nxd, p, taps, cfg):
+  """The Config's FFN: ReLU, GELU or SwiGLU (:func:`normtheory.layers.ffn`)."""
+  return ffn(x_nxd, p, taps, cfg.ffn)
 
 
 def post_ln_layer(p, x_nxd, l, L, cfg, taps=None):
   """Post-LN: ``x3 = LN(x + Attn(x))``; ``x_{l+1} = LN(x3 + FFN(x3))``."""
-  x3_nxd = layer_norm(x_nxd + attention(x_nxd, p, taps, cfg.heads), cfg.eps, taps)
-  return layer_norm(x3_nxd + ffn(x3_nxd, p, taps), cfg.eps, taps)
+  x3_nxd = normalize(x_nxd + attn(x_nxd, p, taps, cfg), cfg, taps, p, 1)
+  return normalize(x3_nxd + mlp(x3_nxd, p, taps, cfg), cfg, taps, p, 2)
 
 
 def pre_ln_layer(p, x_nxd, l, L, cfg, taps=None):
   """Pre-LN: ``x3 = x + Attn(LN(x))``; ``x_{l+1} = x3 + FFN(LN(x3))``; final LN."""
-  x3_nxd = x_nxd + attention(layer_norm(x_nxd, cfg.eps, taps), p, taps, cfg.heads)
-  return x3_nxd + ffn(layer_norm(x3_nxd, cfg.eps, taps), p, taps)
+  x3_nxd = x_nxd + attn(normalize(x_nxd, cfg, taps, p, 1), p, taps, cfg)
+  return x3_nxd + mlp(normalize(x3_nxd, cfg, taps, p, 2), p, taps, cfg)
 
 
 def deepnorm_alpha(L):
@@ -104,24 +122,23 @@ def deepnorm_layer(p, x_nxd, l, L, cfg, taps=None):
   """DeepNorm: Post-LN with the residual scaled by alpha:
   ``x3 = LN(alpha x + Attn(x))``; ``x_{l+1} = LN(alpha x3 + FFN(x3))``."""
   alpha = deepnorm_alpha(L)
-  x3_nxd = layer_norm(alpha * x_nxd + attention(x_nxd, p, taps, cfg.heads), cfg.eps, taps)
-  return layer_norm(alpha * x3_nxd + ffn(x3_nxd, p, taps), cfg.eps, taps)
+  x3_nxd = normalize(alpha * x_nxd + attn(x_nxd, p, taps, cfg), cfg, taps)
+  return normalize(alpha * x3_nxd + mlp(x3_nxd, p, taps, cfg), cfg, taps)
 
 
 def sandwich_layer(p, x_nxd, l, L, cfg, taps=None):
   """Sandwich / Peri-LN: LN on each sublayer's input and output:
   ``x3 = x + LN(Attn(LN(x)))``; ``x_{l+1} = x3 + LN(FFN(LN(x3)))``; final LN."""
-  eps = cfg.eps
-  x3_nxd = x_nxd + layer_norm(attention(layer_norm(x_nxd, eps, taps), p, taps, cfg.heads), eps, taps)
-  return x3_nxd + layer_norm(ffn(layer_norm(x3_nxd, eps, taps), p, taps), eps, taps)
+  x3_nxd = x_nxd + normalize(attn(normalize(x_nxd, cfg, taps), p, taps, cfg), cfg, taps)
+  return x3_nxd + normalize(mlp(normalize(x3_nxd, cfg, taps), p, taps, cfg), cfg, taps)
 
 
 def lns_layer(p, x_nxd, l, L, cfg, taps=None):
   """LayerNorm Scaling: Pre-LN with every LN output multiplied by ``1/sqrt(l)``:
   ``x3 = x + Attn(LN(x)/sqrt(l))``; ``x_{l+1} = x3 + FFN(LN(x3)/sqrt(l))``; final LN."""
   scale = jax.lax.rsqrt(jnp.asarray(l, x_nxd.dtype))
-  x3_nxd = x_nxd + attention(scale * layer_norm(x_nxd, cfg.eps, taps), p, taps, cfg.heads)
-  return x3_nxd + ffn(scale * layer_norm(x3_nxd, cfg.eps, taps), p, taps)
+  x3_nxd = x_nxd + attn(scale * normalize(x_nxd, cfg, taps), p, taps, cfg)
+  return x3_nxd + mlp(scale * normalize(x3_nxd, cfg, taps), p, taps, cfg)
 
 
 def mixln_post_layers(L, rho):
@@ -136,13 +153,12 @@ def mixln_layer(p, x_nxd, l, L, cfg, taps=None):
   runs once on the input its branch would give it, so gradients are exact; both
   branches' LayerNorm inputs are tapped.
   """
-  eps = cfg.eps
   post = l <= mixln_post_layers(L, cfg.mixln_rho)
   pick = lambda a, b: jnp.where(post, a, b)
-  r_nxd = x_nxd + attention(pick(x_nxd, layer_norm(x_nxd, eps, taps)), p, taps, cfg.heads)
-  x3_nxd = pick(layer_norm(r_nxd, eps, taps), r_nxd)
-  s_nxd = x3_nxd + ffn(pick(x3_nxd, layer_norm(x3_nxd, eps, taps)), p, taps)
-  return pick(layer_norm(s_nxd, eps, taps), s_nxd)
+  r_nxd = x_nxd + attn(pick(x_nxd, normalize(x_nxd, cfg, taps)), p, taps, cfg)
+  x3_nxd = pick(normalize(r_nxd, cfg, taps), r_nxd)
+  s_nxd = x3_nxd + mlp(pick(x3_nxd, normalize(x3_nxd, cfg, taps)), p, taps, cfg)
+  return pick(normalize(s_nxd, cfg, taps), s_nxd)
 
 
 def residual_layer(p, x_2xnxd, l, L, cfg, taps=None):
@@ -155,12 +171,11 @@ def residual_layer(p, x_2xnxd, l, L, cfg, taps=None):
   (:meth:`Architecture.init`), and the model's output is ``a_N + LN(b_N)``
   (:meth:`Architecture.final`; the authors' ``x * alpha + layer_norm(res)``, alpha = 1).
   """
-  eps = cfg.eps
   a_nxd, b_nxd = x_2xnxd[0], x_2xnxd[1]
-  f_nxd = attention(a_nxd, p, taps, cfg.heads)
-  a_nxd, b_nxd = layer_norm(a_nxd + f_nxd, eps, taps), b_nxd + f_nxd
-  f_nxd = ffn(a_nxd, p, taps)
-  a_nxd, b_nxd = layer_norm(a_nxd + f_nxd, eps, taps), b_nxd + f_nxd
+  f_nxd = attn(a_nxd, p, taps, cfg)
+  a_nxd, b_nxd = normalize(a_nxd + f_nxd, cfg, taps), b_nxd + f_nxd
+  f_nxd = mlp(a_nxd, p, taps, cfg)
+  a_nxd, b_nxd = normalize(a_nxd + f_nxd, cfg, taps), b_nxd + f_nxd
   return jnp.stack([a_nxd, b_nxd])
 
 

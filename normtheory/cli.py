@@ -18,6 +18,12 @@ next-token cross-entropy: implies ``--loss xent`` and the byte vocabulary 256),
 sample, the loss their mean). ``--preset paper|realistic`` sets attention, heads and
 inputs at once; flags given explicitly win.
 
+The block flags swap the 2020 encoder's parts for today's (defaults: the 2020 block):
+``--norm rmsnorm|dyt|derf`` at every norm site (``--alpha0``: DyT's and Derf's initial
+alpha), ``--ffn gelu|swiglu``, ``--causal``, ``--positions none|sinusoidal|rope``;
+``--preset llama`` (Pre, RMSNorm, SwiGLU, causal, RoPE, Xavier attention, text) and
+``--preset dyt`` (the same with DyT) set them at once.
+
 A run holds the store's lock (``DIR/.lock``) while it writes, so a second sweep on the
 same --out refuses to start. With ``--distributed`` each process measures its share of
 the seeds and process 0 merges them (:mod:`normtheory.distributed`).
@@ -46,7 +52,8 @@ from tqdm import tqdm
 
 from normtheory import distributed, engine, fit, grid, prng, store, sweep
 from normtheory.cli_args import ArgumentParser, UsageError, usage_exit
-from normtheory.config import ARCHS, ATTENTIONS, INPUTS, LOSSES, PRESETS, TEXT_VOCAB, Config, preset
+from normtheory.config import (ARCHS, ATTENTIONS, FFNS, INPUTS, LOSSES, NORMS, PLACEMENTS_OF_POINTWISE_NORMS, POSITIONS,
+                               PRESETS, TEXT_VOCAB, Config, preset)
 
 DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "normtheory", "xla")
 
@@ -59,7 +66,7 @@ def build_parser() -> ArgumentParser:
   p = ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
   p.add_argument("--d", default="64,128", help="widths: N | A,B | A..B (doubling) | A..B:S | A..B*F")
   p.add_argument("--L", default="6..24", help="depths, same grammar as --d")
-  p.add_argument("--arch", default="post,pre", help=f"comma list of {', '.join(ARCHS)}")
+  p.add_argument("--arch", default=None, help=f"comma list of {', '.join(ARCHS)} (default: post,pre; a preset's)")
   p.add_argument("--loss", default=None,
                  help=f"comma list of {', '.join(LOSSES)} (default: linear; xent with --inputs text)")
   p.add_argument("--seeds", type=int, default=8, help="samples per cell (seeds 0..seeds-1)")
@@ -79,9 +86,23 @@ def build_parser() -> ArgumentParser:
                  help=f"{' | '.join(INPUTS)}: i.i.d. N(0, I) rows (Theorem 1) or bytes of Python's language "
                       "reference through a token embedding; text implies --loss xent (default: gaussian)")
   p.add_argument("--tied", action="store_true", help="text inputs: the read-out reuses the token embedding")
+  p.add_argument("--norm", default=None,
+                 help=f"{' | '.join(NORMS)}: the norm at every norm site, final included (default: layernorm; "
+                      f"dyt and derf are built for {' and '.join(PLACEMENTS_OF_POINTWISE_NORMS)})")
+  p.add_argument("--alpha0", type=float, default=0.5, help="DyT / Derf: the initial alpha (> 0; default 0.5)")
+  p.add_argument("--ffn", default=None,
+                 help=f"{' | '.join(FFNS)}: the FFN; swiglu adds W3 and its width defaults to round(2d/3), the "
+                      "parameters of the d x d ReLU FFN (default: relu)")
+  p.add_argument("--causal", action=argparse.BooleanOptionalAction, default=None,
+                 help="causal attention mask: position i attends to 1..i (default: off)")
+  p.add_argument("--positions", default=None,
+                 help=f"{' | '.join(POSITIONS)}: sinusoidal codes added to text embeddings, or RoPE on queries and "
+                      "keys (needs --attention xavier) (default: sinusoidal for text, none for Gaussian inputs)")
   p.add_argument("--preset", default=None,
-                 help=f"{' | '.join(PRESETS)}: set --attention, --heads, --inputs at once (realistic = "
-                      f"{', '.join(f'{k} {v}' for k, v in PRESETS['realistic'].items())}); explicit flags win")
+                 help=f"{' | '.join(PRESETS)}: set the model flags at once (realistic = "
+                      f"{', '.join(f'{k} {v}' for k, v in PRESETS['realistic'].items())}; llama = "
+                      f"{', '.join(f'{k} {v}' for k, v in PRESETS['llama'].items())}; dyt = llama with norm dyt); "
+                      "explicit flags win")
   p.add_argument("--seed", type=int, default=0, help="base PRNG seed")
   p.add_argument("--prng", default=prng.DEFAULT_PRNG, help=f"PRNG implementation: {', '.join(prng.PRNG_IMPLS)}")
   p.add_argument("--dtype", default="float32", help="float32 | float64")
@@ -134,17 +155,36 @@ def _model_flags(args: argparse.Namespace, widths: list[int]) -> None:
   if args.preset is not None:
     _choices("--preset", args.preset, tuple(PRESETS))
   chosen = preset(args.preset) if args.preset else {}
-  defaults = {f.name: f.default for f in dataclasses.fields(Config)}
-  for name in ("attention", "heads", "inputs"):
+  defaults = {f.name: f.default for f in dataclasses.fields(Config)} | {"arch": "post,pre"}
+  for name in ("attention", "heads", "inputs", "norm", "ffn", "causal", "positions", "arch"):
     if getattr(args, name) is None:
       setattr(args, name, chosen.get(name, defaults[name]))
   _choices("--attention", args.attention, ATTENTIONS)
   _choices("--inputs", args.inputs, INPUTS)
+  _choices("--norm", args.norm, NORMS)
+  _choices("--ffn", args.ffn, FFNS)
+  if args.positions is not None:
+    _choices("--positions", args.positions, POSITIONS)
+  if not args.alpha0 > 0:
+    raise UsageError(f"--alpha0 must be > 0 (DyT's and Derf's initial alpha), got {args.alpha0:g}")
+  bad = [a for a in _choices("--arch", args.arch, ARCHS) if a not in PLACEMENTS_OF_POINTWISE_NORMS]
+  if args.norm in ("dyt", "derf") and bad:
+    raise UsageError(f"--norm {args.norm} is built for --arch {' and '.join(PLACEMENTS_OF_POINTWISE_NORMS)}; "
+                     f"got --arch {bad[0]}")
+  if args.positions == "rope" and args.attention != "xavier":
+    raise UsageError("--positions rope rotates queries and keys, which are zero under --attention uniform: "
+                     "it needs --attention xavier")
+  if args.positions == "sinusoidal" and args.inputs != "text":
+    raise UsageError("--positions sinusoidal is added to text embeddings: it needs --inputs text")
   _at_least("--heads", args.heads, 1)
   _at_least("--batch", args.batch, 1)
   bad = [d for d in widths if d % args.heads]
   if bad:
     raise UsageError(f"--heads {args.heads} must divide every width; it does not divide --d {bad[0]}")
+  odd = [d for d in widths if (d // args.heads) % 2]
+  if args.positions == "rope" and odd:
+    raise UsageError(f"--positions rope rotates pairs of features: the head width d/heads must be even; "
+                     f"it is {odd[0] // args.heads} at --d {odd[0]}")
   text = args.inputs == "text"
   if args.tied and not text:
     raise UsageError("--tied needs --inputs text (it ties the read-out to the token embedding)")
@@ -161,13 +201,14 @@ def base_config(args: argparse.Namespace, axes: dict) -> Config:
   """The Config carrying the flags shared by every cell (arch, loss, d, L come from the grid)."""
   return Config(d=axes["d"][0], loss=axes["loss"][0], n=args.n, d_ff=args.d_ff, eps=args.eps, vocab=args.vocab,
                 dtype=args.dtype, batch=args.batch, attention=args.attention, heads=args.heads,
-                inputs=args.inputs, tied=args.tied)
+                inputs=args.inputs, tied=args.tied, norm=args.norm, alpha0=args.alpha0, ffn=args.ffn,
+                causal=args.causal, positions=args.positions)
 
 
 def store_settings(args: argparse.Namespace, base: Config) -> dict[str, Any]:
   """The store-level settings of a run (meta.json "settings"): what every row depends on but no column says."""
   return {"dtype": args.dtype, "eps": args.eps, "base_seed": args.seed, "prng": args.prng, "vocab": base.vocab,
-          "tied": args.tied}
+          "tied": args.tied, "alpha0": args.alpha0}
 
 
 class Parsed(NamedTuple):
@@ -355,7 +396,9 @@ def _measure(args, axes, argv, base, main_store, results, info: dict, leader: bo
   say("grid: " + "  ".join(f"{k}={','.join(map(str, v))}" for k, v in axes.items())
       + f"  seeds={args.seeds}  n={args.n}  batch={args.batch}  attention={args.attention}  heads={args.heads}"
       + f"  inputs={args.inputs}"
-      + ("  tied" if args.tied else ""))
+      + ("  tied" if args.tied else "")
+      + f"  norm={args.norm}  ffn={args.ffn}  positions={args.positions or 'default'}"
+      + ("  causal" if args.causal else ""))
   stored = main_store.stored_seeds()
   if results is not main_store:
     for cell, cell_seeds in results.stored_seeds().items():

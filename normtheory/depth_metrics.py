@@ -124,7 +124,8 @@ def sample_metrics(cfg: Config, seed_key: jax.Array) -> dict[str, jax.Array]:
   def layer(x, l):
     return arch.layer(sampling.layer_params(cfg, p_key, l, scale), x, l, cfg.L, cfg)
 
-  return stack_metrics(layer, lambda x: arch.final(x, cfg.eps), state, cfg.L)
+  head = sampling.head_params(cfg, p_key)
+  return stack_metrics(layer, lambda x: arch.final(x, cfg.eps, None, cfg, head), state, cfg.L)
 
 
 def depth_metrics(cfg: Config, seeds: int | Sequence[int] = 8, key=0) -> pd.DataFrame:

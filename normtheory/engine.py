@@ -57,7 +57,7 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from normtheory import architectures, sampling
-from normtheory.config import DEFAULT_VOCAB, EMBEDDING, PARAM_NAMES, Config
+from normtheory.config import DEFAULT_VOCAB, EMBEDDING, Config, final_param_names, layer_param_names, norm_param_names
 from normtheory.layers import HIGHEST, Taps, ln_jacobian_means
 from normtheory.losses import LOSS_FUNCTIONS
 
@@ -77,6 +77,8 @@ class DepthResult:
     ln_jacobian_final: ``(S, k_f)`` the same at the LayerNorm after the last layer
       (k_f = 1 for archs with ``final_ln``, else 0).
     loss: ``(S,)`` loss values.
+    final_grad_norms: param name -> ``(S, 1)``: the final norm's parameters (DyT, Derf
+      under Pre-LN; layer L + 1); empty otherwise.
   """
 
   grad_norms: dict[str, np.ndarray]
@@ -84,6 +86,7 @@ class DepthResult:
   ln_jacobian: np.ndarray
   ln_jacobian_final: np.ndarray
   loss: np.ndarray
+  final_grad_norms: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
 class _LayerSteps(NamedTuple):
@@ -111,6 +114,7 @@ class _LossOut(NamedTuple):
   sq_norm: jax.Array  # ||x_{L+1}||²/n
   ln_jac_final: jax.Array  # (k_f,)
   readout_e: jax.Array  # dLoss/dE through a tied read-out (zeros (1,) when untied)
+  final_sq: dict  # final-norm param name -> ||dLoss/dparam||² (empty without one)
 
 
 def _sq_grad_norm(a_nxi: jax.Array, delta_kxnxo: jax.Array) -> jax.Array:
@@ -145,7 +149,9 @@ def seed_mesh() -> Mesh:
 def _layer_config(cfg: Config, arch: str) -> Config:
   """``cfg`` with what the layer steps do not read (arch, L, loss, inputs, read-out) set to
   defaults, so that every loss and input kind of a width shares one compilation."""
-  return dataclasses.replace(cfg, arch=arch, L=1, loss="linear", vocab=DEFAULT_VOCAB, inputs="gaussian", tied=False)
+  positions = "rope" if cfg.positions == "rope" else "none"  # what the layers read of positions
+  return dataclasses.replace(cfg, arch=arch, L=1, loss="linear", vocab=DEFAULT_VOCAB, inputs="gaussian", tied=False,
+                             positions=positions)
 
 
 # Seeds are sharded over every local device; each runs _map over its own seeds.
@@ -197,6 +203,7 @@ def _layer_steps(layer_cfg: Config, arch_names: tuple[str, ...]) -> _LayerSteps:
   weight_scale = archs[arch_names[0]].weight_scale  # equal for every arch of a shared pass
   rows = (*sampling.batch_shape(layer_cfg), layer_cfg.n)
   out_widths = {name: fan_out for name, (_, fan_out) in sampling.weight_shapes(layer_cfg).items()}
+  norm_names = norm_param_names(layer_cfg, 2)  # DyT / Derf: the layer's norm parameters
 
   def drawn(p_key, l, L):
     return sampling.drawn_params(layer_cfg, p_key, l, weight_scale(L))
@@ -206,7 +213,8 @@ def _layer_steps(layer_cfg: Config, arch_names: tuple[str, ...]) -> _LayerSteps:
     for name, arch in archs.items():
       taps = Taps()
       x_next = arch.layer(p, x[name], l, L, layer_cfg, taps)
-      out[name] = (x_next, (arch.hidden(x[name]) ** 2).sum(-1).mean(), ln_jacobian_means(taps.ln_inputs, layer_cfg.eps))
+      out[name] = (x_next, (arch.hidden(x[name]) ** 2).sum(-1).mean(),
+                   ln_jacobian_means(taps.ln_inputs, layer_cfg.eps, layer_cfg))
     return out
 
   def forward_keep_one(p_key, x, l, L):
@@ -214,7 +222,7 @@ def _layer_steps(layer_cfg: Config, arch_names: tuple[str, ...]) -> _LayerSteps:
     return forward_one(sampling.with_constants(layer_cfg, w), x, l, L), w
 
   def backward_one(p, x, ct, l, L):
-    zeros = {name: jnp.zeros((*rows, out_widths[name]), p["W2"].dtype) for name in PARAM_NAMES}
+    zeros = {name: jnp.zeros((*rows, out_widths[name]), p["W2"].dtype) for name in out_widths}
     out = {}
     for name, arch in archs.items():
 
@@ -222,9 +230,18 @@ def _layer_steps(layer_cfg: Config, arch_names: tuple[str, ...]) -> _LayerSteps:
         taps = Taps(z)
         return arch.layer(p, x_nxd, l, L, layer_cfg, taps), taps.inputs
 
-      _, vjp, inputs = jax.vjp(tapped, x[name], zeros, has_aux=True)
-      ct_x_kxnxd, deltas = jax.vmap(vjp)(ct[name])
-      out[name] = (ct_x_kxnxd, {w: _sq_grad_norm(inputs[w], deltas[w]) for w in PARAM_NAMES})
+      if norm_names:  # the pointwise norms' parameters: differentiated directly, they are small
+        def tapped_norms(x_nxd, z, q, arch=arch):
+          taps = Taps(z)
+          return arch.layer(p | q, x_nxd, l, L, layer_cfg, taps), taps.inputs
+
+        _, vjp, inputs = jax.vjp(tapped_norms, x[name], zeros, {k: p[k] for k in norm_names}, has_aux=True)
+        ct_x_kxnxd, deltas, ct_q = jax.vmap(vjp)(ct[name])
+        norm_sq = {k: (v.reshape(v.shape[0], -1) ** 2).sum(-1) for k, v in ct_q.items()}
+      else:
+        _, vjp, inputs = jax.vjp(tapped, x[name], zeros, has_aux=True)
+        (ct_x_kxnxd, deltas), norm_sq = jax.vmap(vjp)(ct[name]), {}
+      out[name] = (ct_x_kxnxd, {w: _sq_grad_norm(inputs[w], deltas[w]) for w in out_widths} | norm_sq)
     return out
 
   params = lambda p_key, l, L: sampling.layer_params(layer_cfg, p_key, l, weight_scale(L))
@@ -268,13 +285,14 @@ def _head_steps(head_cfg: Config, arch_names: tuple[str, ...]) -> _HeadSteps:
     head = sampling.head_params(head_cfg, p_key)
     out = {}
     for name, arch in archs.items():
-      loss_of = lambda state, head, arch=arch: loss_fn(arch.final(state, eps), target, head)
+      loss_of = lambda state, head, arch=arch: loss_fn(arch.final(state, eps, None, head_cfg, head), target, head)
       value, (ct, ct_head) = jax.value_and_grad(loss_of, argnums=(0, 1))(x[name], head)
       taps = Taps()
-      arch.final(x[name], eps, taps)
+      arch.final(x[name], eps, taps, head_cfg, head)
       readout_e = ct_head[EMBEDDING] if tied else jnp.zeros((1,), ct.dtype)
       sq_norm = (arch.hidden(x[name]) ** 2).sum(-1).mean()
-      out[name] = _LossOut(value, ct, sq_norm, ln_jacobian_means(taps.ln_inputs, eps), readout_e)
+      final_sq = {k: (ct_head[k] ** 2).sum() for k in final_param_names(dataclasses.replace(head_cfg, arch=name))}
+      out[name] = _LossOut(value, ct, sq_norm, ln_jacobian_means(taps.ln_inputs, eps, head_cfg), readout_e, final_sq)
     return out
 
   def embedding_one(p_key, d_key, ct, readout):
@@ -401,7 +419,7 @@ def _measure_chunk(
       # grad_sq[i] belongs to layer L_max - i and holds the depths active then, in order.
       norms = {
           w: np.sqrt(np.stack([grad_sq[L_max - l][name][w][k, :S] for l in range(1, L + 1)], axis=1))
-          for w in PARAM_NAMES
+          for w in layer_param_names(cfg)
       }
       if embedding_sq is not None:
         norms[EMBEDDING] = np.sqrt(embedding_sq[name][k])[:, None]
@@ -413,6 +431,7 @@ def _measure_chunk(
           ln_jac_SxLxk[:, :L],
           np.asarray(final.ln_jac_final)[:S],
           np.asarray(final.loss)[:S],
+          {w: np.sqrt(np.asarray(v)[:S])[:, None] for w, v in final.final_sq.items()},
       )
   return results
 
@@ -648,4 +667,5 @@ def _concat(results: list[DepthResult]) -> DepthResult:
       np.concatenate([r.ln_jacobian for r in results]),
       np.concatenate([r.ln_jacobian_final for r in results]),
       np.concatenate([r.loss for r in results]),
+      {name: np.concatenate([r.final_grad_norms[name] for r in results]) for name in results[0].final_grad_norms},
   )

@@ -75,44 +75,161 @@ def ln_jacobian_norm(x_nxd: jax.Array, eps: float) -> jax.Array:
   return jax.lax.rsqrt(x_nxd.var(-1) + eps)
 
 
-def ln_jacobian_means(ln_inputs: list[jax.Array], eps: float) -> jax.Array:
+def ln_jacobian_means(ln_inputs: list[jax.Array], eps: float, cfg=None) -> jax.Array:
   """``(k,)``: :func:`ln_jacobian_norm` averaged over all rows, at each of k LayerNorm
-  inputs (``Taps.ln_inputs``); shape ``(0,)`` when there are none."""
+  inputs (``Taps.ln_inputs``); shape ``(0,)`` when there are none. With ``cfg`` (a
+  :class:`normtheory.Config`), the Jacobian of ``cfg.norm`` (:func:`norm_jacobian_norm`)."""
   if not ln_inputs:
     return jnp.zeros((0,))
+  if cfg is not None and cfg.norm != "layernorm":
+    return jnp.stack([norm_jacobian_norm(z, cfg).mean() for z in ln_inputs])
   return jnp.stack([ln_jacobian_norm(z, eps).mean() for z in ln_inputs])
 
 
-def attention(x_nxd: jax.Array, p: Params, taps: Taps | None, heads: int = 1) -> jax.Array:
-  """Multi-head self-attention within each sequence, no biases, no mask.
+def rms_norm(x_nxd: jax.Array, eps: float, taps: Taps | None = None) -> jax.Array:
+  """RMSNorm with gain 1: ``x / sqrt(mean(x²) + eps)`` over features.
+
+  References:
+    Zhang & Sennrich 2019, "Root Mean Square Layer Normalization", Eq. (4).
+  """
+  if taps is not None:
+    taps.ln_inputs.append(x_nxd)
+  return x_nxd * jax.lax.rsqrt((x_nxd**2).mean(-1, keepdims=True) + eps)
+
+
+def dyt(x_nxd: jax.Array, alpha, gamma_d: jax.Array, beta_d: jax.Array) -> jax.Array:
+  """Dynamic Tanh, ``gamma ⊙ tanh(alpha x) + beta`` (alpha a scalar, gamma and beta d-vectors).
+
+  References:
+    Zhu, Chen, He, LeCun, Liu 2025, "Transformers without Normalization"
+    (arXiv:2503.10622), Eq. (2); at init alpha = alpha_0 (0.5 by default), gamma = 1, beta = 0.
+  """
+  return gamma_d * jnp.tanh(alpha * x_nxd) + beta_d
+
+
+def derf(x_nxd: jax.Array, alpha, shift, gamma_d: jax.Array, beta_d: jax.Array) -> jax.Array:
+  """Dynamic erf, ``gamma ⊙ erf(alpha x + s) + beta`` (alpha, s scalars; gamma, beta d-vectors).
+
+  References:
+    Chen, Lu, Zhu, Sun, Liu 2025, "Stronger Normalization-Free Transformers"
+    (arXiv:2512.10938), Eq. (10); at init alpha = 0.5, s = 0, gamma = 1, beta = 0 (the
+    authors' ``alpha_init_value`` and ``shift_init_value``).
+  """
+  return gamma_d * jax.lax.erf(alpha * x_nxd + shift) + beta_d
+
+
+def normalize(x_nxd: jax.Array, cfg, taps: Taps | None = None, p: Params | None = None, site: int = 1) -> jax.Array:
+  """The norm ``cfg.norm`` at norm site ``site`` of a layer (its input is tapped as a LayerNorm's).
+
+  Args:
+    x_nxd: the norm's input.
+    cfg: the model (:class:`normtheory.Config`: its ``norm`` and ``eps``).
+    taps: records the input in ``taps.ln_inputs``.
+    p: the parameters holding ``f"{norm}{site}_{part}"`` (DyT, Derf; unused otherwise).
+    site: the norm's 1-based index in the layer (or 1 for the final norm).
+  """
+  if cfg.norm == "layernorm":
+    return layer_norm(x_nxd, cfg.eps, taps)
+  if cfg.norm == "rmsnorm":
+    return rms_norm(x_nxd, cfg.eps, taps)
+  if taps is not None:
+    taps.ln_inputs.append(x_nxd)
+  get = lambda part: p[f"{cfg.norm}{site}_{part}"]
+  if cfg.norm == "dyt":
+    return dyt(x_nxd, get("alpha"), get("gamma"), get("beta"))
+  return derf(x_nxd, get("alpha"), get("shift"), get("gamma"), get("beta"))
+
+
+def norm_jacobian_norm(x_nxd: jax.Array, cfg) -> jax.Array:
+  """Spectral norm of the Jacobian of ``cfg.norm`` at each row, at initialization.
+
+  RMSNorm: ``(I - z z^T/d)/r`` with ``r = sqrt(mean(x²) + eps)``, norm ``1/r``. DyT and
+  Derf are diagonal, ``alpha0 tanh'(alpha0 x_i)`` and ``alpha0 erf'(alpha0 x_i)`` (gamma = 1,
+  s = 0): their largest entry.
+
+  Returns:
+    array of shape ``x_nxd.shape[:-1]``.
+  """
+  if cfg.norm == "layernorm":
+    return ln_jacobian_norm(x_nxd, cfg.eps)
+  if cfg.norm == "rmsnorm":
+    return jax.lax.rsqrt((x_nxd**2).mean(-1) + cfg.eps)
+  a = cfg.alpha0
+  if cfg.norm == "dyt":
+    return (a / jnp.cosh(a * x_nxd) ** 2).max(-1)
+  return (a * 2 / jnp.sqrt(jnp.pi) * jnp.exp(-((a * x_nxd) ** 2))).max(-1)
+
+
+def rope(a_nxhxc: jax.Array) -> jax.Array:
+  """Rotary positions: rotate feature pair (2k, 2k+1) of position m by the angle ``m θ_k``,
+  ``θ_k = 10000^(-2k/c)`` (c the head width), on ``(..., n, heads, c)`` queries or keys.
+
+  References:
+    Su et al. 2021, "RoFormer: Enhanced Transformer with Rotary Position Embedding"
+    (arXiv:2104.09864), Eq. (34).
+  """
+  n, c = a_nxhxc.shape[-3], a_nxhxc.shape[-1]
+  theta_k = 10000.0 ** (-jnp.arange(0, c, 2, dtype=a_nxhxc.dtype) / c)
+  angle_nx1xk = (jnp.arange(n, dtype=a_nxhxc.dtype)[:, None] * theta_k)[:, None, :]
+  even, odd = a_nxhxc[..., 0::2], a_nxhxc[..., 1::2]
+  cos, sin = jnp.cos(angle_nx1xk), jnp.sin(angle_nx1xk)
+  return jnp.stack([even * cos - odd * sin, even * sin + odd * cos], axis=-1).reshape(a_nxhxc.shape)
+
+
+def attention(x_nxd: jax.Array, p: Params, taps: Taps | None, heads: int = 1, causal: bool = False,
+              rotary: bool = False) -> jax.Array:
+  """Multi-head self-attention within each sequence, no biases; optionally causal, with RoPE.
 
   ``q = x W_Q``, ``k = x W_K``, ``v = x W_V`` (each d×d) are split into ``heads``
   heads of width ``c = d / heads`` (head h: features h·c .. (h+1)·c - 1); head h
   mixes ``softmax(q_h k_h^T / sqrt(c)) v_h``; the heads are concatenated and
   multiplied by ``W_O``. With W_Q = W_K = 0 every score vanishes and the softmax is
   exactly uniform, 1/n, for any number of heads: the output is
-  ``mean_j x_j W_V W_O`` at every position.
+  ``mean_j x_j W_V W_O`` at every position. ``causal``: position i attends to
+  positions j <= i only (masked scores are the dtype's lowest value, so their weight
+  is exactly 0; under W_Q = W_K = 0 position i averages its first i positions).
+  ``rotary``: queries and keys are rotated by :func:`rope` before the scores.
 
   References:
-    Vaswani et al. 2017, "Attention Is All You Need", Eq. (1) and Section 3.2.2.
+    Vaswani et al. 2017, "Attention Is All You Need", Eq. (1) and Section 3.2.2
+    (Section 3.2.3: the decoder's mask).
   """
   q_nxd = dense("W_Q", x_nxd, p["W_Q"], taps)
   k_nxd = dense("W_K", x_nxd, p["W_K"], taps)
   v_nxd = dense("W_V", x_nxd, p["W_V"], taps)
   *batch, n, d = x_nxd.shape
   c = d // heads
-  split = lambda a_nxd: jnp.moveaxis(a_nxd.reshape(*batch, n, heads, c), -2, -3)  # (..., heads, n, c)
-  q_hxnxc, k_hxnxc, v_hxnxc = split(q_nxd), split(k_nxd), split(v_nxd)
+  per_head = lambda a_nxd: a_nxd.reshape(*batch, n, heads, c)
+  q_nxhxc, k_nxhxc = per_head(q_nxd), per_head(k_nxd)
+  if rotary:
+    q_nxhxc, k_nxhxc = rope(q_nxhxc), rope(k_nxhxc)
+  split = lambda a_nxhxc: jnp.moveaxis(a_nxhxc, -2, -3)  # (..., heads, n, c)
+  q_hxnxc, k_hxnxc, v_hxnxc = split(q_nxhxc), split(k_nxhxc), split(per_head(v_nxd))
   scale = jnp.sqrt(c).astype(x_nxd.dtype)
   scores_hxnxn = jnp.matmul(q_hxnxc, jnp.swapaxes(k_hxnxc, -1, -2), precision=HIGHEST) / scale
+  if causal:
+    scores_hxnxn = jnp.where(jnp.tril(jnp.ones((n, n), bool)), scores_hxnxn, jnp.finfo(scores_hxnxn.dtype).min)
   mixed_hxnxc = jnp.matmul(jax.nn.softmax(scores_hxnxn, axis=-1), v_hxnxc, precision=HIGHEST)
   mixed_nxd = jnp.moveaxis(mixed_hxnxc, -3, -2).reshape(*batch, n, d)
   return dense("W_O", mixed_nxd, p["W_O"], taps)
 
 
-def ffn(x_nxd: jax.Array, p: Params, taps: Taps | None) -> jax.Array:
-  """``ReLU(x W1 + b1) W2 + b2``."""
-  h_nxf = jax.nn.relu(dense("W1", x_nxd, p["W1"], taps) + p["b1"])
+def ffn(x_nxd: jax.Array, p: Params, taps: Taps | None, kind: str = "relu") -> jax.Array:
+  """``ReLU(x W1 + b1) W2 + b2``; ``kind="gelu"``: exact GELU ``u Φ(u)`` for the ReLU;
+  ``kind="swiglu"``: ``(silu(x W1 + b1) ⊙ x W3) W2 + b2``, W3 a third d×d_ff matrix.
+
+  References:
+    Hendrycks & Gimpel 2016, "Gaussian Error Linear Units" (GELU); Shazeer 2020,
+    "GLU Variants Improve Transformer" (arXiv:2002.05202), Eq. (6) (FFN_SwiGLU, here with
+    the b1, b2 biases the other FFNs have, zero at init).
+  """
+  pre_nxf = dense("W1", x_nxd, p["W1"], taps) + p["b1"]
+  if kind == "swiglu":
+    h_nxf = jax.nn.silu(pre_nxf) * dense("W3", x_nxd, p["W3"], taps)
+  elif kind == "gelu":
+    h_nxf = jax.nn.gelu(pre_nxf, approximate=False)
+  else:
+    h_nxf = jax.nn.relu(pre_nxf)
   return dense("W2", h_nxf, p["W2"], taps) + p["b2"]
 
 
@@ -137,13 +254,16 @@ def embedding_scale(vocab: int, d: int) -> float:
   return ((vocab + d) / 4.0) ** 0.5
 
 
-def embed(tokens_n: jax.Array, e_vxd: jax.Array) -> jax.Array:
+def embed(tokens_n: jax.Array, e_vxd: jax.Array, positions: bool = True) -> jax.Array:
   """Token embedding plus positions: ``x_i = sqrt((V+d)/4) E[t_i] + P_i``, shape ``(..., n, d)``.
 
   Args:
     tokens_n: int tokens, any leading batch axes.
     e_vxd: the token embedding E (V×d, Xavier-Gaussian at init).
+    positions: add the sinusoidal code P (False: the tokens alone, as under RoPE).
   """
   vocab, d = e_vxd.shape
-  positions_nxd = sinusoidal_positions(tokens_n.shape[-1], d, e_vxd.dtype)
-  return embedding_scale(vocab, d) * e_vxd[tokens_n] + positions_nxd
+  tokens_nxd = embedding_scale(vocab, d) * e_vxd[tokens_n]
+  if not positions:
+    return tokens_nxd
+  return tokens_nxd + sinusoidal_positions(tokens_n.shape[-1], d, e_vxd.dtype)

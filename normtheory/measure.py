@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from normtheory import engine, prng, reference, schema
-from normtheory.config import EMBEDDING, Config, reported_params
+from normtheory.config import EMBEDDING, Config, layer_param_names
 from normtheory.schema import GRAD_COLUMNS, HIDDEN_COLUMNS
 
 METHODS = ("engine", "reference")
@@ -46,6 +46,8 @@ class GradNorms:
     ln_jacobian_final: ``(S, k_f)`` the same at the final LayerNorm (k_f = 1 for
       architectures with one, else 0).
     loss: ``(S,)`` loss values.
+    final_grad_norm: param name -> ``(S, 1)``: the final norm's parameters (DyT, Derf
+      under Pre-LN), reported at layer L + 1; empty otherwise.
   """
 
   config: Config
@@ -55,23 +57,27 @@ class GradNorms:
   ln_jacobian: np.ndarray
   ln_jacobian_final: np.ndarray
   loss: np.ndarray
+  final_grad_norm: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
   @classmethod
   def from_depth_result(cls, cfg: Config, seeds_S: np.ndarray, result: engine.DepthResult) -> GradNorms:
     return cls(cfg, np.asarray(seeds_S), result.grad_norms, result.sq_norms, result.ln_jacobian,
-               result.ln_jacobian_final, result.loss)
+               result.ln_jacobian_final, result.loss, result.final_grad_norms)
 
   def to_frame(self) -> pd.DataFrame:
     """Tidy table, one row per (seed, layer, param), columns ``GRAD_COLUMNS``; the token
-    embedding E (text inputs) is layer 0."""
+    embedding E (text inputs) is layer 0, the final norm's parameters layer L + 1."""
     cell = schema.cell_of(self.config)
     layers_L = np.arange(1, self.config.L + 1)
-    names = [name for name in reported_params(self.config) if name != EMBEDDING]
+    names = layer_param_names(self.config)
     frames = [schema.tidy_frame(schema.GRAD_FILE, cell, self.seeds, layers_L,
                                 {name: self.grad_norm[name] for name in names}, "param")]
     if EMBEDDING in self.grad_norm:
       frames.insert(0, schema.tidy_frame(schema.GRAD_FILE, cell, self.seeds, [0],
                                          {EMBEDDING: self.grad_norm[EMBEDDING]}, "param"))
+    if self.final_grad_norm:
+      frames.append(schema.tidy_frame(schema.GRAD_FILE, cell, self.seeds, [self.config.L + 1],
+                                      self.final_grad_norm, "param"))
     return pd.concat(frames, ignore_index=True)
 
   def hidden_frame(self) -> pd.DataFrame:
@@ -111,7 +117,8 @@ class GradNorms:
     c = self.config
     w2 = self.grad_norm["W2"]
     head = (f"GradNorms(arch={c.arch}, loss={c.loss}, d={c.d}, L={c.L}, n={c.n}, batch={c.batch}, "
-            f"attention={c.attention}, heads={c.heads}, inputs={c.inputs}, seeds={len(self.seeds)})")
+            f"attention={c.attention}, heads={c.heads}, inputs={c.inputs}, norm={c.norm}, ffn={c.ffn}, "
+            f"causal={c.causal}, positions={c.positions}, seeds={len(self.seeds)})")
     rows = [f"  layer {l:3d}: ||dL/dW2|| = {w2[:, l - 1].mean():.4g} ± {w2[:, l - 1].std():.2g}"
             for l in range(1, c.L + 1)]
     return "\n".join([head, *rows])

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from normtheory import architectures, sampling
-from normtheory.config import PARAM_NAMES, Config
+from normtheory.config import Config
 from normtheory.layers import Params
 
 
@@ -51,11 +51,12 @@ class Layer(nnx.Module):
     self.cfg = cfg
     self.L = cfg.L
     weights = sampling.layer_params(cfg, p_key, index, self.arch.weight_scale(cfg.L))
+    self.names = tuple(weights)
     for name, value in weights.items():
       setattr(self, name, nnx.Param(value))
 
   def __call__(self, x_nxd: jax.Array, index: jax.Array) -> jax.Array:
-    p = {name: getattr(self, name)[...] for name in (*PARAM_NAMES, "b1", "b2")}
+    p = {name: getattr(self, name)[...] for name in self.names}
     return self.arch.layer(p, x_nxd, index, self.L, self.cfg)
 
 
@@ -65,7 +66,7 @@ def _sq_norm(x_nxd: jax.Array) -> jax.Array:
 
 class Transformer(nnx.Module):
   """The embedding (text inputs), L stacked layers, the architecture's final map, and
-  the read-out weights (``W_emb``, ``E``) as parameters."""
+  the read-out weights (``W_emb``, ``E``) and the final norm's (DyT, Derf) as parameters."""
 
   def __init__(self, cfg: Config, p_key: jax.Array):
     self.arch = architectures.get(cfg.arch)
@@ -77,7 +78,7 @@ class Transformer(nnx.Module):
     self.layers = make_layers(jnp.arange(1, cfg.L + 1))
 
   def head(self) -> Params:
-    """The read-out (and embedding) weights by name."""
+    """The read-out, embedding and final-norm weights by name."""
     return {name: getattr(self, name)[...] for name in self.head_names}
 
   def __call__(self, x, unroll: bool = False) -> Forward:
@@ -105,4 +106,4 @@ class Transformer(nnx.Module):
 
       state, sq_norms_L = run(self.layers, state, indices_L)
     sq_norms = jnp.concatenate([sq_norms_L, _sq_norm(arch.hidden(state))[None]])
-    return Forward(arch.final(state, self.cfg.eps), sq_norms)
+    return Forward(arch.final(state, self.cfg.eps, None, self.cfg, self.head()), sq_norms)

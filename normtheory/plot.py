@@ -741,7 +741,7 @@ def save(fig: Figure, out_dir, name: str, dpi: int = 200) -> list[pathlib.Path]:
   return paths
 
 
-def fig_assumptions(fits_by_setting: list[tuple[str, dict]]) -> Figure:
+def fig_assumptions(fits_by_setting: list[tuple[str, dict]], gamma_max: float | None = None) -> Figure:
   """Forest plot: the fitted depth exponent γ and width exponent α, with 95% CIs, per setting.
 
   One row per setting (top to bottom in the given order), Post-LN and Pre-LN side by
@@ -753,6 +753,9 @@ def fig_assumptions(fits_by_setting: list[tuple[str, dict]]) -> Figure:
   Args:
     fits_by_setting: (setting name, :func:`normtheory.fit.fit_frame` result) pairs,
       one store per setting.
+    gamma_max: the γ axis ends here; an estimate beyond it (a gradient that decays
+      geometrically, not as a power of L) is drawn as an arrow at the edge, labelled
+      with its value. None: the axis fits every estimate.
 
   Returns:
     The Figure.
@@ -764,6 +767,7 @@ def fig_assumptions(fits_by_setting: list[tuple[str, dict]]) -> Figure:
   fig = Figure(figsize=(7.2, 0.55 * len(fits_by_setting) + 1.6), layout="constrained")
   axes = fig.subplots(1, 2, sharey=True)
   offsets = {"post": -0.15, "pre": 0.15}
+  labelled = set()  # (axis, arch) pairs that have their legend entry
   for row, (setting, fits) in enumerate(fits_by_setting):
     for s in fits["series"]:
       if s["arch"] not in archs:
@@ -775,13 +779,22 @@ def fig_assumptions(fits_by_setting: list[tuple[str, dict]]) -> Figure:
           continue
         lo, hi = estimate["ci"]
         value = estimate["value"]
-        ax.errorbar(value, row + offsets[s["arch"]], xerr=[[value - lo], [hi - value]], color=style["color"],
+        y = row + offsets[s["arch"]]
+        if name == "gamma" and gamma_max is not None and value > gamma_max:
+          ax.annotate(f"{value:.3g} [{lo:.3g}, {hi:.3g}]", xy=(gamma_max, y), xytext=(gamma_max - 0.35, y),
+                      color=style["color"], fontsize=6, ha="right", va="center",
+                      arrowprops={"arrowstyle": "->", "color": style["color"]})
+          continue
+        ax.errorbar(value, y, xerr=[[value - lo], [hi - value]], color=style["color"],
                     marker=style["marker"], markersize=5, capsize=2, linestyle="none",
-                    label=_label(s["arch"]) if row == 0 else None)
+                    label=_label(s["arch"]) if (ax, s["arch"]) not in labelled else None)
+        labelled.add((ax, s["arch"]))
   for arch in archs:
     axes[0].axvline(theory.THEOREM_GAMMA[arch], color=arch_style(arch)["color"], linestyle=":", linewidth=1)
   axes[1].axvline(1.0, color="0.45", linestyle=":", linewidth=1,
                   label=r"Theorem 1: $\alpha = 1$ (times $\sqrt{\ln d}$)")
+  if gamma_max is not None:
+    axes[0].set_xlim(right=gamma_max)
   axes[0].set_yticks(range(len(fits_by_setting)), labels=[name for name, _ in fits_by_setting])
   axes[0].invert_yaxis()
   axes[0].set(xlabel=r"depth exponent $\gamma$ ($g \propto L^{-\gamma}$; Theorem: Post 0, Pre 1/2)")

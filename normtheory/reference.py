@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 
 from normtheory import architectures, sampling
-from normtheory.config import EMBEDDING, PARAM_NAMES, Config
+from normtheory.config import EMBEDDING, Config, final_param_names, layer_param_names
 from normtheory.engine import DepthResult
 from normtheory.layers import Taps, ln_jacobian_means
 from normtheory.losses import LOSS_FUNCTIONS
@@ -81,10 +81,12 @@ def sample_loss_and_grads(cfg: Config, seed_key: jax.Array, unroll: bool = False
 def _compiled(cfg: Config):
   def one(seed_key):
     value, grads, sq_norms = sample_loss_and_grads(cfg, seed_key)
-    norms = {name: jnp.sqrt((grads["layers"][name][...] ** 2).sum((1, 2))) for name in PARAM_NAMES}
+    per_layer = lambda g: jnp.sqrt((g.reshape(cfg.L, -1) ** 2).sum(1))
+    norms = {name: per_layer(grads["layers"][name][...]) for name in layer_param_names(cfg)}
     if cfg.inputs == "text":
       norms[EMBEDDING] = jnp.sqrt((grads[EMBEDDING][...] ** 2).sum())[None]
-    return value, norms, sq_norms
+    final = {name: jnp.sqrt((grads[name][...] ** 2).sum())[None] for name in final_param_names(cfg)}
+    return value, norms, sq_norms, final
 
   return jax.jit(jax.vmap(one))
 
@@ -108,17 +110,17 @@ def ln_jacobians(cfg: Config, seed_key: jax.Array) -> LnJacobians:
     taps = Taps()
     p = sampling.layer_params(cfg, p_key, l, arch.weight_scale(cfg.L))
     state = arch.layer(p, state, l, cfg.L, cfg, taps)
-    rows.append(ln_jacobian_means(taps.ln_inputs, cfg.eps))
+    rows.append(ln_jacobian_means(taps.ln_inputs, cfg.eps, cfg))
   taps = Taps()
-  arch.final(state, cfg.eps, taps)
-  return LnJacobians(jnp.stack(rows), ln_jacobian_means(taps.ln_inputs, cfg.eps))
+  arch.final(state, cfg.eps, taps, cfg, sampling.head_params(cfg, p_key))
+  return LnJacobians(jnp.stack(rows), ln_jacobian_means(taps.ln_inputs, cfg.eps, cfg))
 
 
 def measure(cfg: Config, seeds_S: np.ndarray, base_key: jax.Array) -> DepthResult:
   """Per-seed, per-layer gradient norms by the straightforward path (same keys as the engine)."""
   with jax.enable_x64(cfg.dtype == "float64"):
     keys_S = sampling.seed_keys(base_key, np.asarray(seeds_S))
-    value, norms, sq_norms = _compiled(cfg)(keys_S)
+    value, norms, sq_norms, final = _compiled(cfg)(keys_S)
     ln_jac, ln_jac_final = jax.vmap(functools.partial(ln_jacobians, cfg))(keys_S)
     return DepthResult(
         {name: np.asarray(v) for name, v in norms.items()},
@@ -126,4 +128,5 @@ def measure(cfg: Config, seeds_S: np.ndarray, base_key: jax.Array) -> DepthResul
         np.asarray(ln_jac),
         np.asarray(ln_jac_final),
         np.asarray(value),
+        {name: np.asarray(v) for name, v in final.items()},
     )

@@ -8,7 +8,7 @@ devices, or whether the weights are drawn all at once or one layer at a time.
   seed key      = fold_in(base, seed)
   params key    = fold_in(seed key, 0);  data key = fold_in(seed key, 1)
   layer key     = fold_in(params key, l)  (l = 1..L);  head key = fold_in(params key, 0)
-  weight key    = fold_in(layer key, PARAM_NAMES.index(name))
+  weight key    = fold_in(layer key, weight_index(name))  (PARAM_NAMES order; SwiGLU's W3 is 6)
   embedding key = fold_in(params key, EMBEDDING_INDEX)  (text inputs: the token embedding E)
   sequence key  = data key for sequence b = 0, fold_in(data key, b + 1) for b >= 1
   input key     = fold_in(sequence key, 0);  target key = fold_in(sequence key, 1)
@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from normtheory import text
-from normtheory.config import EMBEDDING, PARAM_NAMES, Config
+from normtheory.config import EMBEDDING, GATE, NORM_PARTS, PARAM_NAMES, Config, norm_param_names
 from normtheory.layers import Params, embed
 
 EMBEDDING_INDEX = 2**32 - 1  # the params key's child reserved for E (layers use 1..L, the head 0)
@@ -70,9 +70,33 @@ def data_key(seed_key: jax.Array) -> jax.Array:
 
 
 def weight_shapes(cfg: Config) -> dict[str, tuple[int, int]]:
-  """Shape (fan_in, fan_out) of each per-layer weight."""
+  """Shape (fan_in, fan_out) of each per-layer weight; SwiGLU adds W3 (d×d_ff) last."""
   d, f = cfg.d, cfg.d_ff
-  return {"W_Q": (d, d), "W_K": (d, d), "W_V": (d, d), "W_O": (d, d), "W1": (d, f), "W2": (f, d)}
+  shapes = {"W_Q": (d, d), "W_K": (d, d), "W_V": (d, d), "W_O": (d, d), "W1": (d, f), "W2": (f, d)}
+  if cfg.ffn == "swiglu":
+    shapes[GATE] = (d, f)
+  return shapes
+
+
+def weight_index(name: str) -> int:
+  """The layer key's child that draws weight ``name``: its place in ``PARAM_NAMES``, and
+  ``len(PARAM_NAMES)`` for W3 (so adding W3 changes no other weight's draw)."""
+  return len(PARAM_NAMES) if name == GATE else PARAM_NAMES.index(name)
+
+
+def norm_params(cfg: Config, sites: int) -> Params:
+  """The pointwise norms' parameters of ``sites`` norm sites at init (none for LayerNorm,
+  RMSNorm): alpha = ``cfg.alpha0`` and Derf's shift s = 0 (scalars), gamma = 1, beta = 0.
+
+  References:
+    Zhu et al. 2025 (arXiv:2503.10622), Eq. (2) and Section 7 (alpha_0 = 0.5); Chen et al.
+    2025 (arXiv:2512.10938), Eq. (10) (alpha 0.5, s 0 in the authors' code).
+  """
+  dtype = jnp.dtype(cfg.dtype)
+  init = {"alpha": jnp.asarray(cfg.alpha0, dtype), "shift": jnp.zeros((), dtype),
+          "gamma": jnp.ones((cfg.d,), dtype), "beta": jnp.zeros((cfg.d,), dtype)}
+  names = norm_param_names(cfg, sites)
+  return {name: init[name.rsplit("_", 1)[1]] for name in names} if NORM_PARTS[cfg.norm] else {}
 
 
 def drawn_names(cfg: Config) -> tuple[str, ...]:
@@ -100,21 +124,21 @@ def drawn_params(cfg: Config, p_key: jax.Array, layer, scale=1.0) -> Params:
   params = {}
   for name in drawn_names(cfg):
     fan_in, fan_out = shapes[name]
-    index = PARAM_NAMES.index(name)
-    draw = jax.random.normal(jax.random.fold_in(layer_key, index), (fan_in, fan_out), dtype)
+    draw = jax.random.normal(jax.random.fold_in(layer_key, weight_index(name)), (fan_in, fan_out), dtype)
     params[name] = draw * ((1.0 if name in ("W_Q", "W_K") else scale) * xavier_std(fan_in, fan_out))
   return params
 
 
 def with_constants(cfg: Config, drawn: Params) -> Params:
-  """A layer's full weights from its drawn ones: W_Q = W_K = 0 when not drawn, and the
-  zero biases b1, b2."""
+  """A layer's full weights from its drawn ones: W_Q = W_K = 0 when not drawn, the
+  zero biases b1, b2, and the pointwise norms' parameters of its two norm sites
+  (:func:`norm_params`)."""
   dtype = jnp.dtype(cfg.dtype)
   params = {name: drawn[name] if name in drawn else jnp.zeros(shape, dtype)
             for name, shape in weight_shapes(cfg).items()}
   params["b1"] = jnp.zeros((cfg.d_ff,), dtype)
   params["b2"] = jnp.zeros((cfg.d,), dtype)
-  return params
+  return params | norm_params(cfg, 2)
 
 
 def layer_params(cfg: Config, p_key: jax.Array, layer, scale=1.0) -> Params:
@@ -139,7 +163,9 @@ def head_params(cfg: Config, p_key: jax.Array) -> Params:
   Returns:
     dict with ``W_emb`` (V×d, Xavier-Gaussian) for the xent loss unless tied, and
     ``E`` (V×d, Xavier-Gaussian, :func:`normtheory.layers.embed` scales it) for text
-    inputs; with ``tied`` the read-out is E and there is no W_emb. Empty otherwise.
+    inputs; with ``tied`` the read-out is E and there is no W_emb; the final norm's
+    parameters (DyT, Derf: site 1 of :func:`norm_params`; read only by archs with a
+    final norm). Empty otherwise.
   """
   dtype = jnp.dtype(cfg.dtype)
   shape = (cfg.vocab, cfg.d)
@@ -148,7 +174,7 @@ def head_params(cfg: Config, p_key: jax.Array) -> Params:
     head["W_emb"] = jax.random.normal(jax.random.fold_in(p_key, 0), shape, dtype) * xavier_std(*shape)
   if cfg.inputs == "text":
     head[EMBEDDING] = jax.random.normal(jax.random.fold_in(p_key, EMBEDDING_INDEX), shape, dtype) * xavier_std(*shape)
-  return head
+  return head | norm_params(cfg, 1)
 
 
 def sequence_key(d_key: jax.Array, b: int) -> jax.Array:
@@ -196,5 +222,6 @@ def inputs(cfg: Config, d_key: jax.Array) -> Inputs:
 
 def first_state(cfg: Config, head: Params, x) -> jax.Array:
   """The state entering layer 1: the Gaussian inputs themselves, or embedded text tokens
-  (:func:`normtheory.layers.embed` of ``head["E"]``)."""
-  return embed(x, head[EMBEDDING]) if cfg.inputs == "text" else x
+  (:func:`normtheory.layers.embed` of ``head["E"]``, with the sinusoidal code when
+  ``cfg.positions`` says so)."""
+  return embed(x, head[EMBEDDING], cfg.positions == "sinusoidal") if cfg.inputs == "text" else x

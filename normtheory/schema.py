@@ -4,16 +4,17 @@ Every table normtheory stores is *tidy* (one row per measurement) and starts wit
 the columns of the model's **cell**, the :class:`normtheory.Config` fields that
 change the numbers and vary within one store::
 
-  arch, loss, d, L, n, d_ff, batch, attention, heads, inputs
+  arch, loss, d, L, n, d_ff, batch, attention, heads, inputs, norm, ffn, causal, positions
 
 followed by the sample (``seed``), where in the model (``layer``, and ``param``,
 ``metric`` or ``ln``) and the measured value. Settings that are not columns
-(dtype, eps, base seed, PRNG, vocab, tied) are fixed per store (``meta.json``).
+(dtype, eps, base seed, PRNG, vocab, tied, alpha0) are fixed per store (``meta.json``).
 
 The CSV layout is a contract that other tools read: columns are only ever added,
 never renamed or dropped. A store written before a column existed still loads:
 :func:`read_table` fills the column with its default (``CELL_DEFAULTS``, the value
-every older run measured with).
+every older run measured with; ``DERIVED_DEFAULTS`` where that value followed from
+another column).
 
 Producers build frames with :func:`tidy_frame` and write files with
 :func:`atomic_write`; consumers read them with :func:`read_table`. Nothing here
@@ -34,14 +35,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-CELL_COLUMNS = ("arch", "loss", "d", "L", "n", "d_ff", "batch", "attention", "heads", "inputs")
+CELL_COLUMNS = ("arch", "loss", "d", "L", "n", "d_ff", "batch", "attention", "heads", "inputs",
+                "norm", "ffn", "causal", "positions")
 # Value of each column added after the first stores were written, as those stores measured it.
-CELL_DEFAULTS = {"batch": 1, "attention": "uniform", "heads": 1, "inputs": "gaussian"}
-# Columns that hold integers (every other key column holds a non-empty string).
-INTEGER_COLUMNS = frozenset({"d", "L", "n", "d_ff", "batch", "heads", "seed", "layer", "ln"})
+CELL_DEFAULTS = {"batch": 1, "attention": "uniform", "heads": 1, "inputs": "gaussian",
+                 "norm": "layernorm", "ffn": "relu", "causal": 0, "positions": "none"}
+# Columns whose value in older stores follows from another column: positions was
+# "sinusoidal" wherever inputs were text (the code text embeddings always carried).
+DERIVED_DEFAULTS = {"positions": ("inputs", {"text": "sinusoidal"})}
+# Columns that hold integers (every other key column holds a non-empty string); causal is 0 or 1.
+INTEGER_COLUMNS = frozenset({"d", "L", "n", "d_ff", "batch", "heads", "causal", "seed", "layer", "ln"})
 # Value of each store setting (meta.json "settings") added after the first stores were
 # written, as those stores measured it: a meta.json without the key means this value.
-SETTING_DEFAULTS = {"tied": False}
+SETTING_DEFAULTS = {"tied": False, "alpha0": 0.5}
 
 GRAD_FILE = "grad_norms.csv"
 HIDDEN_FILE = "hidden_norms.csv"
@@ -79,9 +85,11 @@ def cell_of(cfg) -> dict:
   """The cell columns of a model, ``{column: value}`` in ``CELL_COLUMNS`` order.
 
   Args:
-    cfg: a :class:`normtheory.Config` (any object with those attributes).
+    cfg: a :class:`normtheory.Config` (any object with those attributes); a bool field
+      (``causal``) is stored as 0 or 1.
   """
-  return {column: getattr(cfg, column) for column in CELL_COLUMNS}
+  value = lambda v: int(v) if isinstance(v, bool) else v
+  return {column: value(getattr(cfg, column)) for column in CELL_COLUMNS}
 
 
 def cell_key(cfg) -> tuple:
@@ -179,6 +187,10 @@ def with_defaults(frame: pd.DataFrame, table: str, source: str = "frame") -> pd.
     raise StoreError(f"{source}: header is {','.join(map(str, frame.columns))}, expected {','.join(columns)}")
   if missing:
     frame = frame.assign(**{c: CELL_DEFAULTS[c] for c in missing})
+    for c in missing:
+      if c in DERIVED_DEFAULTS:
+        source_column, values = DERIVED_DEFAULTS[c]
+        frame[c] = frame[source_column].map(values).fillna(CELL_DEFAULTS[c])
   return frame[list(columns)]
 
 

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from normtheory import depth_metrics, engine
-from normtheory.config import Config
+from normtheory.config import Config, default_d_ff
 from normtheory.measure import GradNorms, as_key, check_chunk, seed_indices
 from normtheory.schema import CELL_COLUMNS, DEPTH_FILE, cell_key
 from normtheory.store import Frames, ResultsStore, concat_tables
@@ -81,7 +81,8 @@ def plan(
     archs, losses, widths, depths: the grid axes.
     seeds: the seed indices wanted in every cell.
     stored: cell tuple -> stored seeds (``ResultsStore.stored_seeds``).
-    d_ff: the FFN width of every cell; None: each cell's width d (Theorem 1's d×d).
+    d_ff: the FFN width of every cell; None: each cell's :func:`normtheory.config.default_d_ff`
+      (d, Theorem 1's d×d; round(2d/3) for SwiGLU).
 
   Returns:
     :class:`Plan`.
@@ -92,7 +93,7 @@ def plan(
   wanted = set(seeds)
   passes, complete = [], 0
   for loss, d in itertools.product(losses, widths):
-    family = dataclasses.replace(base, loss=loss, d=d, d_ff=d if d_ff is None else d_ff)
+    family = dataclasses.replace(base, loss=loss, d=d, d_ff=default_d_ff(d, base.ffn) if d_ff is None else d_ff)
     cells, seeds = set(), set()
     for arch, L in itertools.product(archs, depths):
       missing = wanted - stored.get(cell_key(dataclasses.replace(family, arch=arch, L=L)), set())

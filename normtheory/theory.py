@@ -97,6 +97,7 @@ import math
 from typing import NamedTuple
 
 import numpy as np
+from scipy.special import erf, ndtr
 
 from normtheory import architectures
 
@@ -332,7 +333,8 @@ _LAYERS = {"post": _post, "pre": _pre, "deepnorm": _deepnorm, "sandwich": _sandw
 
 
 def mean_field(arch: str, d: int, L: int, n: int, d_ff: int | None = None,
-               mixln_rho: float = 0.25, correlated: bool = True) -> dict:
+               mixln_rho: float = 0.25, correlated: bool = True, norm: str = "layernorm", ffn: str = "relu",
+               causal: bool = False, alpha0: float = 0.5) -> dict:
   """Mean-field prediction of the hidden-state norms and the last-layer W2 gradient.
 
   Example:
@@ -348,6 +350,10 @@ def mean_field(arch: str, d: int, L: int, n: int, d_ff: int | None = None,
     mixln_rho: Mix-LN's fraction of leading Post-LN layers.
     correlated: if False, reset the cross-position covariance to 0 after every
       layer: the i.i.d.-token picture, to show what token correlation adds.
+    norm, ffn, causal, alpha0: the block (``Config`` fields). Other than the 2020
+      block's (layernorm, relu, no mask), Post and Pre only, by the covariance
+      recursion over positions (module comment "Today's blocks"); its ``rel_update``,
+      ``cos_sim`` and ``correlation`` are then NaN.
 
   Returns:
     dict of
@@ -363,6 +369,15 @@ def mean_field(arch: str, d: int, L: int, n: int, d_ff: int | None = None,
       ``last_layer_w2_sq``: its predicted mean square.
   """
   final_ln = architectures.get(arch).final_ln  # ValueError listing the known names
+  if not _is_2020_block(norm, ffn, causal):
+    if arch not in ("post", "pre"):
+      raise ValueError(f"the mean field of norm={norm}, ffn={ffn}, causal={causal} covers post and pre, not {arch}")
+    block = _Block(d, n, d if d_ff is None else d_ff, norm, ffn, bool(causal), alpha0)
+    sq_L, final_q, w2_sq_L = _block_mean_field(arch, block, L)
+    w2_sq = float(w2_sq_L[-1])
+    nan_L = np.full(L, np.nan)
+    return {"sq_norm_per_d": sq_L, "correlation": nan_L, "rel_update": nan_L, "cos_sim": nan_L,
+            "final_sq_norm_per_d": final_q, "last_layer_w2": math.sqrt(w2_sq), "last_layer_w2_sq": w2_sq}
   sq_L, corr_L, update_L, cos_L = (np.empty(L) for _ in range(4))
   for l, x_in, out in _layers(arch, _Shape(d, n, d if d_ff is None else d_ff), L, mixln_rho, correlated):
     sq_L[l - 1], corr_L[l - 1] = x_in.q, x_in.rho
@@ -397,25 +412,31 @@ def _last_layer_w2_sq(out: _LayerOut, final_ln: bool, d: int, n: int) -> float:
   return n * out.hidden_per_d * d * delta_sq
 
 
-def predict_last_layer_w2(arch: str, d: int, L: int, n: int, d_ff: int | None = None) -> float:
+def predict_last_layer_w2(arch: str, d: int, L: int, n: int, d_ff: int | None = None, **block) -> float:
   """Predicted mean ``||dLoss/dW2^L||_F`` at init, linear loss (see :func:`mean_field`).
 
   Post-LN: ``sqrt(d (d-2) / (3n))``, flat in L. Pre-LN: ``sqrt(d (d-2) / (2 n q_{L+1}))``
   with ``q_{L+1} -> 3L/2`` as tokens correlate, so the Post/Pre ratio grows like sqrt(L).
+  ``block``: :func:`mean_field`'s norm, ffn, causal, alpha0.
   """
-  return mean_field(arch, d, L, n, d_ff)["last_layer_w2"]
+  return mean_field(arch, d, L, n, d_ff, **block)["last_layer_w2"]
 
 
-def last_layer_w2_curve(arch: str, d: int, L_K, n: int, d_ff: int | None = None) -> np.ndarray:
+def last_layer_w2_curve(arch: str, d: int, L_K, n: int, d_ff: int | None = None, **block) -> np.ndarray:
   """:func:`predict_last_layer_w2` at every depth of ``L_K``, as a ``(K,)`` array.
 
   For archs whose layer l does not depend on L (all but DeepNorm and Mix-LN) the
   L-layer model is the first L layers of a deeper one, so one recursion to
   ``max(L_K)`` gives every depth (L = 10^4 in well under a second); the others run
-  one recursion per depth.
+  one recursion per depth, as does every block other than the 2020 one (``block``:
+  :func:`mean_field`'s norm, ffn, causal, alpha0).
   """
   L_K = np.asarray(L_K, dtype=np.int64)
   model = architectures.get(arch)
+  if block and not _is_2020_block(block.get("norm", "layernorm"), block.get("ffn", "relu"), block.get("causal", False)):
+    b = _Block(d, n, d if d_ff is None else d_ff, block.get("norm", "layernorm"), block.get("ffn", "relu"),
+               bool(block.get("causal", False)), block.get("alpha0", 0.5))
+    return np.sqrt(_block_mean_field(arch, b, int(L_K.max()))[2][L_K - 1])
   if model.depends_on_depth or arch == "mixln":
     return np.array([predict_last_layer_w2(arch, d, int(L), n, d_ff) for L in L_K])
   w2_sq_M = np.array([_last_layer_w2_sq(out, model.final_ln, d, n)
@@ -461,6 +482,181 @@ def local_exponent(arch: str, d: int, n: int, L_K, d_ff: int | None = None) -> L
 
 MEAN_FIELD_ARCHS = (*_LAYERS, "mixln")
 
+# --- Today's blocks: one covariance matrix over positions -------------------------
+#
+# The (q, c) summary above assumes every position is alike. Under a causal mask they are
+# not (position i averages positions 1..i), and a norm without the division by the
+# stream's scale (DyT, Derf) or an FFN without ReLU's homogeneity (GELU, SwiGLU) needs
+# the full per-feature Gaussian law. So for Post and Pre with ``norm``, ``ffn`` or
+# ``causal`` other than the 2020 block's, the state is its n×n covariance per feature,
+# ``K_ij = E<x_i, x_j>/d``, and every map acts on K, each coordinate of the rows
+# treated as jointly Gaussian across positions with covariance K (exact as d -> inf):
+#
+# * attention (uniform weights A: 1/n everywhere, or 1/i on j <= i causally) adds
+#   ``A K A^T`` (step 1 with each position its own average);
+# * LayerNorm and RMSNorm both map K to its correlation matrix ``K_ij / sqrt(K_ii K_jj)``
+#   (they differ by the mean, O(1/d) in K: step 3), DyT / Derf map it to
+#   ``E[f(u_i) f(u_j)]`` with ``f = tanh(alpha0 .)`` or ``erf(alpha0 .)``, (u_i, u_j)
+#   Gaussian with covariance K (2-D Gauss-Hermite quadrature);
+# * the FFN maps K to ``d_ff v2 E[h(u_i) h(u_j)]``, pre-activations of covariance
+#   ``d v1 K``: ReLU by the arc-cosine kernel, GELU by quadrature, SwiGLU
+#   ``h = silu(u) g`` with the independent gate g (W3) of covariance ``d v3 K``, so
+#   ``E[h_i h_j] = E[silu(u_i) silu(u_j)] d v3 K_ij``;
+# * step 6 per position: ``E||dW2||² = sum_i E||h_i||² E||delta_i||²`` with
+#   ``E||delta_i||² = P_i / n²`` through the one norm between the last FFN output and
+#   the loss (Post's last norm, Pre's final norm) at state variance ``q_i = K_ii``:
+#   LayerNorm ``P = (d - 2)/q_i`` (removes the mean and z), RMSNorm ``P = (d - 1)/q_i``
+#   (removes z only: the closed-form difference the mean makes), DyT / Derf
+#   ``P = d E[f'(u)²]``, u ~ N(0, q_i) (no division by the stream's scale: for large q it is
+#   about ``d alpha0 (∫ f'(t)² dt) / sqrt(2 pi q_i)``, so it falls like q^(-1/2), not q^(-1)).
+
+_GH_Z, _GH_W = np.polynomial.hermite_e.hermegauss(32)
+_GH_W = _GH_W / _GH_W.sum()  # E[g(z)], z ~ N(0, 1)
+
+
+def _pair_expectation(fn, k_ii, k_jj, k_ij):
+  """``E[fn(u) fn(v)]`` for (u, v) Gaussian with variances k_ii, k_jj and covariance k_ij
+  (arrays of one shape), by 2-D Gauss-Hermite quadrature."""
+  a = np.sqrt(k_ii)[..., None, None]
+  rho = np.clip(k_ij / np.sqrt(k_ii * k_jj), -1.0, 1.0)[..., None, None]
+  b = np.sqrt(k_jj)[..., None, None]
+  z1, z2 = _GH_Z[:, None], _GH_Z[None, :]
+  u, v = a * z1, b * (rho * z1 + np.sqrt(1 - rho**2) * z2)
+  return (fn(u) * fn(v) * (_GH_W[:, None] * _GH_W[None, :])).sum((-2, -1))
+
+
+def _kernel(fn, k_nxn):
+  """``E[fn(u_i) fn(u_j)]`` for u ~ N(0, K), as an n×n matrix."""
+  diag = np.diag(k_nxn)
+  return _pair_expectation(fn, diag[:, None] + 0 * k_nxn, diag[None, :] + 0 * k_nxn, k_nxn)
+
+
+def _relu_kernel(k_nxn):
+  """``E[ReLU(u_i) ReLU(u_j)]`` for u ~ N(0, K): the arc-cosine kernel (Cho & Saul 2009)."""
+  diag = np.sqrt(np.diag(k_nxn))
+  scale = np.outer(diag, diag)
+  return scale / 2 * relu_correlation(k_nxn / scale)
+
+
+def _gelu(u):
+  """Exact GELU, ``u Φ(u)``."""
+  return u * ndtr(u)
+
+
+def _silu(u):
+  """SiLU, ``u / (1 + e^(-u))`` (SwiGLU's gate activation)."""
+  return u / (1 + np.exp(-u))
+
+
+# DyT's and Derf's pointwise function at alpha = 1 and its derivative (alpha0 scales the argument).
+_POINTWISE = {"dyt": (np.tanh, lambda u: 1 / np.cosh(u) ** 2),
+              "derf": (erf, lambda u: 2 / np.sqrt(np.pi) * np.exp(-(u**2)))}
+
+
+class _Block(NamedTuple):
+  """The block of the matrix mean field: shape, norm, FFN kind, mask."""
+
+  d: int
+  n: int
+  d_ff: int
+  norm: str
+  ffn: str
+  causal: bool
+  alpha0: float
+
+
+def _mixing(b: _Block) -> np.ndarray:
+  """The uniform attention weights: 1/n everywhere, or 1/i on j <= i under the causal mask."""
+  if b.causal:
+    return np.tril(np.ones((b.n, b.n))) / np.arange(1, b.n + 1)[:, None]
+  return np.full((b.n, b.n), 1.0 / b.n)
+
+
+def _norm_k(k_nxn, b: _Block):
+  """The norm's output covariance: the correlation matrix (LayerNorm, RMSNorm) or ``E[f(u_i) f(u_j)]``."""
+  if b.norm in ("layernorm", "rmsnorm"):
+    diag = np.sqrt(np.diag(k_nxn))
+    return k_nxn / np.outer(diag, diag)
+  f = _POINTWISE[b.norm][0]
+  return _kernel(lambda u: f(b.alpha0 * u), k_nxn)
+
+
+def _ffn_k(k_nxn, b: _Block):
+  """FFN output covariance and the hidden rows' ``E||h_i||²/d`` per position."""
+  v = 2.0 / (b.d + b.d_ff)  # W1, W2, W3 entries
+  pre_nxn = b.d * v * k_nxn
+  if b.ffn == "relu":
+    h_nxn = _relu_kernel(pre_nxn)
+  elif b.ffn == "gelu":
+    h_nxn = _kernel(_gelu, pre_nxn)
+  else:
+    h_nxn = _kernel(_silu, pre_nxn) * pre_nxn
+  return b.d_ff * v * h_nxn, b.d_ff / b.d * np.diag(h_nxn)
+
+
+def _norm_delta(q_n, b: _Block):
+  """``n² E||delta_i||²`` through the last norm, per position (state variances q_n)."""
+  if b.norm == "layernorm":
+    return (b.d - 2) / q_n
+  if b.norm == "rmsnorm":
+    return (b.d - 1) / q_n
+  df = _POINTWISE[b.norm][1]
+  return b.d * b.alpha0**2 * np.array([_derivative_sq(df, b.alpha0 * math.sqrt(q)) for q in q_n])
+
+
+def _derivative_sq(df, scale: float) -> float:
+  """``E[df(scale z)²]``, z ~ N(0, 1), for a derivative df concentrated on |t| of order 1: by Gauss-Hermite
+  in z while ``scale <= 1``, else as ``∫ df(t)² N(t; 0, scale²) dt`` on a fine grid in t (where the
+  integrand's width 1/scale in z would fall between Gauss-Hermite nodes)."""
+  if scale <= 1.0:
+    return float((df(scale * _GH_Z) ** 2 * _GH_W).sum())
+  t = np.linspace(-40.0, 40.0, 16001)
+  density = np.exp(-0.5 * (t / scale) ** 2) / (scale * math.sqrt(2 * math.pi))
+  return float(np.trapezoid(df(t) ** 2 * density, t))
+
+
+def _block_mean_field(arch: str, b: _Block, L: int) -> tuple[np.ndarray, float, np.ndarray]:
+  """``(L,)`` mean E||x_l||²/d entering each layer, E||x_{L+1}||²/d, and ``(L,)`` the mean
+  square of ``||dLoss/dW2^l||_F`` of the l-layer model (linear loss; the l-layer model is
+  the first l layers), Post or Pre, from the covariance recursion."""
+  a_nxn = _mixing(b)
+  k = np.eye(b.n)  # Gaussian inputs
+  sq_L, w2_sq_L = np.empty(L), np.empty(L)
+  for l in range(L):
+    sq_L[l] = np.diag(k).mean()
+    if arch == "post":
+      x3 = _norm_k(k + a_nxn @ k @ a_nxn.T, b)
+      f, h_n = _ffn_k(x3, b)
+      x5 = x3 + f
+      last_q, k = np.diag(x5), _norm_k(x5, b)
+    else:
+      z = _norm_k(k, b)
+      x3 = k + a_nxn @ z @ a_nxn.T
+      f, h_n = _ffn_k(_norm_k(x3, b), b)
+      k = x3 + f
+      last_q = np.diag(k)
+    w2_sq_L[l] = (h_n * b.d * _norm_delta(last_q, b)).sum() / b.n**2
+  return sq_L, float(np.diag(k).mean()), w2_sq_L
+
+
+def block_of(cell) -> dict:
+  """The block fields of a cell (a Config, a dict or a table row; missing: the 2020 block's)
+  as keyword arguments of :func:`mean_field` and :func:`last_layer_w2_curve`."""
+  get = lambda name, default: _field(cell, name, default)
+  return {"norm": get("norm", "layernorm"), "ffn": get("ffn", "relu"), "causal": bool(int(get("causal", 0))),
+          "alpha0": float(get("alpha0", 0.5))}
+
+
+def _field(cell, name, default):
+  try:
+    return cell[name]
+  except (TypeError, KeyError, IndexError):
+    return getattr(cell, name, default)
+
+
+def _is_2020_block(norm, ffn, causal) -> bool:
+  return norm == "layernorm" and ffn == "relu" and not causal
+
 
 def mean_field_gap(cell, gradient: bool = True) -> str | None:
   """Why :func:`mean_field` does not describe a cell, or None where it does.
@@ -480,6 +676,10 @@ def mean_field_gap(cell, gradient: bool = True) -> str | None:
     B, since independent zero-mean targets make the cross-sequence terms of step 6
     vanish; the predictor does not include it). Hidden-state statistics do not depend
     on the loss or the batch.
+
+  Today's blocks (``norm``, ``ffn``, ``causal`` other than the 2020 block's) are
+  covered for Post and Pre by the covariance recursion (gradient and hidden norms,
+  not the effective-depth metrics); RoPE needs Xavier attention, already a gap.
 
   ``heads > 1`` with uniform attention is *not* a gap: every head's softmax is exactly
   1/n, so the layer is the same function as with one head.
@@ -511,4 +711,10 @@ def mean_field_gap(cell, gradient: bool = True) -> str | None:
     return f"the mean field predicts the gradient for the linear loss only, not {field('loss', None)}"
   if gradient and int(field("batch", 1)) != 1:
     return f"the mean field predicts one sequence per sample, not batch={field('batch', None)}"
+  block = block_of(cell)
+  if not _is_2020_block(block["norm"], block["ffn"], block["causal"]):
+    if arch not in ("post", "pre"):
+      return f"the mean field of today's blocks (norm, ffn, causal) covers post and pre, not {arch}"
+    if not gradient:
+      return "the mean field of today's blocks predicts norms and the W2 gradient, not the effective-depth metrics"
   return None

@@ -40,7 +40,7 @@ def test_store_has_the_contract_columns_and_every_row(tiny_store):
   for table in (schema.GRAD_FILE, schema.HIDDEN_FILE, schema.LN_JACOBIAN_FILE):
     for path in (tiny_store / parts.folder(table)).glob("part-*.parquet"):
       assert pq.read_schema(path).remove_metadata() == parts.arrow_schema(table), path
-  cell = "arch,loss,d,L,n,d_ff,batch,attention,heads,inputs"
+  cell = "arch,loss,d,L,n,d_ff,batch,attention,heads,inputs,norm,ffn,causal,positions"
   assert list(grad.columns) == f"{cell},seed,layer,param,grad_norm".split(",")
   assert list(hidden.columns) == f"{cell},seed,layer,sq_norm".split(",")
   assert list(ln_jac.columns) == f"{cell},seed,layer,ln,value".split(",")

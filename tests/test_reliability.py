@@ -139,11 +139,12 @@ CORRUPTIONS = {
     "truncated last line": ("grad_norms.csv", lambda t: t[: len(t) - 7], "truncated"),
     "missing field": ("grad_norms.csv", lambda t: _replace_line(t, 3, lambda l: l.rsplit(",", 1)[0] + "\n"), "line 4"),
     "extra field": ("hidden_norms.csv", lambda t: _replace_line(t, 2, lambda l: l.rstrip("\n") + ",7\n"), "line 3"),
-    "non-numeric value": ("grad_norms.csv", lambda t: _replace_line(t, 5, lambda l: _field(l, 13, "0.5x")),
+    "non-numeric value": ("grad_norms.csv", lambda t: _replace_line(t, 5, lambda l: _field(l, schema.GRAD_COLUMNS.index("grad_norm"), "0.5x")),
                           "line 6, column grad_norm"),
     "non-integer width": ("hidden_norms.csv", lambda t: _replace_line(t, 1, lambda l: _field(l, 2, "8.5")), "column d"),
-    "NaN seed": ("grad_norms.csv", lambda t: _replace_line(t, 2, lambda l: _field(l, 10, "")), "column seed"),
-    "infinite layer": ("grad_norms.csv", lambda t: _replace_line(t, 4, lambda l: _field(l, 11, "inf")), "line 5, column layer"),
+    "NaN seed": ("grad_norms.csv", lambda t: _replace_line(t, 2, lambda l: _field(l, schema.GRAD_COLUMNS.index("seed"), "")), "column seed"),
+    "infinite layer": ("grad_norms.csv", lambda t: _replace_line(t, 4, lambda l: _field(l, schema.GRAD_COLUMNS.index("layer"), "inf")),
+                       "line 5, column layer"),
     "empty arch": ("grad_norms.csv", lambda t: _replace_line(t, 2, lambda l: _field(l, 0, "")), "column arch"),
     "repeated row": ("grad_norms.csv", lambda t: t + t.splitlines(keepends=True)[1], "repeats the key"),
     "header of another version": ("grad_norms.csv", lambda t: t.replace("grad_norm\n", "gradient_norm\n", 1), "header"),
@@ -236,12 +237,12 @@ def test_the_value_column_keeps_nan_and_inf_but_key_columns_do_not(tmp_path):
   """Non-finite measurements are stored as measured (empty field, nan, inf, -inf read back as such);
   the same in a key column is refused."""
   header = ",".join(schema.HIDDEN_COLUMNS)
-  rows = [f"pre,linear,8,1,4,8,1,uniform,1,gaussian,{seed},1,{value}" for seed, value in
+  rows = [f"pre,linear,8,1,4,8,1,uniform,1,gaussian,layernorm,relu,0,none,{seed},1,{value}" for seed, value in
           enumerate(['""', "", "nan", "inf", "-inf", "1e-300"])]
   (tmp_path / schema.HIDDEN_FILE).write_text("\n".join([header, *rows]) + "\n")
   values = schema.read_table(tmp_path, schema.HIDDEN_FILE).sq_norm.to_numpy()
   assert np.isnan(values[:3]).all() and values[3] == np.inf and values[4] == -np.inf and values[5] == 1e-300
-  (tmp_path / schema.HIDDEN_FILE).write_text(f"{header}\npre,linear,8,1,4,8,1,uniform,1,gaussian,nan,1,0.5\n")
+  (tmp_path / schema.HIDDEN_FILE).write_text(f"{header}\npre,linear,8,1,4,8,1,uniform,1,gaussian,layernorm,relu,0,none,nan,1,0.5\n")
   with pytest.raises(schema.StoreError, match="line 2, column seed: not an integer"):
     schema.read_table(tmp_path, schema.HIDDEN_FILE)
 

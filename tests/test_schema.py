@@ -52,5 +52,6 @@ def test_a_missing_table_reads_as_empty_with_its_columns(tmp_path):
 
 
 def test_with_defaults_keeps_a_current_frame_unchanged():
-  frame = pd.DataFrame([dict(zip(schema.HIDDEN_COLUMNS, ["pre", "linear", 8, 1, 4, 8, 2, "xavier", 2, "text", 0, 1, 1.5]))])
+  frame = pd.DataFrame([dict(zip(schema.HIDDEN_COLUMNS, ["pre", "linear", 8, 1, 4, 8, 2, "xavier", 2, "text", "dyt",
+                                                          "swiglu", 1, "rope", 0, 1, 1.5]))])
   pd.testing.assert_frame_equal(schema.with_defaults(frame, schema.HIDDEN_FILE), frame)

@@ -24,7 +24,7 @@ import pandas as pd
 import pyarrow.compute as pc
 
 from normtheory import theory
-from normtheory.config import ARCHS
+from normtheory.config import ARCHS, default_d_ff
 from normtheory.fit.estimators import (
     CI_LEVEL,
     CI_SCOPE,
@@ -56,9 +56,10 @@ def arch_key(arch: str) -> tuple[int, str]:
 
 
 def _with_series_labels(rows: pd.DataFrame) -> pd.DataFrame:
-  """``rows`` with a ``label`` column: the d_ff of their series, "d" (d_ff = d in every cell) or a fixed width.
+  """``rows`` with a ``label`` column: the d_ff of their series, "d" (every cell at its default width,
+  :func:`normtheory.config.default_d_ff`: d, or round(2d/3) for SwiGLU) or a fixed width.
 
-  Within one value of the other series keys, rows whose d_ff differs from d form
+  Within one value of the other series keys, rows whose d_ff differs from that default form
   fixed-width series; rows with d_ff = d form the default series, and a row at
   ``d = d_ff`` of a fixed-width series belongs to it as well (then it appears twice).
   """
@@ -66,7 +67,7 @@ def _with_series_labels(rows: pd.DataFrame) -> pd.DataFrame:
   cells = rows[[*others, "d", "d_ff"]].drop_duplicates()
   labels = []
   for _, group in cells.groupby(others, sort=False):
-    own = group["d_ff"] == group["d"]
+    own = group["d_ff"] == [default_d_ff(int(d), ffn) for d, ffn in zip(group["d"], group["ffn"])]
     fixed = set(group.loc[~own, "d_ff"])
     default_series = (own & ~group["d"].isin(fixed)).any()
     for cell, is_own in zip(group.itertuples(index=False), own):
@@ -90,7 +91,8 @@ def _extras(entry: dict) -> str:
   out = ""
   for column in SERIES_KEYS[3:]:
     value = entry.get(column, SERIES_DEFAULTS[column])
-    if value != SERIES_DEFAULTS[column] and not (column == "d_ff" and value == entry.get("d")):
+    default = "sinusoidal" if column == "positions" and entry.get("inputs") == "text" else SERIES_DEFAULTS[column]
+    if value != default and not (column == "d_ff" and value == entry.get("d")):
       out += f", {column}={value}"
   return out
 
@@ -250,8 +252,8 @@ def _mean_field_fit(entry: dict, d_C: np.ndarray, L_C: np.ndarray) -> tuple[dict
   mf_C = np.empty_like(d_C)
   for d in np.unique(d_C):
     at = d_C == d
-    d_ff = int(d) if entry["d_ff"] == "d" else entry["d_ff"]
-    mf_C[at] = theory.last_layer_w2_curve(entry["arch"], int(d), L_C[at].astype(int), n, d_ff)
+    d_ff = default_d_ff(int(d), entry.get("ffn", "relu")) if entry["d_ff"] == "d" else entry["d_ff"]
+    mf_C[at] = theory.last_layer_w2_curve(entry["arch"], int(d), L_C[at].astype(int), n, d_ff, **theory.block_of(entry))
   fit = _power_law(d_C, L_C, mf_C, mf_C[None])
   return {name: float(fit.point[name]) for name in ("alpha", "gamma") if name in fit.point}, mf_C
 
@@ -385,7 +387,7 @@ def effective_depth_fits(frame: pd.DataFrame, n_boot: int = 1000, seed: int = 0)
     kappa_mf = None
     if theory.mean_field_gap(cell, gradient=False) is None:
       layer_L = np.arange(1, cell["L"] + 1, dtype=np.float64)
-      curve_L = theory.mean_field(cell["arch"], cell["d"], cell["L"], cell["n"], cell["d_ff"])[metric]
+      curve_L = theory.mean_field(cell["arch"], cell["d"], cell["L"], cell["n"], cell["d_ff"], **theory.block_of(cell))[metric]
       kappa_mf = float(_power_law(np.ones_like(layer_L), layer_L, curve_L, curve_L[None]).point["gamma"])
     out.append({**cell, "metric": metric, "n_seeds": int(part["seed"].nunique()),
                 "kappa": {"value": f.kappa, "ci": list(f.ci)}, "r2": f.r2, "kappa_mean_field": kappa_mf,
