@@ -95,7 +95,8 @@ def test_load_upgrades_an_old_layout_and_refuses_what_it_cannot_read(tmp_path):
 
 def _chunk(cell_seed_rows: list[tuple[int, float]]) -> dict[str, pd.DataFrame]:
   """One chunk's grad and hidden rows of the cell (pre, d = 8, L = 1): (seed, value) per row."""
-  cell = dict(zip(schema.CELL_COLUMNS, ["pre", "linear", 8, 1, 4, 8, 1, "uniform", 1, "gaussian"]))
+  given = {"arch": "pre", "loss": "linear", "d": 8, "L": 1, "n": 4, "d_ff": 8}
+  cell = {column: given.get(column, schema.CELL_DEFAULTS.get(column)) for column in schema.CELL_COLUMNS}
   grad = pd.DataFrame([{**cell, "seed": s, "layer": 1, "param": "W2", "grad_norm": v} for s, v in cell_seed_rows])
   hidden = pd.DataFrame([{**cell, "seed": s, "layer": 1, "sq_norm": v} for s, v in cell_seed_rows])
   return {schema.HIDDEN_FILE: hidden, schema.GRAD_FILE: grad}
@@ -161,20 +162,20 @@ def test_the_committed_old_csv_store_loads_resumes_and_converts_on_its_first_wri
 
 def test_a_cell_column_added_with_a_default_reads_old_parquet_and_csv_stores(tiny_store, tmp_path, monkeypatch):
   """Adding a cell column is one schema line (CELL_COLUMNS and its CELL_DEFAULTS value): parts and CSVs written
-  without it read with the default, and their stored pairs carry it (a fake column "norm" here)."""
+  without it read with the default, and their stored pairs carry it (a fake column "fake" here)."""
   exported = tmp_path / "csv"
   nt.export_csv(tiny_store, exported)
-  cells = (*schema.CELL_COLUMNS, "norm")
+  cells = (*schema.CELL_COLUMNS, "fake")
   monkeypatch.setattr(schema, "CELL_COLUMNS", cells)
-  monkeypatch.setattr(schema, "CELL_DEFAULTS", {**schema.CELL_DEFAULTS, "norm": "layernorm"})
+  monkeypatch.setattr(schema, "CELL_DEFAULTS", {**schema.CELL_DEFAULTS, "fake": "old"})
   monkeypatch.setattr(schema, "TABLES", {t: (*cells, *c[len(cells) - 1:]) for t, c in schema.TABLES.items()})
   for directory in (tiny_store, exported):
-    hidden = store.read(directory, schema.HIDDEN_FILE, where=pc.field("norm") == "layernorm")
+    hidden = store.read(directory, schema.HIDDEN_FILE, where=pc.field("fake") == "old")
     assert list(hidden.columns) == list(schema.TABLES[schema.HIDDEN_FILE]) and len(hidden) == 3 * 2 * 2 * (2 + 3 + 5)
-    assert set(hidden["norm"]) == {"layernorm"}
-    assert store.read(directory, schema.HIDDEN_FILE, where=pc.field("norm") == "rmsnorm").empty
+    assert set(hidden["fake"]) == {"old"}
+    assert store.read(directory, schema.HIDDEN_FILE, where=pc.field("fake") == "new").empty
     pairs = store.Contents(directory).pairs()
-    assert len(pairs) == 3 * 12 and {p[len(cells) - 1] for p in pairs} == {"layernorm"}
+    assert len(pairs) == 3 * 12 and {p[len(cells) - 1] for p in pairs} == {"old"}
 
 
 @pytest.mark.slow
