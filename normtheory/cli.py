@@ -45,7 +45,7 @@ from tqdm import tqdm
 
 from normtheory import distributed, engine, fit, grid, prng, store, sweep
 from normtheory.cli_args import ArgumentParser, UsageError, usage_exit
-from normtheory.config import ARCHS, ATTENTIONS, INPUTS, LOSSES, PRESETS, TEXT_VOCAB, Config, preset
+from normtheory.config import ARCHS, ATTENTIONS, INPUTS, LOSSES, PRESETS, TEXT_VOCAB, WEIGHTS, Config, check_conditional, preset
 
 DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "normtheory", "xla")
 
@@ -81,6 +81,10 @@ def build_parser() -> ArgumentParser:
   p.add_argument("--preset", default=None,
                  help=f"{' | '.join(PRESETS)}: set --attention, --heads, --inputs at once (realistic = "
                       f"{', '.join(f'{k} {v}' for k, v in PRESETS['realistic'].items())}); explicit flags win")
+  p.add_argument("--weights", default=None,
+                 help=f"{' | '.join(WEIGHTS)}: draw every weight in full, or draw each product from its Gaussian "
+                      "conditional law (exact in law, O(r d) normals per product instead of d^2; needs batch*n < "
+                      "every d and d_ff, no --tied); a store holds one kind (default: explicit)")
   p.add_argument("--seed", type=int, default=0, help="base PRNG seed")
   p.add_argument("--prng", default=prng.DEFAULT_PRNG, help=f"PRNG implementation: {', '.join(prng.PRNG_IMPLS)}")
   p.add_argument("--dtype", default="float32", help="float32 | float64")
@@ -151,13 +155,26 @@ def _model_flags(args: argparse.Namespace, widths: list[int]) -> None:
   if text and args.vocab not in (None, TEXT_VOCAB):
     raise UsageError(f"--inputs text uses the byte vocabulary: --vocab must be {TEXT_VOCAB} or left out, "
                      f"got {args.vocab}")
+  args.weights_given = args.weights is not None
+  args.weights = args.weights or "explicit"
+  _choices("--weights", args.weights, WEIGHTS)
+  if args.weights == "conditional":
+    rows = args.batch * args.n
+    for d in widths:
+      try:
+        check_conditional(rows, min(d, args.d_ff or d), args.tied)
+      except ValueError:
+        what = ("--tied uses the embedding twice (input and read-out)" if args.tied else
+                f"--batch x --n = {rows} rows must be below every width, got --d {d}"
+                + (f" / --d-ff {args.d_ff}" if args.d_ff else ""))
+        raise UsageError(f"--weights conditional: {what}; use --weights explicit") from None
 
 
 def base_config(args: argparse.Namespace, axes: dict) -> Config:
   """The Config carrying the flags shared by every cell (arch, loss, d, L come from the grid)."""
   return Config(d=axes["d"][0], loss=axes["loss"][0], n=args.n, d_ff=args.d_ff, eps=args.eps, vocab=args.vocab,
                 dtype=args.dtype, batch=args.batch, attention=args.attention, heads=args.heads,
-                inputs=args.inputs, tied=args.tied)
+                inputs=args.inputs, tied=args.tied, weights=args.weights)
 
 
 class Parsed(NamedTuple):
@@ -238,6 +255,50 @@ def _warn(line: str) -> None:
   tqdm.write(f"{PROG}: {line}", file=sys.stderr)
 
 
+WIDE = 4096  # from this width on, a sweep that did not choose --weights hears what explicit weights cost
+
+
+def sampling_rate(size: int = 2**22, repeats: int = 3) -> float:
+  """Gaussian normals per second that this process draws (float32, the default PRNG), measured now."""
+  draw = jax.jit(lambda key: jax.random.normal(key, (size,)))
+  key = prng.make_key(0)
+  jax.block_until_ready(draw(key))
+  start = time.perf_counter()
+  for i in range(repeats):
+    jax.block_until_ready(draw(jax.random.fold_in(key, i)))
+  return repeats * size / (time.perf_counter() - start)
+
+
+def weights_cost_line(args, axes, base: Config, rate: float) -> str:
+  """The one line a wide explicit sweep prints first: the normals of explicit and of conditional
+  weights (:func:`normtheory.engine.normals_drawn`) and their time at ``rate`` normals per second."""
+  def normals(kind: str) -> int:
+    total = 0
+    for loss in axes["loss"]:
+      for d in axes["d"]:
+        cfg = dataclasses.replace(base, loss=loss, d=d, d_ff=args.d_ff or d, weights="explicit")
+        if kind == "conditional":
+          cfg = dataclasses.replace(cfg, weights=kind)
+        total += engine.normals_drawn(cfg, axes["arch"], axes["L"], args.seeds)
+    return total
+
+  explicit = normals("explicit")
+  try:
+    conditional = normals("conditional")
+    other = f"--weights conditional would draw {conditional:.2g} (~{_duration(conditional / rate)})"
+  except ValueError as e:  # rows reach a width, or a tied read-out
+    other = f"--weights conditional cannot run this grid ({e})"
+  return (f"--d {max(axes['d'])} with explicit weights draws {explicit:.2g} normals, ~{_duration(explicit / rate)} "
+          f"at the {rate:.2g} normals/s measured now; {other}; nothing is switched (--weights explicit silences this)")
+
+
+def _duration(seconds: float) -> str:
+  for unit, size in (("h", 3600), ("min", 60)):
+    if seconds >= size:
+      return f"{seconds / size:.2g} {unit}"
+  return f"{seconds:.2g} s"
+
+
 def main(argv: list[str] | None = None) -> int:
   """Run the sweep; returns the exit status (0 ok, 1 some cells failed, 2 bad input or store, 3 cluster failed)."""
   argv = sys.argv[1:] if argv is None else argv
@@ -245,12 +306,14 @@ def main(argv: list[str] | None = None) -> int:
     args, axes = parse(argv)
     base = base_config(args, axes)
     settings = {"dtype": args.dtype, "eps": args.eps, "base_seed": args.seed, "prng": args.prng, "vocab": base.vocab,
-                "tied": args.tied}
+                "tied": args.tied, "weights": args.weights}
     store.ResultsStore(args.out, settings)  # refuse a store that cannot be trusted before anything starts
   except (UsageError, store.StoreError, ValueError) as e:
     return usage_exit(PROG, e)
   if args.compile_cache != "none":
     enable_compile_cache(args.compile_cache)
+  if not args.weights_given and max(axes["d"]) >= WIDE:
+    _warn(weights_cost_line(args, axes, base, sampling_rate()))
   if args.distributed and not distributed.supervised():
     spec = args.cluster
     who = "this process" if spec.process_id is None else f"process {spec.process_id}"
@@ -346,7 +409,7 @@ def _measure(args, axes, argv, base, main_store, results, info: dict, leader: bo
   say("grid: " + "  ".join(f"{k}={','.join(map(str, v))}" for k, v in axes.items())
       + f"  seeds={args.seeds}  n={args.n}  batch={args.batch}  attention={args.attention}  heads={args.heads}"
       + f"  inputs={args.inputs}"
-      + ("  tied" if args.tied else ""))
+      + ("  tied" if args.tied else "") + ("  weights=conditional" if args.weights == "conditional" else ""))
   stored = main_store.stored_seeds()
   if results is not main_store:
     for cell, cell_seeds in results.stored_seeds().items():

@@ -15,6 +15,7 @@ LOSSES = ("linear", "xent", "mse")
 DTYPES = ("float32", "float64")
 ATTENTIONS = ("uniform", "xavier")
 INPUTS = ("gaussian", "text")
+WEIGHTS = ("explicit", "conditional")  # how the weights are sampled (normtheory.sampling)
 PARAM_NAMES = ("W_Q", "W_K", "W_V", "W_O", "W1", "W2")
 EMBEDDING = "E"  # the token embedding's param name (text inputs; reported at layer 0)
 DEFAULT_VOCAB = 1000  # vocabulary of the xent read-out on Gaussian inputs
@@ -73,6 +74,11 @@ class Config:
     heads: attention heads, each of width d / heads (must divide d).
     inputs: "gaussian" (rows ~ N(0, I), the theorem's assumption) or "text".
     tied: text inputs only: the read-out reuses the token embedding E (no W_emb).
+    weights: "explicit" (every weight drawn in full) or "conditional" (each product
+      drawn from its Gaussian conditional law given what the pass has seen, exact in
+      law, never a d×d matrix: SPEC §6, :class:`normtheory.sampling.ConditionalWeight`).
+      Conditional needs fewer rows per sample than every weight's input width
+      (``batch · n < min(d, d_ff)``) and no tied read-out (a weight used twice).
   """
 
   arch: str = "pre"  # LayerNorm placement, see normtheory.architectures
@@ -90,6 +96,7 @@ class Config:
   heads: int = 1  # attention heads of width d / heads
   inputs: str = "gaussian"  # "gaussian" | "text" (needs loss="xent", vocab=256)
   tied: bool = False  # text inputs: read-out tied to the token embedding
+  weights: str = "explicit"  # "explicit" | "conditional" (exact in law, SPEC §6)
 
   def __post_init__(self):
     _require_choice("arch", self.arch, ARCHS)
@@ -119,6 +126,25 @@ class Config:
                        f"got loss={self.loss!r}, vocab={self.vocab!r}")
     if not isinstance(self.tied, bool) or (self.tied and self.inputs != "text"):
       raise ValueError(f"tied must be a bool and needs inputs='text'; got tied={self.tied!r}, inputs={self.inputs!r}")
+    _require_choice("weights", self.weights, WEIGHTS)
+    if self.weights == "conditional":
+      check_conditional(self.batch * self.n, min(self.d, self.d_ff), self.tied)
+
+
+def check_conditional(rows: int, width: int, tied: bool) -> None:
+  """``ValueError`` naming the setting unless conditional weights can sample this model.
+
+  Args:
+    rows: rows each weight meets per sample, ``batch · n``.
+    width: the smallest input width of a weight, ``min(d, d_ff)``.
+    tied: whether the read-out is the token embedding (used twice: refused).
+  """
+  if rows >= width:
+    raise ValueError(f"weights='conditional' needs batch*n < min(d, d_ff) (rows below every weight's input width); "
+                     f"got batch*n={rows}, min(d, d_ff)={width}: use weights='explicit'")
+  if tied:
+    raise ValueError("weights='conditional' does not support tied=True (the embedding is used twice: by the input "
+                     "and by the read-out); use weights='explicit'")
 
 
 def reported_params(cfg: Config) -> tuple[str, ...]:

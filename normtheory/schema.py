@@ -41,7 +41,7 @@ CELL_DEFAULTS = {"batch": 1, "attention": "uniform", "heads": 1, "inputs": "gaus
 INTEGER_COLUMNS = frozenset({"d", "L", "n", "d_ff", "batch", "heads", "seed", "layer", "ln"})
 # Value of each store setting (meta.json "settings") added after the first stores were
 # written, as those stores measured it: a meta.json without the key means this value.
-SETTING_DEFAULTS = {"tied": False}
+SETTING_DEFAULTS = {"tied": False, "weights": "explicit"}
 
 GRAD_FILE = "grad_norms.csv"
 HIDDEN_FILE = "hidden_norms.csv"
