@@ -690,18 +690,21 @@ def draw_weights(
   return normals
 
 
-def normals_drawn(cfg: Config, arch_names, depths, seeds: int) -> int:
+def normals_drawn(cfg: Config, arch_names, depths, seeds: int, padded: bool = True) -> int:
   """How many Gaussian normals :func:`measure_archs` draws for ``seeds`` seeds, each weight kept
   (explicit weights: every weight once, in full; conditional: each product's draws, SPEC §6).
 
   Conditional weights draw, per product on r = B·n rows, ``G_f`` (r × d_out) in the forward
   step and again in the backward step that recomputes it, and one ``G_b`` (d_in × r) per
-  depth whose backward pass reaches the layer, for each architecture of the pass.
+  depth whose backward pass reaches the layer, for each architecture of the pass (and for
+  the zero cotangents that pad the depths to one of two batch sizes, :func:`_pad_depths`).
 
   Args:
     cfg: the model (its arch and L ignored).
     arch_names, depths: the call's architectures and depths.
     seeds: the number of seeds.
+    padded: count the padding depths' draws (what the engine draws); False: only the
+      active depths' (what a sweep cannot avoid).
 
   Returns:
     the count.
@@ -716,7 +719,10 @@ def normals_drawn(cfg: Config, arch_names, depths, seeds: int) -> int:
     if cfg.weights == "explicit":
       per_seed = L_max * sum(i * o for i, o in drawn) + V * d * (int(readout) + int(cfg.inputs == "text"))
     else:
-      active = lambda l: sum(1 for L in p.depths if L >= l)
+      def active(l):
+        K = sum(1 for L in p.depths if L >= l)
+        return len(p.depths) if padded and K > 1 else K
+
       per_seed = sum(A * (2 * rows * o + active(l) * i * rows) for l in range(1, L_max + 1) for i, o in drawn)
       per_seed += len(p.depths) * A * (2 * rows * V + d * rows) * int(readout) + rows * d * int(cfg.inputs == "text")
     total += seeds * per_seed
