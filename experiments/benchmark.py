@@ -149,6 +149,7 @@ def sampling_rate(prng_name: str, d: int, repeats: int = 5) -> float:
 
 def _child(row: dict, queue) -> None:
   """Measure one row in this (fresh) process; puts the row's numbers on ``queue``."""
+  os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as normtheory sets it, before jax loads numpy
   if row["devices"] > 1:  # only the host (CPU) platform reads this flag; accelerators keep their devices
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={row['devices']}"
   import jax

@@ -17,6 +17,13 @@ next-token cross-entropy: implies ``--loss xent`` and the byte vocabulary 256),
 sample, the loss their mean). ``--preset paper|realistic`` sets attention, heads and
 inputs at once; flags given explicitly win.
 
+``--weights conditional`` samples every product from its Gaussian conditional law
+(exact in law, SPEC §6; never a d×d matrix), so widths of tens of thousands run on a CPU;
+a store holds one kind (meta.json setting ``weights``; a store without it is explicit).
+A sweep to ``d >= 4096`` that does not choose ``--weights`` first prints one line: what
+explicit weights will cost at the sampling rate measured then, and what conditional
+weights would; nothing is switched.
+
 A run holds the store's lock (``DIR/.lock``) while it writes, so a second sweep on the
 same --out refuses to start. With ``--distributed`` each process measures its share of
 the seeds and process 0 merges them (:mod:`normtheory.distributed`).

@@ -414,7 +414,7 @@ def _measure_chunk(
           name: jnp.concatenate([readout[name], new_readout[name]]) for name in arch_names}
       active.append(l)
     K = len(active)
-    K_pad = 1 if K == 1 else len(depths)
+    K_pad = _depth_batch(K, len(depths), cfg.weights)
     ct_pad = _pad_depths(ct, K_pad)
     depths_K = jnp.asarray(active + [0] * (K_pad - K), jnp.int32)  # the depth of each cotangent (0: padding)
     if l in kept:
@@ -452,6 +452,15 @@ def _measure_chunk(
           np.asarray(final.loss)[:S],
       )
   return results
+
+
+def _depth_batch(K: int, depths: int, weights: str) -> int:
+  """The batch of cotangents the backward step runs for K active depths of ``depths``: 1 or all
+  of them (two compilations); conditional weights, whose padding depths draw normals too, pad
+  K to the next power of two at most (a few more compilations, far fewer normals)."""
+  if K == 1:
+    return 1
+  return depths if weights == "explicit" else min(depths, 1 << (K - 1).bit_length())
 
 
 def _pad_depths(ct: dict, K_pad: int) -> dict:
@@ -697,7 +706,7 @@ def normals_drawn(cfg: Config, arch_names, depths, seeds: int, padded: bool = Tr
   Conditional weights draw, per product on r = B·n rows, ``G_f`` (r × d_out) in the forward
   step and again in the backward step that recomputes it, and one ``G_b`` (d_in × r) per
   depth whose backward pass reaches the layer, for each architecture of the pass (and for
-  the zero cotangents that pad the depths to one of two batch sizes, :func:`_pad_depths`).
+  the zero cotangents that pad the active depths, :func:`_depth_batch`).
 
   Args:
     cfg: the model (its arch and L ignored).
@@ -721,7 +730,7 @@ def normals_drawn(cfg: Config, arch_names, depths, seeds: int, padded: bool = Tr
     else:
       def active(l):
         K = sum(1 for L in p.depths if L >= l)
-        return len(p.depths) if padded and K > 1 else K
+        return _depth_batch(K, len(p.depths), cfg.weights) if padded else K
 
       per_seed = sum(A * (2 * rows * o + active(l) * i * rows) for l in range(1, L_max + 1) for i, o in drawn)
       per_seed += len(p.depths) * A * (2 * rows * V + d * rows) * int(readout) + rows * d * int(cfg.inputs == "text")
