@@ -53,7 +53,8 @@ def is_conditional(w) -> bool:
 
 def _qr(m_axb: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Reduced Householder QR ``m = Q R`` (Q: a×k orthonormal, R: k×b, k = min(a, b));
-  orthonormal for any rank, and deterministic in ``m``."""
+  orthonormal for any rank, and deterministic in ``m``. (LAPACK through OpenBLAS: see the
+  package's ``OPENBLAS_NUM_THREADS``.)"""
   return jnp.linalg.qr(m_axb, mode="reduced")
 
 
