@@ -18,7 +18,10 @@ compilation cache), one after another on this machine:
 * ``straightforward``: ``jax.jit(jax.vmap(jax.grad))`` of the NNX model, one call per
   cell, on the shallower ``--baseline-L`` grid (it holds every d×d gradient at once);
 * ``paper`` / ``realistic``: the engine on ``experiments/assumptions.py``'s two ends
-  (xent over 256 tokens; realistic: Xavier attention, 8 heads, text).
+  (xent over 256 tokens; realistic: Xavier attention, 8 heads, text);
+* ``conditional``: the engine with conditional weights (``--weights conditional``,
+  exact in law: each product's Gaussian conditional draws, never a d×d matrix), on the
+  same grid; ``--conditional-d`` adds wider widths that explicit weights cannot reach.
 
 Engine rows run the sweep twice in their process: *cold* (compiling every step; the
 compile column is the time JAX spent tracing, lowering and compiling, from
@@ -27,7 +30,9 @@ kept-weights row also measures, in the same process, the sweep's **floor**: (a) 
 its distinct weights and nothing else (:func:`normtheory.engine.draw_weights`: the same
 PRNG, shapes, passes and chunks) and (b) its dense products at the matmul peak measured
 there (:func:`floor_flops` FLOPs over a 2048² float32 product's rate); ``warm / floor``
-is the warm sweep over (a) + (b).
+is the warm sweep over (a) + (b). The conditional row's floor is its own: (a) the normals
+it draws (:func:`normtheory.engine.normals_drawn`) at the rate measured in its process for
+draws of its shapes, (b) its products (:func:`conditional_floor_flops`) at the matmul peak.
 
 ``--store DIR`` benchmarks the results store instead (:func:`store_benchmark`): it writes a
 synthetic store shaped like ``--d 512 --L 6..6144 --seeds 64`` (post and pre: 9.4 M
@@ -86,6 +91,43 @@ def floor_flops(cfg, arch_names, depths, seeds: int) -> float:
   return float(per_seed * seeds)
 
 
+def conditional_floor_flops(cfg, arch_names, depths, seeds: int) -> float:
+  """FLOPs of the products a conditional-weights sweep cannot avoid (SPEC §6), per seed times seeds.
+
+  Per product on r rows of an i×o weight: forward the QR of ``aᵀ`` (``4 i r²``) and
+  ``Rᵀ G_f`` (``2 r² o``); each depth's backward the QR of ``δᵀ`` (``4 o r²``),
+  ``Q (G_f δᵀ)`` (``2 r² (o + i)``), ``G_b R_δ`` and its projection (``6 i r²``) and the
+  Gram norm (``2 r² (i + o)``); attention as :func:`floor_flops`.
+  """
+  from normtheory import engine, sampling
+
+  r = cfg.batch * cfg.n
+  shapes = [sampling.weight_shapes(cfg)[name] for name in sampling.drawn_names(cfg)]
+  attention = 4 * r * cfg.n * cfg.d
+  forward = sum(4 * i * r * r + 2 * r * r * o for i, o in shapes) + attention
+  backward = attention * 2 + sum(4 * o * r * r + 2 * r * r * (o + i) + 6 * i * r * r + 2 * r * r * (i + o)
+                                 for i, o in shapes)
+  per_seed = sum(len(p.archs) * (max(p.depths) * forward + sum(p.depths) * backward)
+                 for p in engine.passes_for(arch_names, depths))
+  return float(per_seed * seeds)
+
+
+def conditional_sampling_rate(cfg, repeats: int = 20) -> float:
+  """Gaussian draws per second for draws of a conditional product's shapes (r × d), keys inside jit."""
+  import jax
+
+  from normtheory import prng
+
+  key = prng.make_key(0, prng.DEFAULT_PRNG)
+  shape = (cfg.batch * cfg.n, cfg.d)
+  f = jax.jit(lambda i: sum(jax.random.normal(jax.random.fold_in(key, 8 * i + k), shape).sum() for k in range(8)))
+  f(0).block_until_ready()
+  start = time.perf_counter()
+  for i in range(repeats):
+    f(i + 1).block_until_ready()
+  return 8 * shape[0] * shape[1] * repeats / (time.perf_counter() - start)
+
+
 def matmul_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
   """GFLOP/s of a size² float32 matrix product at HIGHEST precision (best of ``repeats``)."""
   import jax
@@ -119,6 +161,7 @@ def sampling_rate(prng_name: str, d: int, repeats: int = 5) -> float:
 
 def _child(row: dict, queue) -> None:
   """Measure one row in this (fresh) process; puts the row's numbers on ``queue``."""
+  os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as normtheory sets it, before jax loads numpy
   if row["devices"] > 1:  # only the host (CPU) platform reads this flag; accelerators keep their devices
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={row['devices']}"
   import jax
@@ -136,6 +179,8 @@ def _child(row: dict, queue) -> None:
     cfg = Config(d=row["d"])
   else:  # the settings of experiments/assumptions.py: xent over 256 tokens
     cfg = Config(d=row["d"], loss="xent", vocab=256, **preset(row["setting"]))
+  if row["path"] == "conditional":
+    cfg = dataclasses.replace(cfg, weights="conditional")
   out = {"devices": jax.device_count(), "device": jax.devices()[0].device_kind}
 
   if row["path"] == "straightforward":
@@ -159,7 +204,12 @@ def _child(row: dict, queue) -> None:
     start = time.perf_counter()
     sweep()
     out["warm_s"] = time.perf_counter() - start
-  if row["floor"]:
+  if row["floor"] and row["path"] == "conditional":
+    out["normals"] = engine.normals_drawn(cfg, ARCHS, row["depths"], row["seeds"])  # as drawn, padding depths too
+    out["draw_s"] = engine.normals_drawn(cfg, ARCHS, row["depths"], row["seeds"], padded=False) / conditional_sampling_rate(cfg)
+    out["peak_gflops"] = matmul_peak_gflops()
+    out["matmul_s"] = conditional_floor_flops(cfg, ARCHS, row["depths"], row["seeds"]) / out["peak_gflops"] / 1e9
+  elif row["floor"]:
     draw = lambda: engine.draw_weights(cfg, ARCHS, row["depths"], seeds_S, key, max_memory=row["max_memory"])
     draw()  # compiles the draw step
     start = time.perf_counter()
@@ -202,6 +252,8 @@ def main() -> int:
                       help="memory budget of one engine call (the CLI's --max-memory)")
   parser.add_argument("--no-assumptions", action="store_true",
                       help="skip the paper vs realistic rows (xent over 256 tokens)")
+  parser.add_argument("--conditional-d", default="",
+                      help="comma list of further widths for the conditional-weights row alone (e.g. 4096,16384)")
   parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
   parser.add_argument("--store", default=None, metavar="DIR",
                       help="benchmark the results store instead, writing its synthetic stores under DIR")
@@ -227,7 +279,9 @@ def main() -> int:
   rows = []
   for seeds in seed_counts:
     for d in [args.d] + ([1024] if args.big else []):
-      rows += [row("redraw", d, full_L, seeds), row("kept", d, full_L, seeds, floor=True)]
+      rows += [row("redraw", d, full_L, seeds), row("kept", d, full_L, seeds, floor=True),
+               row("conditional", d, full_L, seeds, floor=True)]
+    rows += [row("conditional", int(d), full_L, seeds, floor=True) for d in args.conditional_d.split(",") if d]
     if args.devices > 1:
       rows.append(row("kept", args.d, full_L, seeds, devices=args.devices))
   if base_L:
@@ -425,27 +479,32 @@ def _print_tables(rows: list[dict], rates: dict, args) -> None:
   print(f"# post+pre, linear loss, n=16, float32, threefry2x32; --max-memory {args.max_memory / 2**30:.3g} GiB; "
         "weight sampling (4 d×d per call): " + ", ".join(f"{k} {v / 1e6:.0f} M normals/s" for k, v in rates.items()))
   print("| path | setting | d | L | seeds | devices | plan (seeds/call x layers kept) | cold s | compile s | warm s "
-        "| peak RSS GB | warm vs redraw |")
-  print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        "| peak RSS GB | warm vs redraw | warm vs kept |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
   redraw = {(r["d"], tuple(r["depths"]), r["seeds"]): r["warm_s"] for r in rows
             if r["path"] == "redraw" and r["devices"] == 1}
+  kept = {(r["d"], tuple(r["depths"]), r["seeds"]): r["warm_s"] for r in rows
+          if r["path"] == "kept" and r["devices"] == 1 and r["setting"] == "default" and r.get("warm_s")}
   fmt = lambda v: "-" if v is None else f"{v:.1f}"
   for r in rows:
     L = f"{min(r['depths'])}..{max(r['depths'])}" if len(r["depths"]) > 2 else ",".join(map(str, r["depths"]))
     base = redraw.get((r["d"], tuple(r["depths"]), r["seeds"])) if r["setting"] == "default" else None
     ratio = f"{r['warm_s'] / base:.2f}x" if base and r.get("warm_s") and r["path"] != "redraw" else "-"
+    explicit = kept.get((r["d"], tuple(r["depths"]), r["seeds"])) if r["path"] == "conditional" else None
+    vs_kept = f"{r['warm_s'] / explicit:.3f}x" if explicit else "-"
     print(f"| {r['path']} | {r['setting']} | {r['d']} | {L} | {r['seeds']} | {r['devices']} | {r.get('plan', '-')} | "
-          f"{fmt(r['cold_s'])} | {fmt(r['compile_s'])} | {fmt(r.get('warm_s'))} | {r['peak_rss_gb']:.2f} | {ratio} |")
+          f"{fmt(r['cold_s'])} | {fmt(r['compile_s'])} | {fmt(r.get('warm_s'))} | {r['peak_rss_gb']:.2f} | {ratio} | "
+          f"{vs_kept} |")
   print()
-  print("| d | L | seeds | (a) draw s | normals | M normals/s | matmul peak GFLOP/s | (b) matmul s | floor s "
-        "| redraw warm / floor | kept warm / floor |")
-  print("|---|---|---|---|---|---|---|---|---|---|---|")
+  print("| path | d | L | seeds | (a) draw s | normals | M normals/s | matmul peak GFLOP/s | (b) matmul s | floor s "
+        "| redraw warm / floor | warm / floor |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|")
   for r in rows:
     if not r["floor"]:
       continue
     floor = r["draw_s"] + r["matmul_s"]
-    base = redraw.get((r["d"], tuple(r["depths"]), r["seeds"]))
-    print(f"| {r['d']} | {min(r['depths'])}..{max(r['depths'])} | {r['seeds']} | {r['draw_s']:.1f} | "
+    base = redraw.get((r["d"], tuple(r["depths"]), r["seeds"])) if r["path"] != "conditional" else None
+    print(f"| {r['path']} | {r['d']} | {min(r['depths'])}..{max(r['depths'])} | {r['seeds']} | {r['draw_s']:.1f} | "
           f"{r['normals']:.3g} | {r['normals'] / r['draw_s'] / 1e6:.0f} | {r['peak_gflops']:.0f} | {r['matmul_s']:.1f} | "
           f"{floor:.1f} | {f'{base / floor:.2f}x' if base else '-'} | {r['warm_s'] / floor:.2f}x |")
 

@@ -18,7 +18,14 @@ References:
   Xiong et al. 2020, "On Layer Normalization in the Transformer Architecture".
 """
 
-from normtheory import depth_metrics, fit, plot, probe, schema, store, theory
+import os
+
+# LAPACK (the QRs of conditional weights, the fits' least squares) runs on OpenBLAS, whose
+# threads fight XLA's thread pool: a 65536×16 QR took 600 ms with them and 10-20 ms
+# without, on 2 loaded cores. It must be set before numpy loads OpenBLAS; a user's own wins.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+from normtheory import depth_metrics, fit, plot, probe, schema, store, theory  # noqa: E402
 from normtheory.architectures import ARCHITECTURES
 from normtheory.config import ARCHS, LOSSES, PARAM_NAMES, Config
 from normtheory.measure import GRAD_COLUMNS, HIDDEN_COLUMNS, GradNorms, grad_norms

@@ -23,6 +23,12 @@ The block flags swap the 2020 encoder's parts for today's (defaults: the 2020 bl
 alpha), ``--ffn gelu|swiglu``, ``--causal``, ``--positions none|sinusoidal|rope``;
 ``--preset llama`` (Pre, RMSNorm, SwiGLU, causal, RoPE, Xavier attention, text) and
 ``--preset dyt`` (the same with DyT) set them at once.
+``--weights conditional`` samples every product from its Gaussian conditional law
+(exact in law, SPEC §6; never a d×d matrix), so widths of tens of thousands run on a CPU;
+a store holds one kind (meta.json setting ``weights``; a store without it is explicit).
+A sweep to ``d >= 4096`` that does not choose ``--weights`` first prints one line: what
+explicit weights will cost at the sampling rate measured then, and what conditional
+weights would; nothing is switched.
 
 A run holds the store's lock (``DIR/.lock``) while it writes, so a second sweep on the
 same --out refuses to start. With ``--distributed`` each process measures its share of
@@ -53,7 +59,7 @@ from tqdm import tqdm
 from normtheory import distributed, engine, fit, grid, prng, store, sweep
 from normtheory.cli_args import ArgumentParser, UsageError, usage_exit
 from normtheory.config import (ARCHS, ATTENTIONS, FFNS, INPUTS, LOSSES, NORMS, PLACEMENTS_OF_POINTWISE_NORMS, POSITIONS,
-                               PRESETS, TEXT_VOCAB, Config, preset)
+                               PRESETS, TEXT_VOCAB, WEIGHTS, Config, check_conditional, preset)
 
 DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "normtheory", "xla")
 
@@ -103,6 +109,10 @@ def build_parser() -> ArgumentParser:
                       f"{', '.join(f'{k} {v}' for k, v in PRESETS['realistic'].items())}; llama = "
                       f"{', '.join(f'{k} {v}' for k, v in PRESETS['llama'].items())}; dyt = llama with norm dyt); "
                       "explicit flags win")
+  p.add_argument("--weights", default=None,
+                 help=f"{' | '.join(WEIGHTS)}: draw every weight in full, or draw each product from its Gaussian "
+                      "conditional law (exact in law, O(r d) normals per product instead of d^2; needs batch*n < "
+                      "every d and d_ff, no --tied); a store holds one kind (default: explicit)")
   p.add_argument("--seed", type=int, default=0, help="base PRNG seed")
   p.add_argument("--prng", default=prng.DEFAULT_PRNG, help=f"PRNG implementation: {', '.join(prng.PRNG_IMPLS)}")
   p.add_argument("--dtype", default="float32", help="float32 | float64")
@@ -195,6 +205,19 @@ def _model_flags(args: argparse.Namespace, widths: list[int]) -> None:
   if text and args.vocab not in (None, TEXT_VOCAB):
     raise UsageError(f"--inputs text uses the byte vocabulary: --vocab must be {TEXT_VOCAB} or left out, "
                      f"got {args.vocab}")
+  args.weights_given = args.weights is not None
+  args.weights = args.weights or "explicit"
+  _choices("--weights", args.weights, WEIGHTS)
+  if args.weights == "conditional":
+    rows = args.batch * args.n
+    for d in widths:
+      try:
+        check_conditional(rows, min(d, args.d_ff or d), args.tied)
+      except ValueError:
+        what = ("--tied uses the embedding twice (input and read-out)" if args.tied else
+                f"--batch x --n = {rows} rows must be below every width, got --d {d}"
+                + (f" / --d-ff {args.d_ff}" if args.d_ff else ""))
+        raise UsageError(f"--weights conditional: {what}; use --weights explicit") from None
 
 
 def base_config(args: argparse.Namespace, axes: dict) -> Config:
@@ -202,13 +225,13 @@ def base_config(args: argparse.Namespace, axes: dict) -> Config:
   return Config(d=axes["d"][0], loss=axes["loss"][0], n=args.n, d_ff=args.d_ff, eps=args.eps, vocab=args.vocab,
                 dtype=args.dtype, batch=args.batch, attention=args.attention, heads=args.heads,
                 inputs=args.inputs, tied=args.tied, norm=args.norm, alpha0=args.alpha0, ffn=args.ffn,
-                causal=args.causal, positions=args.positions)
+                causal=args.causal, positions=args.positions, weights=args.weights)
 
 
 def store_settings(args: argparse.Namespace, base: Config) -> dict[str, Any]:
   """The store-level settings of a run (meta.json "settings"): what every row depends on but no column says."""
   return {"dtype": args.dtype, "eps": args.eps, "base_seed": args.seed, "prng": args.prng, "vocab": base.vocab,
-          "tied": args.tied, "alpha0": args.alpha0}
+          "tied": args.tied, "alpha0": args.alpha0, "weights": args.weights}
 
 
 class Parsed(NamedTuple):
@@ -289,6 +312,50 @@ def _warn(line: str) -> None:
   tqdm.write(f"{PROG}: {line}", file=sys.stderr)
 
 
+WIDE = 4096  # from this width on, a sweep that did not choose --weights hears what explicit weights cost
+
+
+def sampling_rate(size: int = 2**22, repeats: int = 3) -> float:
+  """Gaussian normals per second that this process draws (float32, the default PRNG), measured now."""
+  draw = jax.jit(lambda key: jax.random.normal(key, (size,)))
+  key = prng.make_key(0)
+  jax.block_until_ready(draw(key))
+  start = time.perf_counter()
+  for i in range(repeats):
+    jax.block_until_ready(draw(jax.random.fold_in(key, i)))
+  return repeats * size / (time.perf_counter() - start)
+
+
+def weights_cost_line(args, axes, base: Config, rate: float) -> str:
+  """The one line a wide explicit sweep prints first: the normals of explicit and of conditional
+  weights (:func:`normtheory.engine.normals_drawn`) and their time at ``rate`` normals per second."""
+  def normals(kind: str) -> int:
+    total = 0
+    for loss in axes["loss"]:
+      for d in axes["d"]:
+        cfg = dataclasses.replace(base, loss=loss, d=d, d_ff=args.d_ff or d, weights="explicit")
+        if kind == "conditional":
+          cfg = dataclasses.replace(cfg, weights=kind)
+        total += engine.normals_drawn(cfg, axes["arch"], axes["L"], args.seeds)
+    return total
+
+  explicit = normals("explicit")
+  try:
+    conditional = normals("conditional")
+    other = f"--weights conditional would draw {conditional:.2g} (~{_duration(conditional / rate)})"
+  except ValueError as e:  # rows reach a width, or a tied read-out
+    other = f"--weights conditional cannot run this grid ({e})"
+  return (f"--d {max(axes['d'])} with explicit weights draws {explicit:.2g} normals, ~{_duration(explicit / rate)} "
+          f"at the {rate:.2g} normals/s measured now; {other}; nothing is switched (--weights explicit silences this)")
+
+
+def _duration(seconds: float) -> str:
+  for unit, size in (("h", 3600), ("min", 60)):
+    if seconds >= size:
+      return f"{seconds / size:.2g} {unit}"
+  return f"{seconds:.2g} s"
+
+
 def main(argv: list[str] | None = None) -> int:
   """Run the sweep; returns the exit status (0 ok, 1 some cells failed, 2 bad input or store, 3 cluster failed)."""
   argv = sys.argv[1:] if argv is None else argv
@@ -301,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     return usage_exit(PROG, e)
   if args.compile_cache != "none":
     enable_compile_cache(args.compile_cache)
+  if not args.weights_given and max(axes["d"]) >= WIDE:
+    _warn(weights_cost_line(args, axes, base, sampling_rate()))
   if args.distributed and not distributed.supervised():
     spec = args.cluster
     who = "this process" if spec.process_id is None else f"process {spec.process_id}"
@@ -398,7 +467,7 @@ def _measure(args, axes, argv, base, main_store, results, info: dict, leader: bo
       + f"  inputs={args.inputs}"
       + ("  tied" if args.tied else "")
       + f"  norm={args.norm}  ffn={args.ffn}  positions={args.positions or 'default'}"
-      + ("  causal" if args.causal else ""))
+      + ("  causal" if args.causal else "") + ("  weights=conditional" if args.weights == "conditional" else ""))
   stored = main_store.stored_seeds()
   if results is not main_store:
     for cell, cell_seeds in results.stored_seeds().items():

@@ -18,6 +18,7 @@ INPUTS = ("gaussian", "text")
 NORMS = ("layernorm", "rmsnorm", "dyt", "derf")
 FFNS = ("relu", "gelu", "swiglu")
 POSITIONS = ("none", "sinusoidal", "rope")
+WEIGHTS = ("explicit", "conditional")  # how the weights are sampled (normtheory.sampling)
 PARAM_NAMES = ("W_Q", "W_K", "W_V", "W_O", "W1", "W2")
 GATE = "W3"  # SwiGLU's third matrix (its weight key is the layer key's child len(PARAM_NAMES))
 # The parameters of each pointwise norm, per norm site k: param name f"{norm}{k}_{part}".
@@ -113,6 +114,11 @@ class Config:
       then carry none). ``None`` picks what each input kind always had: "sinusoidal" for
       text, "none" for Gaussian rows. RoPE only changes scores, so it needs
       ``attention="xavier"``.
+    weights: "explicit" (every weight drawn in full) or "conditional" (each product
+      drawn from its Gaussian conditional law given what the pass has seen, exact in
+      law, never a d×d matrix: SPEC §6, :class:`normtheory.sampling.ConditionalWeight`).
+      Conditional needs fewer rows per sample than every weight's input width
+      (``batch · n < min(d, d_ff)``) and no tied read-out (a weight used twice).
   """
 
   arch: str = "pre"  # LayerNorm placement, see normtheory.architectures
@@ -135,6 +141,7 @@ class Config:
   ffn: str = "relu"  # "relu" | "gelu" | "swiglu"
   causal: bool = False  # causal attention mask
   positions: str | None = None  # "none" | "sinusoidal" | "rope"; None -> sinusoidal (text) or none
+  weights: str = "explicit"  # "explicit" | "conditional" (exact in law, SPEC §6)
 
   def __post_init__(self):
     _require_choice("arch", self.arch, ARCHS)
@@ -185,6 +192,25 @@ class Config:
     if self.positions == "sinusoidal" and self.inputs != "text":
       raise ValueError("positions='sinusoidal' is added to text embeddings: it needs inputs='text' "
                        "(Gaussian inputs carry no position code)")
+    _require_choice("weights", self.weights, WEIGHTS)
+    if self.weights == "conditional":
+      check_conditional(self.batch * self.n, min(self.d, self.d_ff), self.tied)
+
+
+def check_conditional(rows: int, width: int, tied: bool) -> None:
+  """``ValueError`` naming the setting unless conditional weights can sample this model.
+
+  Args:
+    rows: rows each weight meets per sample, ``batch · n``.
+    width: the smallest input width of a weight, ``min(d, d_ff)``.
+    tied: whether the read-out is the token embedding (used twice: refused).
+  """
+  if rows >= width:
+    raise ValueError(f"weights='conditional' needs batch*n < min(d, d_ff) (rows below every weight's input width); "
+                     f"got batch*n={rows}, min(d, d_ff)={width}: use weights='explicit'")
+  if tied:
+    raise ValueError("weights='conditional' does not support tied=True (the embedding is used twice: by the input "
+                     "and by the read-out); use weights='explicit'")
 
 
 def norm_param_names(cfg: Config, sites: int) -> tuple[str, ...]:

@@ -22,6 +22,11 @@ n×d matrix; ``x_{L+1}`` leaves the last layer; ``x_final = arch.final(x_{L+1})`
   for the unit vectors u, v, which equals ``arccos(<u, v>)/pi`` and is exactly 0 for
   identical representations and accurate for small angles.
 
+Under conditional weights (``Config.weights``) ``rel_update`` and ``cos_sim`` are exact in
+law (one forward pass, each weight used once) and equal to the gradient engine's
+forward pass; ``removal_angle`` is not measured (its L + 1 passes use every weight again
+on other inputs, a joint law the one-sided conditioning does not give).
+
 The exponent of ``rel_update ∝ l^(-kappa)`` is fitted by
 :func:`normtheory.fit.fit_update_exponent` (the estimators' one home).
 
@@ -72,7 +77,7 @@ def angle(a: jax.Array, b: jax.Array) -> jax.Array:
   return 2.0 * jnp.arctan2(jnp.linalg.norm(u_minus_v), jnp.linalg.norm(u_plus_v)) / jnp.pi
 
 
-def stack_metrics(layer: Callable, final: Callable, x_nxd: jax.Array, L: int) -> dict[str, jax.Array]:
+def stack_metrics(layer: Callable, final: Callable, x_nxd: jax.Array, L: int, removal: bool = True) -> dict[str, jax.Array]:
   """Per-layer effective-depth metrics of any stack of L layers.
 
   Args:
@@ -80,6 +85,7 @@ def stack_metrics(layer: Callable, final: Callable, x_nxd: jax.Array, L: int) ->
     final: ``x_nxd -> x_nxd``, the map from the last layer's output to what the loss reads.
     x_nxd: the input state.
     L: the number of layers.
+    removal: also compute ``removal_angle`` (L + 1 more forward passes).
 
   Returns:
     dict metric -> ``(L,)`` array, layer 1 first (see the module docstring).
@@ -94,6 +100,8 @@ def stack_metrics(layer: Callable, final: Callable, x_nxd: jax.Array, L: int) ->
   change_L = jnp.linalg.norm((x_next_Lxnxd - x_in_Lxnxd).reshape(L, -1), axis=-1)
   size_L = jnp.linalg.norm(x_in_Lxnxd.reshape(L, -1), axis=-1)
   cos_L = jax.vmap(lambda a, b: jnp.vdot(_unit(a), _unit(b)))(x_in_Lxnxd, x_next_Lxnxd)
+  if not removal:
+    return {"rel_update": change_L / size_L, "cos_sim": cos_L}
 
   # Model r skips layer r (r = 0 skips none), one forward pass each; the reference
   # output is computed the same way, so skipping an exact identity gives angle 0.
@@ -122,10 +130,11 @@ def sample_metrics(cfg: Config, seed_key: jax.Array) -> dict[str, jax.Array]:
   scale = arch.weight_scale(cfg.L)
 
   def layer(x, l):
-    return arch.layer(sampling.layer_params(cfg, p_key, l, scale), x, l, cfg.L, cfg)
+    return arch.layer(sampling.for_cell(sampling.layer_params(cfg, p_key, l, scale), cfg.arch), x, l, cfg.L, cfg)
 
   head = sampling.head_params(cfg, p_key)
-  return stack_metrics(layer, lambda x: arch.final(x, cfg.eps, None, cfg, head), state, cfg.L)
+  return stack_metrics(layer, lambda x: arch.final(x, cfg.eps, None, cfg, head), state, cfg.L,
+                       removal=cfg.weights == "explicit")
 
 
 def depth_metrics(cfg: Config, seeds: int | Sequence[int] = 8, key=0) -> pd.DataFrame:
@@ -142,7 +151,8 @@ def depth_metrics(cfg: Config, seeds: int | Sequence[int] = 8, key=0) -> pd.Data
     key: base PRNG key or int seed; sample s draws from ``fold_in(key, s)``.
 
   Returns:
-    tidy DataFrame, one row per (seed, layer, metric), columns ``COLUMNS``.
+    tidy DataFrame, one row per (seed, layer, metric), columns ``COLUMNS`` (no
+    ``removal_angle`` rows under conditional weights).
   """
   seeds_S = seed_indices(seeds)
   with jax.enable_x64(cfg.dtype == "float64"):
@@ -151,4 +161,4 @@ def depth_metrics(cfg: Config, seeds: int | Sequence[int] = 8, key=0) -> pd.Data
     values = {name: np.asarray(v, np.float64) for name, v in values.items()}
   layers_L = np.arange(1, cfg.L + 1)
   return schema.tidy_frame(schema.DEPTH_FILE, schema.cell_of(cfg), seeds_S, layers_L,
-                           {name: values[name] for name in METRICS}, "metric")
+                           {name: values[name] for name in METRICS if name in values}, "metric")

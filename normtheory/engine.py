@@ -58,7 +58,7 @@ from jax.sharding import PartitionSpec as P
 
 from normtheory import architectures, sampling
 from normtheory.config import DEFAULT_VOCAB, EMBEDDING, Config, final_param_names, layer_param_names, norm_param_names
-from normtheory.layers import HIGHEST, Taps, ln_jacobian_means
+from normtheory.layers import HIGHEST, Taps, embedding_scale, ln_jacobian_means
 from normtheory.losses import LOSS_FUNCTIONS
 
 
@@ -94,15 +94,15 @@ class _LayerSteps(NamedTuple):
 
   forward: Callable  # (p_keys, state, l, L) -> arch -> (state, sq_norm, ln_jac_k); weights drawn and dropped
   forward_keep: Callable  # (p_keys, state, l, L) -> (the same, drawn weights name -> (S, i, o))
-  backward: Callable  # (p_keys, state, ct_K, l, L) -> arch -> (ct_K, param -> sq grad norm (K,)); weights redrawn
-  backward_kept: Callable  # (weights, state, ct_K, l, L) -> the same, from the weights forward_keep drew
+  backward: Callable  # (p_keys, state, ct_K, depths_K, l, L) -> arch -> (ct_K, param -> sq grad norm (K,)); redrawn
+  backward_kept: Callable  # (weights, state, ct_K, depths_K, l, L) -> the same, from the weights forward_keep drew
   draw: Callable  # (p_keys, l, L) -> drawn weights name -> (S, i, o): the sampling alone
 
 
 class _HeadSteps(NamedTuple):
   """The jitted, seed-sharded steps around the layers: the loss and the embedding's gradient."""
 
-  loss: Callable  # (p_keys, d_keys, state) -> arch -> _LossOut
+  loss: Callable  # (p_keys, d_keys, state, L) -> arch -> _LossOut
   embedding: Callable  # (p_keys, d_keys, ct_K, readout_K) -> arch -> sq grad norm of E (K,)
 
 
@@ -208,11 +208,13 @@ def _layer_steps(layer_cfg: Config, arch_names: tuple[str, ...]) -> _LayerSteps:
   def drawn(p_key, l, L):
     return sampling.drawn_params(layer_cfg, p_key, l, weight_scale(L))
 
+  conditional = layer_cfg.weights == "conditional"
+
   def forward_one(p, x, l, L):
     out = {}
     for name, arch in archs.items():
       taps = Taps()
-      x_next = arch.layer(p, x[name], l, L, layer_cfg, taps)
+      x_next = arch.layer(sampling.for_cell(p, name), x[name], l, L, layer_cfg, taps)
       out[name] = (x_next, (arch.hidden(x[name]) ** 2).sum(-1).mean(),
                    ln_jacobian_means(taps.ln_inputs, layer_cfg.eps, layer_cfg))
     return out
@@ -221,26 +223,33 @@ def _layer_steps(layer_cfg: Config, arch_names: tuple[str, ...]) -> _LayerSteps:
     w = drawn(p_key, l, L)
     return forward_one(sampling.with_constants(layer_cfg, w), x, l, L), w
 
-  def backward_one(p, x, ct, l, L):
-    zeros = {name: jnp.zeros((*rows, out_widths[name]), p["W2"].dtype) for name in out_widths}
+  def backward_one(p, x, ct, depths_K, l, L):
+    zeros = {name: jnp.zeros((*rows, out_widths[name]), jnp.dtype(layer_cfg.dtype)) for name in out_widths}
     out = {}
     for name, arch in archs.items():
 
-      def tapped(x_nxd, z, arch=arch):
+      def tapped(p, x_nxd, z, arch=arch):
         taps = Taps(z)
         return arch.layer(p, x_nxd, l, L, layer_cfg, taps), taps.inputs
 
-      if norm_names:  # the pointwise norms' parameters: differentiated directly, they are small
-        def tapped_norms(x_nxd, z, q, arch=arch):
-          taps = Taps(z)
-          return arch.layer(p | q, x_nxd, l, L, layer_cfg, taps), taps.inputs
+      def vjp_of(p_cell, tapped=tapped):
+        """The layer's VJP at ``p_cell`` in (input, zero perturbations, the pointwise norms' parameters:
+        differentiated directly, they are small), and the products' inputs."""
+        q = {k: p_cell[k] for k in norm_names}
+        _, vjp, inputs = jax.vjp(lambda x_nxd, z, q: tapped(p_cell | q, x_nxd, z), x[name], zeros, q, has_aux=True)
+        return vjp, inputs
 
-        _, vjp, inputs = jax.vjp(tapped_norms, x[name], zeros, {k: p[k] for k in norm_names}, has_aux=True)
-        ct_x_kxnxd, deltas, ct_q = jax.vmap(vjp)(ct[name])
-        norm_sq = {k: (v.reshape(v.shape[0], -1) ** 2).sum(-1) for k, v in ct_q.items()}
+      if conditional:  # each depth's cotangent meets the unseen part of the weights drawn for that depth
+
+        def one_depth(ct_nxd, depth, name=name, vjp_of=vjp_of):
+          vjp, inputs = vjp_of(sampling.for_cell(p, name, depth))
+          return vjp(ct_nxd), inputs
+
+        (ct_x_kxnxd, deltas, ct_q), inputs = jax.vmap(one_depth, out_axes=(0, None))(ct[name], depths_K)
       else:
-        _, vjp, inputs = jax.vjp(tapped, x[name], zeros, has_aux=True)
-        (ct_x_kxnxd, deltas), norm_sq = jax.vmap(vjp)(ct[name]), {}
+        vjp, inputs = vjp_of(p)
+        ct_x_kxnxd, deltas, ct_q = jax.vmap(vjp)(ct[name])
+      norm_sq = {k: (v.reshape(v.shape[0], -1) ** 2).sum(-1) for k, v in ct_q.items()}
       out[name] = (ct_x_kxnxd, {w: _sq_grad_norm(inputs[w], deltas[w]) for w in out_widths} | norm_sq)
     return out
 
@@ -253,8 +262,9 @@ def _layer_steps(layer_cfg: Config, arch_names: tuple[str, ...]) -> _LayerSteps:
     return _map(lambda a: forward_keep_one(*a, l, L), (p_keys_S, x_S))
 
   def backward_from(weights_of):
-    def backward(source_S, x_S, ct_K_S, l, L):
-      out = _map(lambda a: backward_one(weights_of(a[0], l, L), a[1], a[2], l, L), (source_S, x_S, _swap(ct_K_S)))
+    def backward(source_S, x_S, ct_K_S, depths_K, l, L):
+      out = _map(lambda a: backward_one(weights_of(a[0], l, L), a[1], a[2], depths_K, l, L),
+                 (source_S, x_S, _swap(ct_K_S)))
       return {name: (_swap(ct_S_K), _swap(sq_S_K)) for name, (ct_S_K, sq_S_K) in out.items()}
     return backward
 
@@ -265,11 +275,27 @@ def _layer_steps(layer_cfg: Config, arch_names: tuple[str, ...]) -> _LayerSteps:
   return _LayerSteps(
       _shard(forward, (seeds, seeds, rep, rep), seeds),
       _shard(forward_keep, (seeds, seeds, rep, rep), (seeds, seeds)),
-      _shard(backward_from(params), (seeds, seeds, seeds_2nd, rep, rep), seeds_2nd),
+      _shard(backward_from(params), (seeds, seeds, seeds_2nd, rep, rep, rep), seeds_2nd),
       _shard(backward_from(lambda w, l, L: sampling.with_constants(layer_cfg, w)),
-             (seeds, seeds, seeds_2nd, rep, rep), seeds_2nd),
+             (seeds, seeds, seeds_2nd, rep, rep, rep), seeds_2nd),
       _shard(draw, (seeds, rep, rep), seeds),
   )
+
+
+def _embedding_sq_grad_norm(arch, tokens, ct, e_shape) -> jax.Array:
+  """``||dLoss/dE||_F^2`` from the input state's cotangent, without E (conditional weights).
+
+  ``x_i = c E[t_i] + P_i`` (:func:`normtheory.layers.embed`, ``c`` its scale), so row v of
+  dLoss/dE is ``c`` times the sum of the cotangents of the positions holding token v, and
+  ``||dLoss/dE||^2 = c^2 sum_ij [t_i = t_j] <g_i, g_j>``: a Gram product over the sample's rows.
+  """
+  vocab, d = e_shape
+  _, vjp = jax.vjp(arch.init, jnp.zeros(ct.shape[1:] if arch.dual else ct.shape, ct.dtype))
+  g_rxd = vjp(ct)[0].reshape(-1, d)
+  t_r = tokens.reshape(-1)
+  same_rxr = (t_r[:, None] == t_r[None, :]).astype(g_rxd.dtype)
+  gram_rxr = jnp.matmul(g_rxd, g_rxd.T, precision=HIGHEST)
+  return embedding_scale(vocab, d) ** 2 * jnp.maximum((same_rxr * gram_rxr).sum(), 0.0)
 
 
 @functools.lru_cache(maxsize=None)
@@ -279,14 +305,21 @@ def _head_steps(head_cfg: Config, arch_names: tuple[str, ...]) -> _HeadSteps:
   loss_fn = LOSS_FUNCTIONS[head_cfg.loss]
   eps = head_cfg.eps
   tied = head_cfg.tied
+  conditional = head_cfg.weights == "conditional"
 
-  def loss_one(p_key, d_key, x):
+  def loss_one(p_key, d_key, x, L):
     target = sampling.inputs(head_cfg, d_key).target
     head = sampling.head_params(head_cfg, p_key)
     out = {}
     for name, arch in archs.items():
       loss_of = lambda state, head, arch=arch: loss_fn(arch.final(state, eps, None, head_cfg, head), target, head)
-      value, (ct, ct_head) = jax.value_and_grad(loss_of, argnums=(0, 1))(x[name], head)
+      if conditional:  # the read-out's draws are this cell's own; of the (untied) head only the final norm's
+        cell_head = sampling.for_cell(head, name, L)  # parameters are differentiated
+        final_q = {k: cell_head[k] for k in final_param_names(dataclasses.replace(head_cfg, arch=name))}
+        value, (ct, ct_head) = jax.value_and_grad(lambda state, q: loss_of(state, cell_head | q),
+                                                  argnums=(0, 1))(x[name], final_q)
+      else:
+        value, (ct, ct_head) = jax.value_and_grad(loss_of, argnums=(0, 1))(x[name], head)
       taps = Taps()
       arch.final(x[name], eps, taps, head_cfg, head)
       readout_e = ct_head[EMBEDDING] if tied else jnp.zeros((1,), ct.dtype)
@@ -302,20 +335,23 @@ def _head_steps(head_cfg: Config, arch_names: tuple[str, ...]) -> _HeadSteps:
     e_vxd = sampling.head_params(head_cfg, p_key)[EMBEDDING]
     out = {}
     for name, arch in archs.items():
+      if conditional:
+        out[name] = jax.vmap(lambda c, arch=arch: _embedding_sq_grad_norm(arch, tokens, c, e_vxd.shape))(ct[name])
+        continue
       _, vjp = jax.vjp(lambda e: arch.init(sampling.first_state(head_cfg, {EMBEDDING: e}, tokens)), e_vxd)
       grad_kxvxd = jax.vmap(lambda c: vjp(c)[0])(ct[name]) + (readout[name] if tied else 0.0)
       out[name] = (grad_kxvxd**2).sum((-2, -1))
     return out
 
-  def loss(p_keys_S, d_keys_S, x_S):
-    return _map(lambda a: loss_one(*a), (p_keys_S, d_keys_S, x_S))
+  def loss(p_keys_S, d_keys_S, x_S, L):
+    return _map(lambda a: loss_one(*a, L), (p_keys_S, d_keys_S, x_S))
 
   def embedding(p_keys_S, d_keys_S, ct_K_S, readout_K_S):
     return _swap(_map(lambda a: embedding_one(*a), (p_keys_S, d_keys_S, _swap(ct_K_S), _swap(readout_K_S))))
 
   seeds, seeds_2nd = _SEEDS, _SEEDS_2ND
   return _HeadSteps(
-      _shard(loss, (seeds, seeds, seeds), seeds),
+      _shard(loss, (seeds, seeds, seeds, _REPLICATED), seeds),
       _shard(embedding, (seeds, seeds, seeds_2nd, seeds_2nd), seeds_2nd),
   )
 
@@ -389,7 +425,7 @@ def _measure_chunk(
   grad_sq = []  # per layer, from the top: arch -> param -> (K_pad, S_pad)
   for l in range(L_max, 0, -1):
     if l in depths:
-      losses[l] = head.loss(p_keys, d_keys, xs[l])
+      losses[l] = head.loss(p_keys, d_keys, xs[l], jnp.int32(l))
       new = {name: v.ct[None] for name, v in losses[l].items()}
       new_readout = {name: v.readout_e[None] for name, v in losses[l].items()}
       ct = new if ct is None else {name: jnp.concatenate([ct[name], new[name]]) for name in arch_names}
@@ -397,11 +433,13 @@ def _measure_chunk(
           name: jnp.concatenate([readout[name], new_readout[name]]) for name in arch_names}
       active.append(l)
     K = len(active)
-    ct_pad = _pad_depths(ct, 1 if K == 1 else len(depths))
+    K_pad = _depth_batch(K, len(depths), cfg.weights)
+    ct_pad = _pad_depths(ct, K_pad)
+    depths_K = jnp.asarray(active + [0] * (K_pad - K), jnp.int32)  # the depth of each cotangent (0: padding)
     if l in kept:
-      out = steps.backward_kept(kept.pop(l), xs[l - 1], ct_pad, jnp.int32(l), L_arg)
+      out = steps.backward_kept(kept.pop(l), xs[l - 1], ct_pad, depths_K, jnp.int32(l), L_arg)
     else:
-      out = steps.backward(p_keys, xs[l - 1], ct_pad, jnp.int32(l), L_arg)
+      out = steps.backward(p_keys, xs[l - 1], ct_pad, depths_K, jnp.int32(l), L_arg)
     xs[l] = None  # no longer needed: free it
     ct = {name: o[0][:K] for name, o in out.items()}
     grad_sq.append({name: o[1] for name, o in out.items()})
@@ -434,6 +472,15 @@ def _measure_chunk(
           {w: np.sqrt(np.asarray(v)[:S])[:, None] for w, v in final.final_sq.items()},
       )
   return results
+
+
+def _depth_batch(K: int, depths: int, weights: str) -> int:
+  """The batch of cotangents the backward step runs for K active depths of ``depths``: 1 or all
+  of them (two compilations); conditional weights, whose padding depths draw normals too, pad
+  K to the next power of two at most (a few more compilations, far fewer normals)."""
+  if K == 1:
+    return 1
+  return depths if weights == "explicit" else min(depths, 1 << (K - 1).bit_length())
 
 
 def _pad_depths(ct: dict, K_pad: int) -> dict:
@@ -509,6 +556,10 @@ def seed_bytes(cfg: Config, arch_names, depths) -> SeedBytes:
   streams = sum(2 if architectures.get(a).dual else 1 for a in arch_names)
   K = len(set(depths))
   states = (max(depths) + 1 + 2 * K) * streams * rows * cfg.d  # hidden states; cotangents in and out
+  if cfg.weights == "conditional":  # per product: Q, G_f, and per depth Q_δ, G_b and the transients, r columns each
+    work = (4 + 4 * K) * streams * rows * sum(i + o for i, o in shapes.values())
+    readout = (2 + 2 * K) * rows * (cfg.vocab + cfg.d) * streams
+    return SeedBytes(item * (states + work + readout), 0)
   gram_dearer = cfg.batch > 1 and rows * (cfg.d + cfg.d_ff) > cfg.d * cfg.d_ff  # _sq_grad_norm forms a^T delta
   work = (2 + (K * streams if gram_dearer else 0)) * layer  # one layer's weights and its VJP's transients
   vocab_rows = cfg.vocab * (2 + K if cfg.inputs == "text" else 1)  # W_emb; text: E and one E gradient per depth
@@ -541,13 +592,16 @@ def plan_memory(
     chunk: seeds per call, if fixed; then only the kept layers are planned.
     redraw: keep no weights (every layer drawn twice, the path before weights were kept).
 
+  Conditional weights (``cfg.weights``) are never kept: a conditional weight is its key,
+  so drawing it again in the backward pass is what keeping it would be.
+
   Returns:
     :class:`MemoryPlan`.
   """
   need = seed_bytes(cfg, arch_names, depths)
   devices = jax.local_device_count()
   most_seeds = lambda per_seed: min(seeds, max_memory // per_seed // devices * devices)  # 0: not one call fits
-  if redraw:
+  if redraw or cfg.weights == "conditional":  # a conditional weight is its key: drawn again at no cost
     return MemoryPlan(min(chunk, seeds) if chunk else _balanced(seeds, max(1, most_seeds(need.fixed))), None)
   L_max = max(depths)
   planned = chunk is None
@@ -643,7 +697,12 @@ def draw_weights(
 
   Returns:
     the number of normals drawn.
+
+  Raises:
+    ValueError: conditional weights (nothing is drawn before the products need it).
   """
+  if cfg.weights != "explicit":
+    raise ValueError(f"draw_weights draws explicit weights only; got weights={cfg.weights!r}")
   seeds_S = np.asarray(seeds_S)
   per_layer_seed = sum(i * o for name, (i, o) in sampling.weight_shapes(cfg).items()
                        if name in sampling.drawn_names(cfg))
@@ -658,6 +717,45 @@ def draw_weights(
           jax.block_until_ready(steps.draw(chunk_keys.p_keys, jnp.int32(l), jnp.int32(L_max)))
         normals += chunk_keys.S * L_max * per_layer_seed
   return normals
+
+
+def normals_drawn(cfg: Config, arch_names, depths, seeds: int, padded: bool = True) -> int:
+  """How many Gaussian normals :func:`measure_archs` draws for ``seeds`` seeds, each weight kept
+  (explicit weights: every weight once, in full; conditional: each product's draws, SPEC §6).
+
+  Conditional weights draw, per product on r = B·n rows, ``G_f`` (r × d_out) in the forward
+  step and again in the backward step that recomputes it, and one ``G_b`` (d_in × r) per
+  depth whose backward pass reaches the layer, for each architecture of the pass (and for
+  the zero cotangents that pad the active depths, :func:`_depth_batch`).
+
+  Args:
+    cfg: the model (its arch and L ignored).
+    arch_names, depths: the call's architectures and depths.
+    seeds: the number of seeds.
+    padded: count the padding depths' draws (what the engine draws); False: only the
+      active depths' (what a sweep cannot avoid).
+
+  Returns:
+    the count.
+  """
+  shapes = sampling.weight_shapes(cfg)
+  drawn = [shapes[name] for name in sampling.drawn_names(cfg)]
+  rows, V, d = cfg.batch * cfg.n, cfg.vocab, cfg.d
+  readout = cfg.loss == "xent" and not cfg.tied
+  total = 0
+  for p in passes_for(tuple(dict.fromkeys(arch_names)), depths):
+    L_max, A = max(p.depths), len(p.archs)
+    if cfg.weights == "explicit":
+      per_seed = L_max * sum(i * o for i, o in drawn) + V * d * (int(readout) + int(cfg.inputs == "text"))
+    else:
+      def active(l):
+        K = sum(1 for L in p.depths if L >= l)
+        return _depth_batch(K, len(p.depths), cfg.weights) if padded else K
+
+      per_seed = sum(A * (2 * rows * o + active(l) * i * rows) for l in range(1, L_max + 1) for i, o in drawn)
+      per_seed += len(p.depths) * A * (2 * rows * V + d * rows) * int(readout) + rows * d * int(cfg.inputs == "text")
+    total += seeds * per_seed
+  return total
 
 
 def _concat(results: list[DepthResult]) -> DepthResult:

@@ -11,8 +11,14 @@ product, and with the recorded input ``a`` the exact weight gradient is
 ``dLoss/dW = a^T delta``, without ever forming the d×d gradient (see
 :mod:`normtheory.engine`). With no taps the functions are the plain forward pass.
 
+A weight is an array, or a conditional weight (:class:`normtheory.sampling.ConditionalWeight`,
+``Config.weights = "conditional"``): then :func:`dense` draws only what the product
+shows of it, from its Gaussian conditional law (:func:`conditional_matmul`), and the
+layers' code is the same for both.
+
 References:
   Xiong et al. 2020, Table 1 (the Post-LN and Pre-LN layers) and Section 3.3.
+  Bayati & Montanari 2011, Lemma 1 (the conditional law, SPEC §6).
 """
 
 from __future__ import annotations
@@ -40,9 +46,79 @@ class Taps:
 
 
 
-def dense(name: str, a_nxi: jax.Array, w_ixo: jax.Array, taps: Taps | None) -> jax.Array:
-  """``a @ w`` at full float precision over the last axis, tapped under ``name``."""
-  out_nxo = jnp.matmul(a_nxi, w_ixo, precision=HIGHEST)
+def is_conditional(w) -> bool:
+  """Whether ``w`` is a conditional weight (it draws its own normals) rather than an array."""
+  return hasattr(w, "forward_normals")
+
+
+def _qr(m_axb: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Reduced Householder QR ``m = Q R`` (Q: a×k orthonormal, R: k×b, k = min(a, b));
+  orthonormal for any rank, and deterministic in ``m``. (LAPACK through OpenBLAS: see the
+  package's ``OPENBLAS_NUM_THREADS``.)"""
+  return jnp.linalg.qr(m_axb, mode="reduced")
+
+
+@jax.custom_vjp
+def _conditional_rows(a_rxi: jax.Array, w) -> jax.Array:
+  q_ixk, r_kxr = _qr(a_rxi.T)
+  return jnp.matmul(r_kxr.T, w.forward_normals(q_ixk), precision=HIGHEST)
+
+
+def _conditional_rows_fwd(a_rxi, w):
+  q_ixk, r_kxr = _qr(a_rxi.T)
+  g_kxo = w.forward_normals(q_ixk)
+  return jnp.matmul(r_kxr.T, g_kxo, precision=HIGHEST), (q_ixk, g_kxo, w)
+
+
+def _conditional_rows_bwd(residuals, delta_rxo):
+  """The input's cotangent ``δ Wᵀ = (Q G_f δᵀ + (I - QQᵀ) G_b R_δ)ᵀ`` with ``δᵀ = Q_δ R_δ``:
+  the seen part of W from the forward draw, the unseen part fresh (G_b)."""
+  q_ixk, g_kxo, w = residuals
+  qd_oxj, rd_jxr = _qr(delta_rxo.T)
+  seen_ixr = jnp.matmul(q_ixk, jnp.matmul(g_kxo, delta_rxo.T, precision=HIGHEST), precision=HIGHEST)
+  fresh_ixr = jnp.matmul(w.backward_normals(qd_oxj), rd_jxr, precision=HIGHEST)
+  unseen_ixr = fresh_ixr - jnp.matmul(q_ixk, jnp.matmul(q_ixk.T, fresh_ixr, precision=HIGHEST), precision=HIGHEST)
+  return (seen_ixr + unseen_ixr).T, None
+
+
+_conditional_rows.defvjp(_conditional_rows_fwd, _conditional_rows_bwd)
+
+
+def conditional_matmul(a_nxi: jax.Array, w) -> jax.Array:
+  """``a @ W`` for a conditional weight W, exact in law (SPEC §6), over all leading rows of ``a``.
+
+  With the r rows of ``a`` flattened and ``aᵀ = Q R``: forward ``a W = Rᵀ G_f``,
+  ``G_f = Qᵀ W`` drawn (r × d_out); backward (a custom VJP) ``W δᵀ = Q G_f δᵀ +
+  (I - QQᵀ) G_b R_δ`` with ``δᵀ = Q_δ R_δ`` and ``G_b = W Q_δ`` drawn fresh (d_in × r).
+  Both draws come from W's keys, so recomputing the product (the engine's backward
+  step does) gives the same ``G_f``. Exact in law when W meets ``a`` once forward and
+  ``δ`` once backward, with fewer rows than its input width. Cost O(r·d) normals and
+  O(r²·d) flops, never a d×d matrix.
+
+  References:
+    Bayati & Montanari 2011, Lemma 1; Bolthausen 2014.
+
+  Args:
+    a_nxi: the product's input, any leading axes.
+    w: the :class:`normtheory.sampling.ConditionalWeight`, shape ``(i, o)``.
+
+  Returns:
+    ``(..., o)``.
+  """
+  *rows, i = a_nxi.shape
+  o = w.shape[1]
+  if w.zero:
+    return jnp.zeros((*rows, o), a_nxi.dtype)
+  return _conditional_rows(a_nxi.reshape(-1, i), w).reshape(*rows, o)
+
+
+def dense(name: str, a_nxi: jax.Array, w_ixo, taps: Taps | None) -> jax.Array:
+  """``a @ w`` at full float precision over the last axis, tapped under ``name``; ``w`` an
+  array or a conditional weight (:func:`conditional_matmul`)."""
+  if is_conditional(w_ixo):
+    out_nxo = conditional_matmul(a_nxi, w_ixo)
+  else:
+    out_nxo = jnp.matmul(a_nxi, w_ixo, precision=HIGHEST)
   if taps is not None:
     taps.inputs[name] = a_nxi
     if taps.zeros is not None:
@@ -254,16 +330,23 @@ def embedding_scale(vocab: int, d: int) -> float:
   return ((vocab + d) / 4.0) ** 0.5
 
 
-def embed(tokens_n: jax.Array, e_vxd: jax.Array, positions: bool = True) -> jax.Array:
+def embed(tokens_n: jax.Array, e_vxd, positions: bool = True, dtype=None) -> jax.Array:
   """Token embedding plus positions: ``x_i = sqrt((V+d)/4) E[t_i] + P_i``, shape ``(..., n, d)``.
+
+  The gather is the product of E with one-hot rows, whose orthonormal basis is the
+  one-hot vectors of the tokens present: a conditional E draws exactly those rows
+  (:meth:`normtheory.sampling.ConditionalWeight.rows`), which is its conditional law.
 
   Args:
     tokens_n: int tokens, any leading batch axes.
-    e_vxd: the token embedding E (V×d, Xavier-Gaussian at init).
+    e_vxd: the token embedding E (V×d, Xavier-Gaussian at init), an array or a
+      conditional weight.
     positions: add the sinusoidal code P (False: the tokens alone, as under RoPE).
+    dtype: the conditional rows' dtype (arrays keep their own).
   """
   vocab, d = e_vxd.shape
-  tokens_nxd = embedding_scale(vocab, d) * e_vxd[tokens_n]
+  rows_nxd = e_vxd.rows(tokens_n, dtype) if is_conditional(e_vxd) else e_vxd[tokens_n]
+  tokens_nxd = embedding_scale(vocab, d) * rows_nxd
   if not positions:
     return tokens_nxd
-  return tokens_nxd + sinusoidal_positions(tokens_n.shape[-1], d, e_vxd.dtype)
+  return tokens_nxd + sinusoidal_positions(tokens_n.shape[-1], d, rows_nxd.dtype)

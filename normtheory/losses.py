@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from normtheory.config import EMBEDDING
-from normtheory.layers import HIGHEST, Params
+from normtheory.layers import Params, dense
 
 
 def linear_loss(x_nxd, y_nxd, head: Params):
@@ -25,10 +25,11 @@ def xent_loss(x_nxd, t_n, head: Params):
   """``-(1/n) sum_i log softmax(W_emb x_i)[t_i]``, W_emb (V×d) Xavier-Gaussian.
 
   The read-out is ``head["W_emb"]``, or the token embedding ``head["E"]`` when it is
-  tied to it (``Config.tied``: then the head has no W_emb).
+  tied to it (``Config.tied``: then the head has no W_emb); an array or a conditional
+  weight (:func:`normtheory.layers.dense`).
   """
   w_emb_vxd = head["W_emb"] if "W_emb" in head else head[EMBEDDING]
-  logits_nxv = jnp.matmul(x_nxd, w_emb_vxd.T, precision=HIGHEST)
+  logits_nxv = dense("W_emb", x_nxd, w_emb_vxd.T, None)
   logp_nxv = jax.nn.log_softmax(logits_nxv, axis=-1)
   return -jnp.take_along_axis(logp_nxv, t_n[..., None], axis=-1).mean()
 

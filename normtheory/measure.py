@@ -162,13 +162,17 @@ def grad_norms(
       everything from ``fold_in(key, s)``.
     chunk: seeds per compiled call (memory knob; results do not depend on it).
     method: "engine" (memory flat in depth, :mod:`normtheory.engine`) or
-      "reference" (``jax.grad`` of the full NNX parameter pytree).
+      "reference" (``jax.grad`` of the full NNX parameter pytree; explicit weights only).
+      ``cfg.weights = "conditional"`` samples the weights from their conditional law
+      (exact in law, never a d×d matrix, SPEC §6).
 
   Returns:
     :class:`GradNorms`.
   """
   if method not in METHODS:
     raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+  if method == "reference" and cfg.weights != "explicit":
+    raise ValueError(f"method='reference' draws every weight in full: needs weights='explicit', got {cfg.weights!r}")
   check_chunk(chunk)
   seeds_S = seed_indices(seeds)
   base_key = as_key(key)

@@ -18,6 +18,15 @@ sample always has, so ``batch = 1`` reproduces the draws of stores made before
 batches existed, and sequence b >= 1 uses the data key's child b + 1 (never 0 or 1).
 Every key that draws numbers is a leaf: no key is both drawn from and folded further.
 
+Conditional weights (``Config.weights = "conditional"``, SPEC §6) keep the weight key
+above and draw from its children instead, never the weight itself
+(:class:`ConditionalWeight`):
+
+  stream key    = fold_in(weight key, arch index in ARCHS)
+  forward G_f   = fold_in(stream key, 0)                 (r × d_out: Qᵀ W)
+  backward G_b  = fold_in(fold_in(stream key, 1), L)     (d_in × r: the unseen part, per depth L)
+  embedding row = fold_in(embedding key, token)          (text inputs: row E[t] of the tokens present)
+
 References:
   Glorot & Bengio 2010 (Xavier init); Xiong et al. 2020, Section 3.3 (W_Q = W_K = 0,
   Xavier-Gaussian W_V, W_O, W1, W2, Gaussian inputs).
@@ -25,13 +34,14 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from normtheory import text
-from normtheory.config import EMBEDDING, GATE, NORM_PARTS, PARAM_NAMES, Config, norm_param_names
+from normtheory.config import ARCHS, EMBEDDING, GATE, NORM_PARTS, PARAM_NAMES, Config, norm_param_names
 from normtheory.layers import Params, embed
 
 EMBEDDING_INDEX = 2**32 - 1  # the params key's child reserved for E (layers use 1..L, the head 0)
@@ -54,6 +64,90 @@ class Inputs(NamedTuple):
 def xavier_std(fan_in: int, fan_out: int) -> float:
   """Standard deviation of Xavier-Gaussian init, sqrt(2/(fan_in+fan_out))."""
   return (2.0 / (fan_in + fan_out)) ** 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class ConditionalWeight:
+  """A Gaussian weight ``W`` (``shape``, entries i.i.d. ``N(0, scale²)``) that is never drawn
+  in full: :func:`normtheory.layers.dense` draws, from the key, only what the pass sees.
+
+  Used once forward as ``H = X W`` (r rows, ``Xᵀ = Q R``) and once backward as ``W δᵀ``
+  (``δᵀ = Q_δ R_δ``), W enters the pass only through ``G_f = Qᵀ W`` and
+  ``(I - QQᵀ) W Q_δ``; given X, ``G_f`` is i.i.d. ``N(0, scale²)`` and the unseen part
+  ``(I - QQᵀ) W`` is independent of everything the forward pass computed, so
+  :meth:`forward_normals` and :meth:`backward_normals` draw them fresh, and every
+  number has exactly the law it has with W drawn in full.
+
+  A pytree: ``key``, ``scale``, ``arch`` and ``depth`` are leaves (traced), the rest static.
+
+  References:
+    Bayati & Montanari 2011, "The dynamics of message passing on dense graphs",
+      Lemma 1 (the conditional law of a Gaussian matrix given linear constraints);
+    Bolthausen 2014, "An iterative construction of solutions of the TAP equations".
+
+  Attributes:
+    key: the weight key, the key an explicit draw of W would use (:func:`drawn_params`).
+    scale: the entries' standard deviation.
+    arch: index in ``ARCHS`` of the architecture whose pass uses W (its draws are its own).
+    depth: the depth L of the cell whose backward pass uses W (each depth draws its own G_b).
+    shape: ``(d_in, d_out)``.
+    transposed: W is the transpose of the explicit draw from ``key`` (the read-out W_embᵀ).
+    zero: W is 0, not drawn (W_Q, W_K under uniform attention).
+  """
+
+  key: jax.Array
+  scale: jax.Array
+  arch: jax.Array
+  depth: jax.Array
+  shape: tuple[int, int]
+  transposed: bool = False
+  zero: bool = False
+
+  @property
+  def T(self) -> ConditionalWeight:
+    """The transposed weight (the same draws, read the other way)."""
+    return dataclasses.replace(self, shape=self.shape[::-1], transposed=not self.transposed)
+
+  def _stream(self) -> jax.Array:
+    return jax.random.fold_in(self.key, self.arch)
+
+  def forward_normals(self, q_ixk: jax.Array) -> jax.Array:
+    """``G_f = Qᵀ W`` (k × d_out) for the orthonormal basis ``Q`` of the rows seen: i.i.d.
+    ``N(0, scale²)`` from the forward key (only ``Q``'s shape is read)."""
+    g_kxo = jax.random.normal(jax.random.fold_in(self._stream(), 0), (q_ixk.shape[1], self.shape[1]), q_ixk.dtype)
+    return g_kxo * self.scale
+
+  def backward_normals(self, q_oxk: jax.Array) -> jax.Array:
+    """``G_b = W Q_δ`` (d_in × k) for the orthonormal basis ``Q_δ`` of the cotangents:
+    i.i.d. ``N(0, scale²)``, fresh from the backward key of this depth (only the shape is read)."""
+    b_key = jax.random.fold_in(jax.random.fold_in(self._stream(), 1), self.depth)
+    return jax.random.normal(b_key, (self.shape[0], q_oxk.shape[1]), q_oxk.dtype) * self.scale
+
+  def rows(self, tokens: jax.Array, dtype) -> jax.Array:
+    """Rows ``W[t]`` for integer ``tokens`` (any shape), each drawn from ``fold_in(key, t)``:
+    the gather by one-hot rows sees exactly the rows of the tokens present, the same row
+    for every occurrence and every architecture. Shape ``(*tokens.shape, d_out)``."""
+    draw = lambda t: jax.random.normal(jax.random.fold_in(self.key, t), (self.shape[1],), dtype)
+    rows_kxo = jax.vmap(draw)(tokens.reshape(-1).astype(jnp.uint32))
+    return rows_kxo.reshape(*tokens.shape, self.shape[1]) * self.scale
+
+
+jax.tree_util.register_dataclass(
+    ConditionalWeight, data_fields=["key", "scale", "arch", "depth"], meta_fields=["shape", "transposed", "zero"])
+
+
+def conditional_weight(key: jax.Array, shape: tuple[int, int], scale, zero: bool = False) -> ConditionalWeight:
+  """A :class:`ConditionalWeight` for architecture 0 and depth 0 (:func:`for_cell` sets them)."""
+  return ConditionalWeight(key, jnp.asarray(scale), jnp.uint32(0), jnp.uint32(0), tuple(shape), zero=zero)
+
+
+def for_cell(params: Params, arch: str, depth=0) -> Params:
+  """``params`` with every conditional weight's draws made those of ``arch`` and depth
+  ``depth`` (arrays are returned as they are): a cell's numbers then depend only on its
+  own keys, not on which other architectures or depths share the pass."""
+  index = jnp.uint32(ARCHS.index(arch))
+  return {name: dataclasses.replace(w, arch=index, depth=jnp.asarray(depth, jnp.uint32))
+          if isinstance(w, ConditionalWeight) else w for name, w in params.items()}
 
 
 def seed_keys(base_key: jax.Array, seeds) -> jax.Array:
@@ -124,18 +218,23 @@ def drawn_params(cfg: Config, p_key: jax.Array, layer, scale=1.0) -> Params:
   params = {}
   for name in drawn_names(cfg):
     fan_in, fan_out = shapes[name]
-    draw = jax.random.normal(jax.random.fold_in(layer_key, weight_index(name)), (fan_in, fan_out), dtype)
-    params[name] = draw * ((1.0 if name in ("W_Q", "W_K") else scale) * xavier_std(fan_in, fan_out))
+    w_key = jax.random.fold_in(layer_key, weight_index(name))
+    std = (1.0 if name in ("W_Q", "W_K") else scale) * xavier_std(fan_in, fan_out)
+    if cfg.weights == "conditional":
+      params[name] = conditional_weight(w_key, (fan_in, fan_out), jnp.asarray(std, dtype))
+    else:
+      params[name] = jax.random.normal(w_key, (fan_in, fan_out), dtype) * std
   return params
 
 
 def with_constants(cfg: Config, drawn: Params) -> Params:
-  """A layer's full weights from its drawn ones: W_Q = W_K = 0 when not drawn, the
-  zero biases b1, b2, and the pointwise norms' parameters of its two norm sites
-  (:func:`norm_params`)."""
+  """A layer's full weights from its drawn ones: W_Q = W_K = 0 when not drawn (conditional
+  weights: a zero :class:`ConditionalWeight`, never a d×d array), the zero biases b1, b2,
+  and the pointwise norms' parameters of its two norm sites (:func:`norm_params`)."""
   dtype = jnp.dtype(cfg.dtype)
-  params = {name: drawn[name] if name in drawn else jnp.zeros(shape, dtype)
-            for name, shape in weight_shapes(cfg).items()}
+  zero = ((lambda shape: conditional_weight(jax.random.key(0), shape, jnp.zeros((), dtype), zero=True))
+          if cfg.weights == "conditional" else (lambda shape: jnp.zeros(shape, dtype)))
+  params = {name: drawn[name] if name in drawn else zero(shape) for name, shape in weight_shapes(cfg).items()}
   params["b1"] = jnp.zeros((cfg.d_ff,), dtype)
   params["b2"] = jnp.zeros((cfg.d,), dtype)
   return params | norm_params(cfg, 2)
@@ -169,11 +268,15 @@ def head_params(cfg: Config, p_key: jax.Array) -> Params:
   """
   dtype = jnp.dtype(cfg.dtype)
   shape = (cfg.vocab, cfg.d)
+  if cfg.weights == "conditional":
+    draw = lambda key: conditional_weight(key, shape, jnp.asarray(xavier_std(*shape), dtype))
+  else:
+    draw = lambda key: jax.random.normal(key, shape, dtype) * xavier_std(*shape)
   head = {}
   if cfg.loss == "xent" and not cfg.tied:
-    head["W_emb"] = jax.random.normal(jax.random.fold_in(p_key, 0), shape, dtype) * xavier_std(*shape)
+    head["W_emb"] = draw(jax.random.fold_in(p_key, 0))
   if cfg.inputs == "text":
-    head[EMBEDDING] = jax.random.normal(jax.random.fold_in(p_key, EMBEDDING_INDEX), shape, dtype) * xavier_std(*shape)
+    head[EMBEDDING] = draw(jax.random.fold_in(p_key, EMBEDDING_INDEX))
   return head | norm_params(cfg, 1)
 
 
@@ -224,4 +327,4 @@ def first_state(cfg: Config, head: Params, x) -> jax.Array:
   """The state entering layer 1: the Gaussian inputs themselves, or embedded text tokens
   (:func:`normtheory.layers.embed` of ``head["E"]``, with the sinusoidal code when
   ``cfg.positions`` says so)."""
-  return embed(x, head[EMBEDDING], cfg.positions == "sinusoidal") if cfg.inputs == "text" else x
+  return embed(x, head[EMBEDDING], cfg.positions == "sinusoidal", jnp.dtype(cfg.dtype)) if cfg.inputs == "text" else x

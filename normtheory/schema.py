@@ -47,7 +47,7 @@ DERIVED_DEFAULTS = {"positions": ("inputs", {"text": "sinusoidal"})}
 INTEGER_COLUMNS = frozenset({"d", "L", "n", "d_ff", "batch", "heads", "causal", "seed", "layer", "ln"})
 # Value of each store setting (meta.json "settings") added after the first stores were
 # written, as those stores measured it: a meta.json without the key means this value.
-SETTING_DEFAULTS = {"tied": False, "alpha0": 0.5}
+SETTING_DEFAULTS = {"tied": False, "alpha0": 0.5, "weights": "explicit"}
 
 GRAD_FILE = "grad_norms.csv"
 HIDDEN_FILE = "hidden_norms.csv"

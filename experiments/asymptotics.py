@@ -1,0 +1,96 @@
+"""The tables of the README's "Where the asymptotics live", from the stored results.
+
+  python experiments/grad_scaling.py --weights conditional --d 64..16384 --L 6,96 --seeds 8 --out results/width
+  python experiments/grad_scaling.py --weights conditional --d 512 --L 6..1536 --seeds 8 --depth-metrics \\
+      --out results/depth
+  python experiments/asymptotics.py --width results/width --depth results/depth
+
+Width: the local exponent ``d ln g_L(W2) / d ln d`` per doubling of d (secant between
+consecutive widths, 95% paired-bootstrap CI over seeds), beside what ``g ∝ d sqrt(ln d)``
+gives over the same step, ``1 + ln(ln d_b / ln d_a) / (2 ln(d_b / d_a))`` (about
+``1 + 1/(2 ln d)``), and 1. Depth: the stored fits' local exponent ``-d ln g / d ln L``
+between consecutive depths (``fits.json``) beside the mean field's on the same cells,
+and the effective-depth exponent kappa with the mean field's.
+
+References:
+  Xiong et al. 2020, Theorem 1 (``O(d sqrt(ln d))`` and ``O(d sqrt(ln d / L))``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+
+import numpy as np
+
+from normtheory import fit, store
+
+
+def width_rows(results: pathlib.Path, n_boot: int = 2000) -> list[str]:
+  """Markdown rows: arch, L, widths, measured local exponent [CI], d√ln d's, 1."""
+  grad = store.load(results).grad
+  last = grad[(grad["param"] == "W2") & (grad["layer"] == grad["L"])]
+  rows = []
+  for (arch, L), part in last.groupby(["arch", "L"]):
+    table = part.pivot(index="seed", columns="d", values="grad_norm")
+    widths = np.asarray(table.columns, np.float64)
+    boot_BxD = fit.paired_bootstrap_means(table.to_numpy(), n_boot, np.random.default_rng(0))
+    mean_D = table.mean().to_numpy()
+    for a, b in zip(range(len(widths) - 1), range(1, len(widths))):
+      step = np.log(widths[b] / widths[a])
+      alpha = np.log(mean_D[b] / mean_D[a]) / step
+      lo, hi = np.percentile(np.log(boot_BxD[:, b] / boot_BxD[:, a]) / step, [2.5, 97.5])
+      bound = 1 + np.log(np.log(widths[b]) / np.log(widths[a])) / (2 * step)
+      rows.append(f"| {arch} | {L} | {int(widths[a])} -> {int(widths[b])} | {alpha:.3f} [{lo:.3f}, {hi:.3f}] "
+                  f"| {bound:.3f} | 1 |")
+  return rows
+
+
+def depth_rows(results: pathlib.Path) -> list[str]:
+  """Markdown rows: arch, depths, measured local exponent [CI] (fits.json), mean field."""
+  fits = json.loads((results / "fits.json").read_text())
+  rows = []
+  for s in fits["series"]:
+    if s["arch"] not in ("post", "pre") or not s.get("local_exponents"):
+      continue
+    for e in s["local_exponents"]:
+      L_a, L_b = e["L"]
+      g, mf = e["gamma"], e.get("mean_field")
+      rows.append(f"| {s['arch']} | {L_a} -> {L_b} | {g['value']:.3f} [{g['ci'][0]:.3f}, {g['ci'][1]:.3f}] "
+                  f"| {'-' if mf is None else f'{mf:.3f}'} |")
+  return rows
+
+
+def kappa_rows(results: pathlib.Path) -> list[str]:
+  """Markdown rows of the effective-depth fits (fits.json), Pre-LN and Post-LN."""
+  fits = json.loads((results / "fits.json").read_text())
+  rows = []
+  for e in fits.get("effective_depth", []):
+    if e["arch"] in ("post", "pre") and e.get("metric", "rel_update") == "rel_update":
+      k = e["kappa"]
+      mf = e.get("kappa_mean_field")
+      rows.append(f"| {e['arch']} | {e['L']} | {k['value']:.3f} [{k['ci'][0]:.3f}, {k['ci'][1]:.3f}] | "
+                  f"{'-' if mf is None else f'{mf:.3f}'} |")
+  return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--width", type=pathlib.Path, default=None, help="a store over widths (conditional weights)")
+  p.add_argument("--depth", type=pathlib.Path, default=None, help="a store over depths, with --depth-metrics")
+  args = p.parse_args(argv)
+  if args.width:
+    print("| arch | L | d step | local exponent [95% CI] | d sqrt(ln d) | d |\n|---|---|---|---|---|---|")
+    print("\n".join(width_rows(args.width)))
+  if args.depth:
+    print("\n| arch | L step | local exponent [95% CI] | mean field |\n|---|---|---|---|")
+    print("\n".join(depth_rows(args.depth)))
+    print("\n| arch | L | kappa (rel_update ∝ l^-kappa) [95% CI] | mean field |\n|---|---|---|---|")
+    print("\n".join(kappa_rows(args.depth)))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
