@@ -24,16 +24,22 @@ engine compiles in seconds. Tests that reuse its grid (:func:`tiny_grid`,
 
 from __future__ import annotations
 
-import pathlib
-import shutil
+import os
 
-import jax
-import matplotlib
-import numpy as np
-import pytest
+# As normtheory sets it on import, but before this file imports numpy (which reads it once): OpenBLAS's
+# own threads made the conditional engine's LAPACK QR ~30x slower.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import normtheory as nt
-from normtheory import cli, engine
+import pathlib  # noqa: E402
+import shutil  # noqa: E402
+
+import jax  # noqa: E402
+import matplotlib  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import normtheory as nt  # noqa: E402
+from normtheory import cli, engine  # noqa: E402
 
 matplotlib.use("Agg")  # no test opens a window (normtheory itself never chooses a backend)
 # The sweep CLI's compilation cache, from the first test on (not only after the first cli.main):
