@@ -1,8 +1,10 @@
 """Shared fixtures, and the two test tiers.
 
 ``pytest -q`` runs every test (what ``.ci/run`` calls). ``pytest -q -m "not slow"`` is
-the fast tier (``-n 2`` runs it on two pytest-xdist workers, one per core): the long tests (fresh interpreters, two-process runs, the notebook,
-forced multi-device runs, Flax-built models, d = 256 / L = 96 models, training) carry
+the fast tier. Both run on two pytest-xdist workers, one per core, each test file on one worker
+(``-n 2 --dist loadfile`` in pyproject.toml's ``addopts``; ``-n 0`` runs in one process), so the
+tests of a file share their compiled programs. The long tests (fresh interpreters, two-process runs,
+the notebook, forced multi-device runs, Flax-built models, d = 256 / L = 96 models, training) carry
 ``@pytest.mark.slow`` (the marker is registered in pyproject.toml).
 
 The whole session uses the sweep CLI's persistent compilation cache
@@ -24,7 +26,13 @@ engine compiles in seconds. Tests that reuse its grid (:func:`tiny_grid`,
 
 from __future__ import annotations
 
+<<<<<<< HEAD
 import os
+=======
+import fcntl
+import pathlib
+import shutil
+>>>>>>> 6bb9577 (tests: pytest -q runs on two xdist workers (-n 2 --dist loadfile in addopts); the workers share one tiny_store, written once under a file lock)
 
 # As normtheory sets it on import, but before this file imports numpy (which reads it once): OpenBLAS's
 # own threads made the conditional engine's LAPACK QR ~30x slower.
@@ -72,11 +80,24 @@ def tiny_argv() -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def tiny_store(tmp_path_factory) -> pathlib.Path:
+def tiny_store(tmp_path_factory, worker_id) -> pathlib.Path:
   """The store of ``cli.main(TINY_ARGV)``: grad and hidden norms, meta.json and fits.json. Read-only:
-  a test that changes a store works on :func:`tiny_store_copy`."""
-  out = tmp_path_factory.mktemp("tiny_store")
-  assert cli.main([*TINY_ARGV, "--out", str(out)]) == 0
+  a test that changes a store works on :func:`tiny_store_copy`.
+
+  Under pytest-xdist the workers share one store: the first to take the lock (a file next to the
+  workers' temporary folders) writes it, the others wait for it and read it.
+  """
+  if worker_id == "master":
+    out = tmp_path_factory.mktemp("tiny_store")
+    assert cli.main([*TINY_ARGV, "--out", str(out)]) == 0
+    return out
+  root = tmp_path_factory.getbasetemp().parent
+  out, done = root / "tiny_store", root / "tiny_store.done"
+  with open(root / "tiny_store.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not done.exists():
+      assert cli.main([*TINY_ARGV, "--out", str(out)]) == 0
+      done.touch()
   return out
 
 
