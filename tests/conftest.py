@@ -26,18 +26,13 @@ engine compiles in seconds. Tests that reuse its grid (:func:`tiny_grid`,
 
 from __future__ import annotations
 
-<<<<<<< HEAD
 import os
-=======
-import fcntl
-import pathlib
-import shutil
->>>>>>> 6bb9577 (tests: pytest -q runs on two xdist workers (-n 2 --dist loadfile in addopts); the workers share one tiny_store, written once under a file lock)
 
 # As normtheory sets it on import, but before this file imports numpy (which reads it once): OpenBLAS's
 # own threads made the conditional engine's LAPACK QR ~30x slower.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+import fcntl  # noqa: E402
 import pathlib  # noqa: E402
 import shutil  # noqa: E402
 
