@@ -50,7 +50,7 @@ def test_cli_stores_every_cell_seed_layer_and_metric(swept):
   assert list(_depth_rows(swept).columns) == list(depth_metrics.COLUMNS)
   frame = _depth_rows(swept)
   expected = {
-      (arch, "linear", D, L, N, D, 1, "uniform", 1, "gaussian", seed, layer, metric)
+      (arch, "linear", D, L, N, D, 1, "uniform", 1, "gaussian", "layernorm", "relu", 0, "none", seed, layer, metric)
       for arch in ARCHS for L in DEPTHS for seed in range(SEEDS)
       for layer in range(1, L + 1) for metric in depth_metrics.METRICS
   }
