@@ -143,7 +143,7 @@ def depth_metrics(cfg: Config, seeds: int | Sequence[int] = 8, key=0) -> pd.Data
   Example:
     >>> f = depth_metrics(Config(arch="pre", d=16, L=3), seeds=2)
     >>> f.shape  # seeds × layers × metrics rows
-    (18, 14)
+    (18, 18)
 
   Args:
     cfg: the model.
