@@ -22,7 +22,7 @@ import pytest
 from flax import nnx
 
 import normtheory as nt
-from normtheory import architectures, depth_metrics, engine, layers, prng, sampling, text
+from normtheory import architectures, depth_metrics, engine, layers, prng, sampling, schema, text
 from normtheory.config import PARAM_NAMES
 from normtheory.losses import LOSS_FUNCTIONS
 from normtheory.model import Transformer
@@ -74,7 +74,7 @@ def test_every_placement_loss_and_depth_metric_reproduces_the_old_store():
   _check_main_store(("post", "pre", "sandwich", "lns"), ("linear", "xent", "mse"))
   _check_main_store(("deepnorm",), ("linear", "xent", "mse"))
   _check_main_store(("mixln",), ("linear", "xent", "mse"))
-  old = pd.read_csv(MAIN_STORE / "depth_metrics.csv")
+  old = schema.read_table(MAIN_STORE, schema.DEPTH_FILE)  # the store's own upgrade: newer cell columns at default
   for arch in ("pre", "mixln"):
     cfg = nt.Config(arch=arch, d=8, L=3, n=4, loss="mse", vocab=11)
     new = depth_metrics.depth_metrics(cfg, 2, prng.make_key(0, "threefry2x32"))
