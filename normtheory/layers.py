@@ -51,34 +51,95 @@ def is_conditional(w) -> bool:
   return hasattr(w, "forward_normals")
 
 
-def _qr(m_axb: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Reduced Householder QR ``m = Q R`` (Q: a×k orthonormal, R: k×b, k = min(a, b));
-  orthonormal for any rank, and deterministic in ``m``. (LAPACK through OpenBLAS: see the
-  package's ``OPENBLAS_NUM_THREADS``.)"""
-  return jnp.linalg.qr(m_axb, mode="reduced")
+def _qr_rows(m_kxa: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Householder QR of ``mᵀ`` (a×k, a >= k), on its rows: ``m = Rᵀ Qᵀ`` with ``Qᵀ`` (k×a)
+  orthonormal rows and R (k×k) upper triangular; Q orthonormal for any rank (a zero
+  column reflects nothing), and deterministic in ``m``.
+
+  Written in ``jax.numpy`` (k reflections in a ``fori_loop``, O(a·k²) flops, rows contiguous)
+  rather than LAPACK's ``geqrf``: on CPU, jaxlib runs a vmapped ``geqrf`` as tasks on XLA's
+  intra-op thread pool and waits for them on a pool thread, and two such QRs scheduled at
+  once can wait on each other forever (seen here: sweeps stuck with every thread in a futex
+  wait, two of them inside ``lapack_sgeqrf_ffi`` -> ``jax::ParallelBatchMap`` ->
+  ``BlockingCounter::Wait``).
+
+  References:
+    Golub & Van Loan, Matrix Computations (4th ed.), Algorithm 5.2.1 (Householder QR).
+  """
+  k, a = m_kxa.shape
+  if a < k:
+    raise ValueError(f"_qr_rows: needs at most as many rows as columns, got {m_kxa.shape}")
+  columns_a = jnp.arange(a)
+
+  def reflect(j, carry):  # m <- m H_j, H_j = I - 2 v vᵀ zeroing column j of mᵀ below its diagonal
+    m_kxa, v_kxa = carry
+    x_a = jnp.where(columns_a >= j, m_kxa[j], 0)
+    sign = jnp.where(m_kxa[j, j] >= 0, 1, -1).astype(m_kxa.dtype)
+    v_a = x_a + sign * jnp.sqrt(jnp.sum(x_a * x_a)) * (columns_a == j)
+    v_norm = jnp.sqrt(jnp.sum(v_a * v_a))
+    v_a = jnp.where(v_norm > 0, v_a / jnp.where(v_norm > 0, v_norm, 1), 0)
+    m_kxa = m_kxa - 2 * jnp.outer(jnp.matmul(m_kxa, v_a, precision=HIGHEST), v_a)
+    return m_kxa, v_kxa.at[j].set(v_a)
+
+  reduced_kxa, v_kxa = jax.lax.fori_loop(0, k, reflect, (m_kxa, jnp.zeros_like(m_kxa)))
+
+  def unreflect(i, qt_kxa):  # Qᵀ = I_{k×a} H_k ... H_1
+    v_a = v_kxa[k - 1 - i]
+    return qt_kxa - 2 * jnp.outer(jnp.matmul(qt_kxa, v_a, precision=HIGHEST), v_a)
+
+  qt_kxa = jax.lax.fori_loop(0, k, unreflect, jnp.eye(k, a, dtype=m_kxa.dtype))
+  return qt_kxa, jnp.triu(reduced_kxa[:, :k].T)
+
+
+def gram_factor(m_rxo: jax.Array) -> jax.Array:
+  """An upper-triangular ``C`` (r×r) with ``Cᵀ C = m mᵀ``: the Cholesky factor of the rows'
+  Gram matrix, pivots at rounding level (rank-deficient m) set to zero rather than divided by.
+
+  No inverse is taken, so ``C``'s error is ``Cᵀ C - m mᵀ = O(eps ||m||²)`` whatever m's
+  conditioning: a draw ``G C`` (G i.i.d.) has rows with covariance ``m mᵀ`` to that rounding,
+  which is all :meth:`normtheory.sampling.ConditionalWeight.fresh_product` uses. O(r·o) for the
+  Gram matrix (one product) and O(r³) for the factor.
+
+  Args:
+    m_rxo: r rows.
+
+  Returns:
+    ``(r, r)`` upper triangular.
+  """
+  r = m_rxo.shape[0]
+  gram_rxr = jnp.matmul(m_rxo, m_rxo.T, precision=HIGHEST)
+  tiny = r * jnp.finfo(m_rxo.dtype).eps * jnp.max(jnp.diagonal(gram_rxr))
+  rows_r = jnp.arange(r)
+
+  def column(j, l_rxr):  # L (lower, L Lᵀ = gram) column j from the columns before it
+    s_r = gram_rxr[:, j] - jnp.matmul(l_rxr, l_rxr[j], precision=HIGHEST)
+    kept = s_r[j] > tiny
+    pivot = jnp.sqrt(jnp.where(kept, s_r[j], 1))
+    return l_rxr.at[:, j].set(jnp.where(kept & (rows_r >= j), s_r / pivot, 0))
+
+  return jax.lax.fori_loop(0, r, column, jnp.zeros_like(gram_rxr)).T
 
 
 @jax.custom_vjp
 def _conditional_rows(a_rxi: jax.Array, w) -> jax.Array:
-  q_ixk, r_kxr = _qr(a_rxi.T)
-  return jnp.matmul(r_kxr.T, w.forward_normals(q_ixk), precision=HIGHEST)
+  qt_kxi, r_kxr = _qr_rows(a_rxi)
+  return jnp.matmul(r_kxr.T, w.forward_normals(qt_kxi), precision=HIGHEST)
 
 
 def _conditional_rows_fwd(a_rxi, w):
-  q_ixk, r_kxr = _qr(a_rxi.T)
-  g_kxo = w.forward_normals(q_ixk)
-  return jnp.matmul(r_kxr.T, g_kxo, precision=HIGHEST), (q_ixk, g_kxo, w)
+  qt_kxi, r_kxr = _qr_rows(a_rxi)
+  g_kxo = w.forward_normals(qt_kxi)
+  return jnp.matmul(r_kxr.T, g_kxo, precision=HIGHEST), (qt_kxi, g_kxo, w)
 
 
 def _conditional_rows_bwd(residuals, delta_rxo):
-  """The input's cotangent ``δ Wᵀ = (Q G_f δᵀ + (I - QQᵀ) G_b R_δ)ᵀ`` with ``δᵀ = Q_δ R_δ``:
-  the seen part of W from the forward draw, the unseen part fresh (G_b)."""
-  q_ixk, g_kxo, w = residuals
-  qd_oxj, rd_jxr = _qr(delta_rxo.T)
-  seen_ixr = jnp.matmul(q_ixk, jnp.matmul(g_kxo, delta_rxo.T, precision=HIGHEST), precision=HIGHEST)
-  fresh_ixr = jnp.matmul(w.backward_normals(qd_oxj), rd_jxr, precision=HIGHEST)
-  unseen_ixr = fresh_ixr - jnp.matmul(q_ixk, jnp.matmul(q_ixk.T, fresh_ixr, precision=HIGHEST), precision=HIGHEST)
-  return (seen_ixr + unseen_ixr).T, None
+  """The input's cotangent ``δ Wᵀ = (Q G_f δᵀ + (I - QQᵀ) W' δᵀ)ᵀ``: the seen part of W from the
+  forward draw, the unseen part from a fresh W' (:meth:`~normtheory.sampling.ConditionalWeight.fresh_product`)."""
+  qt_kxi, g_kxo, w = residuals
+  seen_rxi = jnp.matmul(jnp.matmul(delta_rxo, g_kxo.T, precision=HIGHEST), qt_kxi, precision=HIGHEST)
+  fresh_rxi = w.fresh_product(delta_rxo).T
+  unseen_rxi = fresh_rxi - jnp.matmul(jnp.matmul(fresh_rxi, qt_kxi.T, precision=HIGHEST), qt_kxi, precision=HIGHEST)
+  return seen_rxi + unseen_rxi, None
 
 
 _conditional_rows.defvjp(_conditional_rows_fwd, _conditional_rows_bwd)
@@ -87,9 +148,10 @@ _conditional_rows.defvjp(_conditional_rows_fwd, _conditional_rows_bwd)
 def conditional_matmul(a_nxi: jax.Array, w) -> jax.Array:
   """``a @ W`` for a conditional weight W, exact in law (SPEC §6), over all leading rows of ``a``.
 
-  With the r rows of ``a`` flattened and ``aᵀ = Q R``: forward ``a W = Rᵀ G_f``,
-  ``G_f = Qᵀ W`` drawn (r × d_out); backward (a custom VJP) ``W δᵀ = Q G_f δᵀ +
-  (I - QQᵀ) G_b R_δ`` with ``δᵀ = Q_δ R_δ`` and ``G_b = W Q_δ`` drawn fresh (d_in × r).
+  With the r rows of ``a`` flattened and ``aᵀ = Q R`` (Householder, :func:`_qr_rows`): forward
+  ``a W = Rᵀ G_f``, ``G_f = Qᵀ W`` drawn (r × d_out); backward (a custom VJP) ``W δᵀ = Q G_f δᵀ +
+  (I - QQᵀ) W' δᵀ`` with ``W' δᵀ = G_b C`` drawn fresh (``G_b``: d_in × r i.i.d., ``Cᵀ C = δ δᵀ``,
+  :func:`gram_factor`; SPEC §6 writes ``G_b R_δ`` with ``δᵀ = Q_δ R_δ``: the same law).
   Both draws come from W's keys, so recomputing the product (the engine's backward
   step does) gives the same ``G_f``. Exact in law when W meets ``a`` once forward and
   ``δ`` once backward, with fewer rows than its input width. Cost O(r·d) normals and

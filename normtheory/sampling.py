@@ -40,7 +40,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from normtheory import text
+from normtheory import layers, text
 from normtheory.config import ARCHS, EMBEDDING, GATE, NORM_PARTS, PARAM_NAMES, Config, norm_param_names
 from normtheory.layers import Params, embed
 
@@ -75,7 +75,7 @@ class ConditionalWeight:
   (``δᵀ = Q_δ R_δ``), W enters the pass only through ``G_f = Qᵀ W`` and
   ``(I - QQᵀ) W Q_δ``; given X, ``G_f`` is i.i.d. ``N(0, scale²)`` and the unseen part
   ``(I - QQᵀ) W`` is independent of everything the forward pass computed, so
-  :meth:`forward_normals` and :meth:`backward_normals` draw them fresh, and every
+  :meth:`forward_normals` and :meth:`fresh_product` draw them fresh, and every
   number has exactly the law it has with W drawn in full.
 
   A pytree: ``key``, ``scale``, ``arch`` and ``depth`` are leaves (traced), the rest static.
@@ -111,17 +111,21 @@ class ConditionalWeight:
   def _stream(self) -> jax.Array:
     return jax.random.fold_in(self.key, self.arch)
 
-  def forward_normals(self, q_ixk: jax.Array) -> jax.Array:
-    """``G_f = Qᵀ W`` (k × d_out) for the orthonormal basis ``Q`` of the rows seen: i.i.d.
-    ``N(0, scale²)`` from the forward key (only ``Q``'s shape is read)."""
-    g_kxo = jax.random.normal(jax.random.fold_in(self._stream(), 0), (q_ixk.shape[1], self.shape[1]), q_ixk.dtype)
+  def forward_normals(self, qt_kxi: jax.Array) -> jax.Array:
+    """``G_f = Qᵀ W`` (k × d_out) for the orthonormal rows ``Qᵀ`` (k × d_in) of the rows seen:
+    i.i.d. ``N(0, scale²)`` from the forward key (only the shape of ``Qᵀ`` is read)."""
+    g_kxo = jax.random.normal(jax.random.fold_in(self._stream(), 0), (qt_kxi.shape[0], self.shape[1]), qt_kxi.dtype)
     return g_kxo * self.scale
 
-  def backward_normals(self, q_oxk: jax.Array) -> jax.Array:
-    """``G_b = W Q_δ`` (d_in × k) for the orthonormal basis ``Q_δ`` of the cotangents:
-    i.i.d. ``N(0, scale²)``, fresh from the backward key of this depth (only the shape is read)."""
+  def fresh_product(self, delta_rxo: jax.Array) -> jax.Array:
+    """``W' δᵀ`` (d_in × r) for a fresh W' with W's law, fresh from the backward key of this
+    depth: ``G_b C`` with ``G_b`` (d_in × r) i.i.d. ``N(0, scale²)`` and ``Cᵀ C = δ δᵀ``
+    (:func:`normtheory.layers.gram_factor`), whose rows are ``N(0, scale² δ δᵀ)`` as ``W' δᵀ``'s are.
+    The backward product keeps only its part outside the rows seen forward."""
     b_key = jax.random.fold_in(jax.random.fold_in(self._stream(), 1), self.depth)
-    return jax.random.normal(b_key, (self.shape[0], q_oxk.shape[1]), q_oxk.dtype) * self.scale
+    r = delta_rxo.shape[0]
+    g_ixr = jax.random.normal(b_key, (self.shape[0], r), delta_rxo.dtype) * self.scale
+    return jnp.matmul(g_ixr, layers.gram_factor(delta_rxo), precision=layers.HIGHEST)
 
   def rows(self, tokens: jax.Array, dtype) -> jax.Array:
     """Rows ``W[t]`` for integer ``tokens`` (any shape), each drawn from ``fold_in(key, t)``:

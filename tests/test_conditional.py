@@ -39,8 +39,8 @@ def explicit_projections(monkeypatch):
   """Conditional weights whose draws are the projections of the explicit weights (SPEC §6's
   identity check); the engine's compiled steps are dropped before and after."""
   C = sampling.ConditionalWeight
-  monkeypatch.setattr(C, "forward_normals", lambda w, q_ixk: q_ixk.T @ _explicit_w(w, q_ixk.dtype))
-  monkeypatch.setattr(C, "backward_normals", lambda w, q_oxk: _explicit_w(w, q_oxk.dtype) @ q_oxk)
+  monkeypatch.setattr(C, "forward_normals", lambda w, qt_kxi: qt_kxi @ _explicit_w(w, qt_kxi.dtype))
+  monkeypatch.setattr(C, "fresh_product", lambda w, delta_rxo: _explicit_w(w, delta_rxo.dtype) @ delta_rxo.T)
   monkeypatch.setattr(C, "rows", lambda w, tokens, dtype: _explicit_w(w, dtype)[tokens])
   engine._layer_steps.cache_clear()
   engine._head_steps.cache_clear()
