@@ -556,7 +556,7 @@ def seed_bytes(cfg: Config, arch_names, depths) -> SeedBytes:
   streams = sum(2 if architectures.get(a).dual else 1 for a in arch_names)
   K = len(set(depths))
   states = (max(depths) + 1 + 2 * K) * streams * rows * cfg.d  # hidden states; cotangents in and out
-  if cfg.weights == "conditional":  # per product: Q, G_f, and per depth Q_δ, G_b and the transients, r columns each
+  if cfg.weights == "conditional":  # per product: Q, G_f, and per depth G_b C and the transients, r columns each
     work = (4 + 4 * K) * streams * rows * sum(i + o for i, o in shapes.values())
     readout = (2 + 2 * K) * rows * (cfg.vocab + cfg.d) * streams
     return SeedBytes(item * (states + work + readout), 0)

@@ -24,7 +24,7 @@ above and draw from its children instead, never the weight itself
 
   stream key    = fold_in(weight key, arch index in ARCHS)
   forward G_f   = fold_in(stream key, 0)                 (r × d_out: Qᵀ W)
-  backward G_b  = fold_in(fold_in(stream key, 1), L)     (d_in × r: the unseen part, per depth L)
+  backward G_b  = fold_in(fold_in(stream key, 1), L)     (d_in × r: W' δᵀ = G_b C, the unseen part, per depth L)
   embedding row = fold_in(embedding key, token)          (text inputs: row E[t] of the tokens present)
 
 References:
@@ -71,10 +71,10 @@ class ConditionalWeight:
   """A Gaussian weight ``W`` (``shape``, entries i.i.d. ``N(0, scale²)``) that is never drawn
   in full: :func:`normtheory.layers.dense` draws, from the key, only what the pass sees.
 
-  Used once forward as ``H = X W`` (r rows, ``Xᵀ = Q R``) and once backward as ``W δᵀ``
-  (``δᵀ = Q_δ R_δ``), W enters the pass only through ``G_f = Qᵀ W`` and
-  ``(I - QQᵀ) W Q_δ``; given X, ``G_f`` is i.i.d. ``N(0, scale²)`` and the unseen part
-  ``(I - QQᵀ) W`` is independent of everything the forward pass computed, so
+  Used once forward as ``H = X W`` (r rows, ``Xᵀ = Q R``) and once backward as ``W δᵀ``,
+  W enters the pass only through ``G_f = Qᵀ W`` and ``(I - QQᵀ) W δᵀ``; given X, ``G_f``
+  is i.i.d. ``N(0, scale²)`` and the unseen part ``(I - QQᵀ) W`` is independent of
+  everything the forward pass computed, so
   :meth:`forward_normals` and :meth:`fresh_product` draw them fresh, and every
   number has exactly the law it has with W drawn in full.
 

@@ -1,7 +1,7 @@
 """Conditional weights (SPEC §6): the algebra reproduces explicit weights, the law is the explicit law.
 
 * Algebra: fed the projections of the explicitly drawn weights (``G_f = Qᵀ W``,
-  ``G_b = W Q_δ``, the E rows ``E[t]``) instead of fresh normals, the conditional engine
+  ``W' δᵀ = W δᵀ``, the E rows ``E[t]``) instead of fresh normals, the conditional engine
   gives the explicit engine's numbers to float64 rounding, for every placement and
   relaxation it supports.
 * Law (slow): conditional and explicit samples (disjoint seeds) agree by two-sample tests
@@ -21,7 +21,7 @@ import pytest
 from scipy import stats
 
 import normtheory as nt
-from normtheory import cli, depth_metrics, engine, prng, sampling
+from normtheory import cli, depth_metrics, engine, layers, prng, sampling
 
 KEY = prng.make_key(0, "threefry2x32")
 ALL_ARCHS = ("post", "pre", "deepnorm", "sandwich", "lns", "mixln", "residual")
@@ -110,6 +110,48 @@ def test_a_cells_numbers_do_not_depend_on_the_pass_or_the_chunk():
   # and the draws are the cell's own: Post and Pre differ from their explicit values
   explicit = engine.measure_archs(dataclasses.replace(cfg, weights="explicit"), ("pre",), (3,), np.arange(2), KEY)
   assert not np.allclose(explicit["pre"][3].grad_norms["W2"], alone["pre"][3].grad_norms["W2"])
+
+
+def _rank_deficient_rows(key, dtype) -> dict[str, jax.Array]:
+  """Row sets the engine meets: full rank, repeated rows (uniform attention's mean row), a zero
+  row with two dependent ones, and rows nearly equal (a shared direction plus 1e-3 of noise)."""
+  k1, k2 = jax.random.split(key)
+  m = jax.random.normal(k1, (6, 40), dtype)
+  return {"full": m, "repeated": jnp.tile(m[:1], (6, 1)),
+          "dependent": m.at[3].set(2 * m[0]).at[4].set(0).at[5].set(m[1] - m[2]),
+          "nearly equal": m[:1] + 1e-3 * jax.random.normal(k2, (6, 40), dtype)}
+
+
+@pytest.mark.parametrize("dtype, tol", [(jnp.float32, 2e-6), (jnp.float64, 1e-13)])
+def test_householder_qr_is_a_qr_of_any_rank(dtype, tol):
+  """m = Rᵀ Qᵀ with Qᵀ's rows orthonormal and R upper triangular, also for repeated and dependent rows."""
+  with jax.enable_x64(dtype == jnp.float64):
+    _check_householder(dtype, tol)
+
+
+def _check_householder(dtype, tol):
+  for name, m_kxa in _rank_deficient_rows(jax.random.key(1), dtype).items():
+    qt_kxa, r_kxk = jax.jit(layers._qr_rows)(m_kxa)
+    scale = float(jnp.abs(m_kxa).max())
+    np.testing.assert_allclose(r_kxk.T @ qt_kxa, m_kxa, atol=tol * 10 * scale, err_msg=name)
+    np.testing.assert_allclose(qt_kxa @ qt_kxa.T, np.eye(6), atol=tol * 10, err_msg=name)
+    np.testing.assert_array_equal(jnp.tril(r_kxk, -1), 0, err_msg=name)
+
+
+@pytest.mark.parametrize("dtype, tol", [(jnp.float32, 2e-6), (jnp.float64, 1e-13)])
+def test_gram_factor_reproduces_the_gram_matrix_of_any_rank(dtype, tol):
+  """Cᵀ C = m mᵀ to rounding, C upper triangular and finite, rank-deficient rows included (no inverse taken)."""
+  with jax.enable_x64(dtype == jnp.float64):
+    _check_gram_factor(dtype, tol)
+
+
+def _check_gram_factor(dtype, tol):
+  for name, m_rxo in _rank_deficient_rows(jax.random.key(2), dtype).items():
+    c_rxr = jax.jit(layers.gram_factor)(m_rxo)
+    gram_rxr = m_rxo @ m_rxo.T
+    assert bool(jnp.isfinite(c_rxr).all()), name
+    np.testing.assert_allclose(c_rxr.T @ c_rxr, gram_rxr, atol=tol * 10 * float(jnp.abs(gram_rxr).max()), err_msg=name)
+    np.testing.assert_array_equal(jnp.tril(c_rxr, -1), 0, err_msg=name)
 
 
 def test_embedding_rows_are_drawn_once_per_token():
