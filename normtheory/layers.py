@@ -51,6 +51,13 @@ def is_conditional(w) -> bool:
   return hasattr(w, "forward_normals")
 
 
+def _norm(x: jax.Array) -> jax.Array:
+  """The Euclidean norm of a vector, scaled by its largest entry first (no underflow of the squares)."""
+  largest = jnp.max(jnp.abs(x))
+  safe = jnp.where(largest > 0, largest, 1)
+  return largest * jnp.sqrt(jnp.sum((x / safe) ** 2))
+
+
 def _qr_rows(m_kxa: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Householder QR of ``mᵀ`` (a×k, a >= k), on its rows: ``m = Rᵀ Qᵀ`` with ``Qᵀ`` (k×a)
   orthonormal rows and R (k×k) upper triangular; Q orthonormal for any rank (a zero
@@ -70,14 +77,19 @@ def _qr_rows(m_kxa: jax.Array) -> tuple[jax.Array, jax.Array]:
   if a < k:
     raise ValueError(f"_qr_rows: needs at most as many rows as columns, got {m_kxa.shape}")
   columns_a = jnp.arange(a)
+  # A column left at rounding level (dependent rows: uniform attention repeats one row n times) is not
+  # reflected: reflecting its rounding residue would divide by a norm that shrinks by eps each step and
+  # underflows (seen: Q's rows off orthonormal by 300 at a = 1024). Its rows of Qᵀ stay orthonormal.
+  negligible = a ** 0.5 * jnp.finfo(m_kxa.dtype).eps * jnp.max(jax.vmap(_norm)(m_kxa))
 
   def reflect(j, carry):  # m <- m H_j, H_j = I - 2 v vᵀ zeroing column j of mᵀ below its diagonal
     m_kxa, v_kxa = carry
     x_a = jnp.where(columns_a >= j, m_kxa[j], 0)
+    x_norm = _norm(x_a)
     sign = jnp.where(m_kxa[j, j] >= 0, 1, -1).astype(m_kxa.dtype)
-    v_a = x_a + sign * jnp.sqrt(jnp.sum(x_a * x_a)) * (columns_a == j)
-    v_norm = jnp.sqrt(jnp.sum(v_a * v_a))
-    v_a = jnp.where(v_norm > 0, v_a / jnp.where(v_norm > 0, v_norm, 1), 0)
+    v_a = x_a + sign * x_norm * (columns_a == j)
+    v_norm = _norm(v_a)
+    v_a = jnp.where(x_norm > negligible, v_a / jnp.where(v_norm > 0, v_norm, 1), 0)
     m_kxa = m_kxa - 2 * jnp.outer(jnp.matmul(m_kxa, v_a, precision=HIGHEST), v_a)
     return m_kxa, v_kxa.at[j].set(v_a)
 
