@@ -225,8 +225,11 @@ class Contents:
   def read_cell(self, table: str, cell: tuple, columns: Sequence[str] | None = None,
                 where: pc.Expression | None = None) -> pd.DataFrame:
     """One cell's rows of a table (a ``CELL_COLUMNS`` tuple, as :meth:`cells` gives it), as :meth:`read` reads
-    them (same order), opening only the parts whose footers hold the cell."""
-    selected = cell_selection(cell) if where is None else cell_selection(cell) & where
+    them (same order), opening only the parts whose footers hold the cell. The selection tests only the cell
+    columns in which the table's cells differ (every row belongs to one of them), so the scan decodes those."""
+    cells = self.cells(table)
+    varying = [c for k, c in enumerate(CELL_COLUMNS) if any(other[k] != cell[k] for other in cells)]
+    selected = cell_selection(cell, varying) if where is None else cell_selection(cell, varying) & where
     holding = [part for part in self.index.parts[table] if any(pair[:-1] == cell for pair in part.pairs)]
     return self._read(table, holding, columns, selected)
 
@@ -241,9 +244,10 @@ class Contents:
     return parts.to_frame(parts.compact(pieces))
 
 
-def cell_selection(cell: tuple) -> pc.Expression:
-  """The selection of one cell's rows (a ``CELL_COLUMNS`` tuple)."""
-  return functools.reduce(operator.and_, (pc.field(c) == v for c, v in zip(CELL_COLUMNS, cell, strict=True)))
+def cell_selection(cell: tuple, columns: Sequence[str] = CELL_COLUMNS) -> pc.Expression:
+  """The selection of one cell's rows (a ``CELL_COLUMNS`` tuple) by its values in ``columns`` (default all)."""
+  values = dict(zip(CELL_COLUMNS, cell, strict=True))
+  return functools.reduce(operator.and_, (pc.field(c) == values[c] for c in columns), pc.scalar(True))
 
 
 def last_layer(param: str = "W2") -> pc.Expression:
