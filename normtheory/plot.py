@@ -133,6 +133,81 @@ def _pick(frame: pd.DataFrame, loss: str | None, n: int | None) -> pd.DataFrame:
   return rows
 
 
+def _deepest(rows: pd.DataFrame, d: int | None) -> pd.DataFrame:
+  """The rows at width ``d`` (default the widest) of each arch's deepest model there."""
+  rows = rows[rows["d"] == (rows["d"].max() if d is None else d)]
+  return rows[rows["L"] == rows.groupby("arch")["L"].transform("max")]
+
+
+def _theorem_archs(rows: pd.DataFrame) -> pd.DataFrame:
+  """The Post-LN and Pre-LN rows (Theorem 1's archs)."""
+  return rows[rows["arch"].isin(list(theory.THEOREM_GAMMA))]
+
+
+def profile_cells(cells: pd.DataFrame) -> pd.DataFrame:
+  """The cells whose rows :func:`fig_hidden_norms` and :func:`fig_depth_metrics` draw at their defaults.
+
+  The figures' choices (:func:`_pick`'s loss, n and other columns, the widest d, each
+  arch's deepest L) depend on the cell columns alone, so applied to the distinct cells of
+  a table they give the cells of the rows drawn: a store is read one selection at a time.
+
+  Args:
+    cells: one row per cell of a table (columns ``schema.CELL_COLUMNS``).
+
+  Returns:
+    the rows of ``cells`` drawn.
+  """
+  return _deepest(_pick(cells, None, None), None)
+
+
+def ln_jacobian_cells(ln_cells: pd.DataFrame, hidden_cells: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+  """The cells :func:`fig_ln_jacobian` draws at its defaults (as :func:`profile_cells`, from the cells alone).
+
+  Args:
+    ln_cells, hidden_cells: one row per cell of the LN-Jacobian and hidden-norm tables.
+
+  Returns:
+    ``(right, left)``: the cells of the right panel (each arch's deepest at the widest d), and those
+    whose Lemma 3 points the left panel draws (:func:`lemma3_points`), sorted; both empty if the
+    picked cells hold no Post-LN or Pre-LN cell (the figure refuses those).
+  """
+  jac = _theorem_archs(_pick(ln_cells, None, None))
+  if jac.empty:
+    return jac, jac
+  states = _pick(hidden_cells, jac["loss"].iloc[0], int(jac["n"].iloc[0]))
+  left = jac[jac["arch"] == "pre"].merge(states[list(schema.CELL_COLUMNS)])
+  return _deepest(jac, None), left.sort_values(list(schema.CELL_COLUMNS), ignore_index=True)
+
+
+def cell_points(first: pd.DataFrame, states: pd.DataFrame, d: int) -> pd.DataFrame:
+  """Lemma 3's points of one cell: each stored Jacobian with ``√d/||x_l||`` of the state it reads.
+
+  Args:
+    first: the cell's LN-Jacobian rows that read x_l (columns ``seed``, ``layer``, ``value``).
+    states: the cell's hidden-norm rows (columns ``seed``, ``layer``, ``sq_norm``).
+    d: the cell's width.
+
+  Returns:
+    columns ``x`` (``√(d/sq_norm)``) and ``value``, in the order of ``first``'s rows with a state.
+
+  References:
+    Xiong et al. 2020, Lemma 3 (``||J_LN(x)||_2 = sqrt(d)/||x - mean(x)||`` at eps = 0).
+  """
+  pairs = first[["seed", "layer", "value"]].merge(states[["seed", "layer", "sq_norm"]], on=["seed", "layer"])
+  return pd.DataFrame({"x": np.sqrt(d / pairs["sq_norm"].to_numpy()), "value": pairs["value"].to_numpy()})
+
+
+def lemma3_points(first: pd.DataFrame, states: pd.DataFrame) -> pd.DataFrame:
+  """:func:`cell_points` of every cell of ``first`` (tidy LN-Jacobian rows) with its states (tidy hidden-norm
+  rows), cell after cell in sorted order: what a store read one cell at a time gives."""
+  keys = list(schema.CELL_COLUMNS)
+  by_cell = dict(list(states.groupby(keys, sort=False)))
+  cells = first.groupby(keys, sort=False)
+  pieces = [cell_points(cells.get_group(key), by_cell[key], int(key[keys.index("d")]))
+            for key in sorted(cells.groups) if key in by_cell]
+  return pd.concat(pieces, ignore_index=True) if pieces else pd.DataFrame({"x": [], "value": []})
+
+
 def _fits_series(fits: dict, arch: str, loss: str, n: int) -> dict | None:
   for s in fits["series"]:
     if (s["arch"], s["loss"], s["n"]) == (arch, loss, n):
@@ -381,9 +456,7 @@ def fig_hidden_norms(hidden: pd.DataFrame, d: int | None = None, loss: str | Non
   Returns:
     The Figure.
   """
-  rows = _pick(hidden, loss, n)
-  rows = rows[rows["d"] == (rows["d"].max() if d is None else d)]
-  rows = rows[rows["L"] == rows.groupby("arch")["L"].transform("max")].assign(ratio=lambda f: f["sq_norm"] / f["d"])
+  rows = _deepest(_pick(hidden, loss, n), d).assign(ratio=lambda f: f["sq_norm"] / f["d"])
   stats = fit.summarize(rows.drop(columns="sq_norm"), value="ratio")
   fig = Figure(figsize=(4.6, 3.6), layout="constrained")
   ax = fig.subplots()
@@ -532,7 +605,7 @@ def fig_local_exponent(fits: dict, loss: str | None = None, n: int | None = None
 
 
 def fig_ln_jacobian(ln_jacobian: pd.DataFrame, hidden: pd.DataFrame, d: int | None = None,
-                    loss: str | None = None, n: int | None = None) -> Figure:
+                    loss: str | None = None, n: int | None = None, points: pd.DataFrame | None = None) -> Figure:
   """LayerNorm Jacobians (Lemma 3): against the closed form on measured states, and per layer.
 
   Left: Pre-LN's stored ``||J_LN||₂`` at the first LayerNorm of every layer
@@ -551,24 +624,26 @@ def fig_ln_jacobian(ln_jacobian: pd.DataFrame, hidden: pd.DataFrame, d: int | No
     hidden: tidy hidden-norm table (for the left panel's states).
     d: width of the right panel (default the largest).
     loss, n: which loss and sequence length.
+    points: the left panel's points (columns ``x``, ``value``) if computed already, e.g. one cell at a
+      time from a store (:func:`ln_jacobian_cells`, :func:`cell_points`); default
+      :func:`lemma3_points` of ``ln_jacobian`` and ``hidden``. The left panel is rasterized (a
+      store's millions of points keep the PDF small).
 
   Returns:
     The Figure.
   """
-  jac = _pick(ln_jacobian, loss, n)
-  jac = jac[jac["arch"].isin(list(theory.THEOREM_GAMMA))]
+  jac = _theorem_archs(_pick(ln_jacobian, loss, n))
   if jac.empty:
     raise ValueError("no Post-LN or Pre-LN rows in the LN-Jacobian table")
   fig = Figure(figsize=(8.4, 3.6), layout="constrained")
   left, right = fig.subplots(1, 2)
-  first = jac[(jac["arch"] == "pre") & (jac["ln"] == 1)]
-  states = _pick(hidden, jac["loss"].iloc[0], int(jac["n"].iloc[0]))
-  keys = [*[c for c in jac.columns if c not in ("ln", "value")]]
-  pairs = first.merge(states, on=keys)
-  if not pairs.empty:
-    x = np.sqrt(pairs["d"] / pairs["sq_norm"])
-    left.plot(x, pairs["value"], color=arch_style("pre")["color"], marker=".", linestyle="none", markersize=2,
-              alpha=0.5, label="Pre-LN, first and final LN")
+  if points is None:
+    points = lemma3_points(jac[(jac["arch"] == "pre") & (jac["ln"] == 1)],
+                           _pick(hidden, jac["loss"].iloc[0], int(jac["n"].iloc[0])))
+  if not points.empty:
+    x = points["x"]
+    left.plot(x, points["value"], color=arch_style("pre")["color"], marker=".", linestyle="none", markersize=2,
+              alpha=0.5, label="Pre-LN, first and final LN", rasterized=True)
     lim = np.array([x.min(), x.max()])
     left.plot(lim, lim, color="k", linestyle="--", linewidth=1, label=r"Lemma 3: $\sqrt{d}/\Vert x-\bar x\Vert$")
     left.set(xscale="log", yscale="log")
@@ -578,9 +653,7 @@ def fig_ln_jacobian(ln_jacobian: pd.DataFrame, hidden: pd.DataFrame, d: int | No
     left.legend(fontsize=7)
   left.set(xlabel=r"$\sqrt{d}/\Vert x_l\Vert$ (stored hidden norm)", ylabel=r"stored $\Vert J_{\rm LN}\Vert_2$",
            title="Lemma 3 on measured states")
-  jac = jac[jac["d"] == (jac["d"].max() if d is None else d)]
-  jac = jac[jac["L"] == jac.groupby("arch")["L"].transform("max")]
-  stats = fit.summarize(jac, value="value")
+  stats = fit.summarize(_deepest(jac, d), value="value")
   for arch in _archs(stats):
     style = arch_style(arch)
     for k, (ln, st) in enumerate(stats[stats["arch"] == arch].groupby("ln")):
@@ -659,9 +732,7 @@ def fig_depth_metrics(depth: pd.DataFrame, d: int | None = None, loss: str | Non
   Returns:
     The Figure.
   """
-  rows = _pick(depth, loss, n)
-  rows = rows[rows["d"] == (rows["d"].max() if d is None else d)]
-  rows = rows[rows["L"] == rows.groupby("arch")["L"].transform("max")]
+  rows = _deepest(_pick(depth, loss, n), d)
   stats = fit.summarize(rows, value="value")
   fig = Figure(figsize=(11.0, 3.6), layout="constrained")
   axes = fig.subplots(1, len(DEPTH_METRIC_LABELS))
@@ -693,13 +764,14 @@ def fig_depth_metrics(depth: pd.DataFrame, d: int | None = None, loss: str | Non
 
 def figures(
     grad: pd.DataFrame, hidden: pd.DataFrame, fits: dict | None = None, depth: pd.DataFrame | None = None,
-    ln_jacobian: pd.DataFrame | None = None,
+    ln_jacobian: pd.DataFrame | None = None, ln_points: pd.DataFrame | None = None,
 ) -> dict[str, Figure]:
   """Every figure that the data allow, keyed by function name as in ``CAPTIONS``.
 
   fig_ratio needs post and pre; fig_local_exponent Post-LN or Pre-LN at >= 2 depths;
   fig_depth_metrics a depth-metric table ``depth``; fig_ln_jacobian an LN-Jacobian
-  table ``ln_jacobian`` with Post-LN or Pre-LN rows.
+  table ``ln_jacobian`` with Post-LN or Pre-LN rows (``ln_points``: its left panel's points, if
+  computed already: :func:`fig_ln_jacobian`).
   """
   fits = _ensure_fits(grad, fits, "W2")
   out = {
@@ -716,7 +788,7 @@ def figures(
   if depth is not None and not depth.empty:
     out["fig_depth_metrics"] = fig_depth_metrics(depth)
   if ln_jacobian is not None and ln_jacobian["arch"].isin(list(theory.THEOREM_GAMMA)).any():
-    out["fig_ln_jacobian"] = fig_ln_jacobian(ln_jacobian, hidden)
+    out["fig_ln_jacobian"] = fig_ln_jacobian(ln_jacobian, hidden, points=ln_points)
   return out
 
 

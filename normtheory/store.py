@@ -62,7 +62,9 @@ sweeps never interleave their writes.
 from __future__ import annotations
 
 import errno
+import functools
 import json
+import operator
 import os
 from collections.abc import Mapping, Sequence
 import socket
@@ -212,13 +214,40 @@ class Contents:
   def read(self, table: str, columns: Sequence[str] | None = None, where: pc.Expression | None = None) -> pd.DataFrame:
     """One table's rows (CSV rows first, then the parts in write order): only ``columns``, only the rows ``where``
     selects (a ``pyarrow.compute`` expression), as :func:`read` describes."""
+    return self._read(table, self.index.parts[table], columns, where)
+
+  def cells(self, table: str) -> frozenset[tuple]:
+    """The cells (``CELL_COLUMNS`` tuples) that a table holds rows of: from the parts' footers (and the rows
+    of an unconverted CSV table)."""
+    csv = parts.pairs_of(self.csv(table)) if table in self.csv_tables else []
+    return frozenset(pair[:-1] for pair in [*csv, *(p for part in self.index.parts[table] for p in part.pairs)])
+
+  def read_cell(self, table: str, cell: tuple, columns: Sequence[str] | None = None,
+                where: pc.Expression | None = None) -> pd.DataFrame:
+    """One cell's rows of a table (a ``CELL_COLUMNS`` tuple, as :meth:`cells` gives it), as :meth:`read` reads
+    them (same order), opening only the parts whose footers hold the cell. The selection tests only the cell
+    columns in which the table's cells differ (every row belongs to one of them), so the scan decodes those."""
+    cells = self.cells(table)
+    varying = [c for k, c in enumerate(CELL_COLUMNS) if any(other[k] != cell[k] for other in cells)]
+    selected = cell_selection(cell, varying) if where is None else cell_selection(cell, varying) & where
+    holding = [part for part in self.index.parts[table] if any(pair[:-1] == cell for pair in part.pairs)]
+    return self._read(table, holding, columns, selected)
+
+  def _read(self, table: str, table_parts: Sequence[parts.Part], columns: Sequence[str] | None,
+            where: pc.Expression | None) -> pd.DataFrame:
     pieces = []
     if table in self.csv_tables:
       csv = parts.plain(pa.Table.from_pandas(self.csv(table), preserve_index=False))
       pieces.append((csv if where is None else csv.filter(where)).select(list(columns or schema.TABLES[table])))
-    if self.index.parts[table] or not pieces:
-      pieces.append(parts.read(self.index.parts[table], table, columns, where))
+    if table_parts or not pieces:
+      pieces.append(parts.read(table_parts, table, columns, where))
     return parts.to_frame(parts.compact(pieces))
+
+
+def cell_selection(cell: tuple, columns: Sequence[str] = CELL_COLUMNS) -> pc.Expression:
+  """The selection of one cell's rows (a ``CELL_COLUMNS`` tuple) by its values in ``columns`` (default all)."""
+  values = dict(zip(CELL_COLUMNS, cell, strict=True))
+  return functools.reduce(operator.and_, (pc.field(c) == values[c] for c in columns), pc.scalar(True))
 
 
 def last_layer(param: str = "W2") -> pc.Expression:

@@ -184,3 +184,74 @@ def test_local_exponent_figure_draws_the_fits_and_the_mean_field_to_ten_thousand
   L_K = np.unique(np.geomspace(1, 10_000, 200).round().astype(int))
   np.testing.assert_allclose(curve.get_ydata(), theory.local_exponent("pre", 16, 4, L_K).gamma)
   assert curve.get_xdata()[-1] > 9_999 and abs(curve.get_ydata()[-1] - 0.5) < 0.01
+
+
+def _png(fig: Figure) -> bytes:
+  return plot.render(fig, "f", dpi=30)["f.png"]
+
+
+def _drawn(fig: Figure) -> list[tuple]:
+  """Every line of every axes, as (label, x data, y data)."""
+  return [(ln.get_label(), np.asarray(ln.get_xdata(), float), np.asarray(ln.get_ydata(), float))
+          for ax in fig.axes for ln in ax.get_lines()]
+
+
+def _assert_same_drawing(whole: Figure, per_cell: Figure) -> None:
+  a, b = _drawn(whole), _drawn(per_cell)
+  assert [label for label, *_ in a] == [label for label, *_ in b]
+  for (_, xa, ya), (_, xb, yb) in zip(a, b):
+    np.testing.assert_array_equal(xa, xb)
+    np.testing.assert_array_equal(ya, yb)
+  assert _png(whole) == _png(per_cell)
+
+
+def _assert_per_cell_reads_draw_the_whole_tables(results, tmp_path) -> None:
+  """make_figures.py's reads (the drawn rows, the Lemma 3 points one cell at a time) give the figures that the
+  whole tables give: the same lines, the same PNG bytes."""
+  frames = nt.load(results)
+  args = _make_figures().parse(["--results", str(results), "--out", str(tmp_path / "figs")])
+  assert len(args.hidden) < len(frames.hidden)
+  _assert_same_drawing(plot.fig_hidden_norms(frames.hidden), plot.fig_hidden_norms(args.hidden))
+  if not frames.depth.empty:
+    assert len(args.depth) < len(frames.depth)
+    _assert_same_drawing(plot.fig_depth_metrics(frames.depth), plot.fig_depth_metrics(args.depth))
+  if not frames.ln_jacobian.empty:
+    assert len(args.ln_jacobian) < len(frames.ln_jacobian)
+    _assert_same_drawing(plot.fig_ln_jacobian(frames.ln_jacobian, frames.hidden),
+                         plot.fig_ln_jacobian(args.ln_jacobian, args.hidden, points=args.ln_points))
+
+
+def test_lemma3_points_pair_each_jacobian_with_its_state(store):
+  """plot.lemma3_points (cell by cell) holds exactly the points of one merge of the whole tables on the cell,
+  seed and layer, x = sqrt(d / sq_norm): the same numbers, grouped by cell."""
+  _, hidden, path = store
+  first = fit.read_ln_jacobian(path).query("arch == 'pre' and ln == 1")
+  pairs = first.merge(hidden, on=[c for c in first.columns if c not in ("ln", "value")])
+  merged = np.sort(np.stack([np.sqrt(pairs["d"] / pairs["sq_norm"]), pairs["value"]]), axis=1)
+  points = plot.lemma3_points(first, hidden)
+  assert len(points) == len(pairs) > 0
+  np.testing.assert_array_equal(np.sort(points[["x", "value"]].to_numpy().T, axis=1), merged)
+
+
+def test_make_figures_reads_per_cell_what_the_whole_tables_draw(store, tmp_path):
+  """On the sweep's store (parts with hidden norms and LN Jacobians)."""
+  _assert_per_cell_reads_draw_the_whole_tables(store[2], tmp_path)
+
+
+def test_make_figures_reads_per_cell_what_the_whole_old_csv_store_draws(tmp_path):
+  """On the committed CSV store (hidden norms and depth metrics, no LN Jacobians)."""
+  _assert_per_cell_reads_draw_the_whole_tables(ROOT / "tests" / "data" / "store_8807192", tmp_path)
+
+
+def test_make_figures_reads_per_cell_what_the_whole_tables_draw_when_the_pick_is_not_the_widest(store, tmp_path):
+  """A store whose default pick (the first loss alphabetically, batch 1) holds only narrow, shallow cells of
+  it, beside wider ones of another loss and batch: the selection read from the index picks as the figures do."""
+  grad, hidden, path = store
+  ln = fit.read_ln_jacobian(path)
+  narrow = lambda f: f[(f["d"] == 8) & (f["L"] <= 2)].assign(loss="a_loss")  # noqa: E731
+  tables = {schema.GRAD_FILE: pd.concat([grad.assign(batch=2), narrow(grad)]),
+            schema.HIDDEN_FILE: pd.concat([hidden.assign(batch=2), narrow(hidden)]),
+            schema.LN_JACOBIAN_FILE: pd.concat([ln.assign(batch=2), narrow(ln)])}
+  results = nt.store.ResultsStore(tmp_path / "mixed", nt.load(path).meta["settings"])
+  results.write_chunk(tables)
+  _assert_per_cell_reads_draw_the_whole_tables(tmp_path / "mixed", tmp_path)

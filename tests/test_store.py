@@ -59,6 +59,25 @@ def test_a_selection_reads_the_rows_a_pandas_filter_keeps(tiny_store, tiny_frame
   pd.testing.assert_frame_equal(got, kept, check_exact=True)
 
 
+@pytest.mark.parametrize("which", ["parts", "csv"])
+def test_a_cell_reads_its_rows_of_the_whole_table_opening_only_the_parts_that_hold_it(which, tiny_store, monkeypatch):
+  """Contents.cells lists a table's cells (from the footers; a CSV table from its rows), and read_cell gives each
+  cell's rows of the whole table, in its order, reading only parts whose footers hold the cell."""
+  path = tiny_store if which == "parts" else OLD_STORE
+  contents, hidden = store.Contents(path), nt.load(path).hidden
+  keys = list(schema.CELL_COLUMNS)
+  assert contents.cells(schema.HIDDEN_FILE) == set(hidden[keys].drop_duplicates().itertuples(index=False, name=None))
+  read, opened = parts.read, []
+  monkeypatch.setattr(parts, "read", lambda some, *a, **k: opened.append(some) or read(some, *a, **k))
+  for cell in contents.cells(schema.HIDDEN_FILE):
+    got = contents.read_cell(schema.HIDDEN_FILE, cell, ["seed", "layer", "sq_norm"], pc.field("layer") > 1)
+    rows = hidden[(hidden[keys] == pd.Series(cell, index=keys)).all(axis=1) & (hidden.layer > 1)]
+    pd.testing.assert_frame_equal(got, rows[["seed", "layer", "sq_norm"]].reset_index(drop=True), check_exact=True)
+    assert all(any(pair[:-1] == cell for pair in part.pairs) for some in opened for part in some)
+    opened.clear()
+  assert len(contents.cells(schema.HIDDEN_FILE)) > 1
+
+
 def test_the_stored_pairs_come_from_the_footers_alone(tiny_store, tiny_frames, monkeypatch):
   """Listing the stored (cell, seed) pairs reads no value: with every value read disabled it equals the pairs
   of the loaded rows."""
