@@ -226,7 +226,8 @@ def _tick_label(y: float, _=None) -> str:
 def _log_ticks(ax, x_values=None) -> None:
   """Log axes with plain numbers: x ticks at the grid's values, y ticks without 10^k notation."""
   if x_values is not None:
-    ticks = _spread(x_values, 8)
+    wide = max(len(f"{v:g}") for v in x_values) > 4  # labels of 5 digits (d = 65536) collide at 8 ticks
+    ticks = _spread(x_values, 5 if wide else 8)
     ax.set_xticks(ticks, labels=[f"{v:g}" for v in ticks])
     ax.xaxis.set_minor_locator(ticker.NullLocator())
   ax.yaxis.set_major_formatter(ticker.FuncFormatter(_tick_label))
