@@ -741,6 +741,8 @@ def fig_depth_metrics(depth: pd.DataFrame, d: int | None = None, loss: str | Non
   for ax, (metric, label) in zip(axes, DEPTH_METRIC_LABELS.items()):
     for arch in _archs(stats):
       st = stats[(stats["arch"] == arch) & (stats["metric"] == metric)].sort_values("layer")
+      if st.empty:  # conditional weights report no removal_angle
+        continue
       L = _model(st)["L"]
       _band(ax, st["layer"] / L, st, arch_style(arch), f"{_label(arch)} ($L = {L}$)")
       if metric in ("rel_update", "cos_sim") and _covered(st, gradient=False):
