@@ -30,6 +30,15 @@ import numpy as np
 from normtheory import fit, store, theory
 
 
+def _estimate(value: float, ci) -> str:
+  """``value [lo, hi]`` to three decimals."""
+  return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def _or_dash(value: float | None) -> str:
+  return "-" if value is None else f"{value:.3f}"
+
+
 def width_rows(results: pathlib.Path, n_boot: int = 2000) -> list[str]:
   """Markdown rows: arch, L, widths, measured local exponent [CI], d√ln d's, 1."""
   grad = store.load(results).grad
@@ -45,7 +54,7 @@ def width_rows(results: pathlib.Path, n_boot: int = 2000) -> list[str]:
       alpha = np.log(mean_D[b] / mean_D[a]) / step
       lo, hi = np.percentile(np.log(boot_BxD[:, b] / boot_BxD[:, a]) / step, [2.5, 97.5])
       bound = 1 + np.log(np.log(widths[b]) / np.log(widths[a])) / (2 * step)
-      rows.append(f"| {arch} | {L} | {int(widths[a])} -> {int(widths[b])} | {alpha:.3f} [{lo:.3f}, {hi:.3f}] "
+      rows.append(f"| {arch} | {L} | {int(widths[a])} -> {int(widths[b])} | {_estimate(alpha, (lo, hi))} "
                   f"| {bound:.3f} | 1 |")
   return rows
 
@@ -82,9 +91,8 @@ def depth_rows(results: pathlib.Path) -> list[str]:
       continue
     for e in s["local_exponents"]:
       L_a, L_b = e["L"]
-      g, mf = e["gamma"], e.get("mean_field")
-      rows.append(f"| {s['arch']} | {L_a} -> {L_b} | {g['value']:.3f} [{g['ci'][0]:.3f}, {g['ci'][1]:.3f}] "
-                  f"| {'-' if mf is None else f'{mf:.3f}'} |")
+      g = e["gamma"]
+      rows.append(f"| {s['arch']} | {L_a} -> {L_b} | {_estimate(g['value'], g['ci'])} | {_or_dash(e.get('mean_field'))} |")
   return rows
 
 
@@ -95,9 +103,7 @@ def kappa_rows(results: pathlib.Path) -> list[str]:
   for e in fits.get("effective_depth", []):
     if e["arch"] in ("post", "pre") and e.get("metric", "rel_update") == "rel_update":
       k = e["kappa"]
-      mf = e.get("kappa_mean_field")
-      rows.append(f"| {e['arch']} | {e['L']} | {k['value']:.3f} [{k['ci'][0]:.3f}, {k['ci'][1]:.3f}] | "
-                  f"{'-' if mf is None else f'{mf:.3f}'} |")
+      rows.append(f"| {e['arch']} | {e['L']} | {_estimate(k['value'], k['ci'])} | {_or_dash(e.get('kappa_mean_field'))} |")
   return rows
 
 

@@ -127,32 +127,25 @@ def _rank_deficient_rows(key, dtype) -> dict[str, jax.Array]:
 def test_householder_qr_is_a_qr_of_any_rank(dtype, tol):
   """m = Rᵀ Qᵀ with Qᵀ's rows orthonormal and R upper triangular, also for repeated and dependent rows."""
   with jax.enable_x64(dtype == jnp.float64):
-    _check_householder(dtype, tol)
-
-
-def _check_householder(dtype, tol):
-  for name, m_kxa in _rank_deficient_rows(jax.random.key(0), dtype).items():
-    qt_kxa, r_kxk = jax.jit(layers._qr_rows)(m_kxa)
-    scale = float(jnp.abs(m_kxa).max())
-    np.testing.assert_allclose(r_kxk.T @ qt_kxa, m_kxa, atol=tol * 10 * scale, err_msg=name)
-    np.testing.assert_allclose(qt_kxa @ qt_kxa.T, np.eye(16), atol=tol * 10, err_msg=name)
-    np.testing.assert_array_equal(jnp.tril(r_kxk, -1), 0, err_msg=name)
+    for name, m_kxa in _rank_deficient_rows(jax.random.key(0), dtype).items():
+      qt_kxa, r_kxk = jax.jit(layers._qr_rows)(m_kxa)
+      scale = float(jnp.abs(m_kxa).max())
+      np.testing.assert_allclose(r_kxk.T @ qt_kxa, m_kxa, atol=tol * 10 * scale, err_msg=name)
+      np.testing.assert_allclose(qt_kxa @ qt_kxa.T, np.eye(16), atol=tol * 10, err_msg=name)
+      np.testing.assert_array_equal(jnp.tril(r_kxk, -1), 0, err_msg=name)
 
 
 @pytest.mark.parametrize("dtype, tol", [(jnp.float32, 2e-6), (jnp.float64, 1e-13)])
 def test_gram_factor_reproduces_the_gram_matrix_of_any_rank(dtype, tol):
   """Cᵀ C = m mᵀ to rounding, C upper triangular and finite, rank-deficient rows included (no inverse taken)."""
   with jax.enable_x64(dtype == jnp.float64):
-    _check_gram_factor(dtype, tol)
-
-
-def _check_gram_factor(dtype, tol):
-  for name, m_rxo in _rank_deficient_rows(jax.random.key(2), dtype).items():
-    c_rxr = jax.jit(layers.gram_factor)(m_rxo)
-    gram_rxr = m_rxo @ m_rxo.T
-    assert bool(jnp.isfinite(c_rxr).all()), name
-    np.testing.assert_allclose(c_rxr.T @ c_rxr, gram_rxr, atol=tol * 10 * float(jnp.abs(gram_rxr).max()), err_msg=name)
-    np.testing.assert_array_equal(jnp.tril(c_rxr, -1), 0, err_msg=name)
+    for name, m_rxo in _rank_deficient_rows(jax.random.key(2), dtype).items():
+      c_rxr = jax.jit(layers.gram_factor)(m_rxo)
+      gram_rxr = m_rxo @ m_rxo.T
+      assert bool(jnp.isfinite(c_rxr).all()), name
+      np.testing.assert_allclose(c_rxr.T @ c_rxr, gram_rxr, atol=tol * 10 * float(jnp.abs(gram_rxr).max()),
+                                 err_msg=name)
+      np.testing.assert_array_equal(jnp.tril(c_rxr, -1), 0, err_msg=name)
 
 
 def test_embedding_rows_are_drawn_once_per_token():
