@@ -132,16 +132,16 @@ def gram_factor(m_rxo: jax.Array) -> jax.Array:
   return jax.lax.fori_loop(0, r, column, jnp.zeros_like(gram_rxr)).T
 
 
-@jax.custom_vjp
-def _conditional_rows(a_rxi: jax.Array, w) -> jax.Array:
-  qt_kxi, r_kxr = _qr_rows(a_rxi)
-  return jnp.matmul(r_kxr.T, w.forward_normals(qt_kxi), precision=HIGHEST)
-
-
 def _conditional_rows_fwd(a_rxi, w):
+  """``a W = Rᵀ G_f`` and what the backward product needs of it (``Qᵀ``, ``G_f``, W's keys)."""
   qt_kxi, r_kxr = _qr_rows(a_rxi)
   g_kxo = w.forward_normals(qt_kxi)
   return jnp.matmul(r_kxr.T, g_kxo, precision=HIGHEST), (qt_kxi, g_kxo, w)
+
+
+@jax.custom_vjp
+def _conditional_rows(a_rxi: jax.Array, w) -> jax.Array:
+  return _conditional_rows_fwd(a_rxi, w)[0]
 
 
 def _conditional_rows_bwd(residuals, delta_rxo):
