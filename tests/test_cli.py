@@ -106,6 +106,28 @@ def test_cli_values_equal_the_library_api(tiny_store):
     np.testing.assert_allclose(merged["grad_norm_cli"], merged["grad_norm_api"], rtol=2e-6, atol=1e-7)
 
 
+def test_an_unpartitioned_prng_store_holds_its_own_draws_and_refuses_the_default(tmp_path, tiny_argv, capsys):
+  """--prng threefry2x32-unpartitioned: meta.json records it, the stored norms are the library's in that
+  layout (not the default layout's), and extending the store with the default --prng exits 2."""
+  from normtheory import prng
+
+  out = tmp_path / "unpartitioned"
+  argv = ["--arch", "pre", "--d", "8", "--L", "2", "--seeds", "2", "--n", "4", "--n-boot", "10", "--quiet"]
+  assert cli.main([*argv, "--prng", prng.UNPARTITIONED, "--out", str(out)]) == 0
+  assert json.loads((out / "meta.json").read_text())["settings"]["prng"] == prng.UNPARTITIONED
+  grad = store.read(out, schema.GRAD_FILE).sort_values(["seed", "layer", "param"])
+  cfg = nt.Config(arch="pre", d=8, L=2, n=4)
+  with prng.bit_layout(prng.UNPARTITIONED):
+    own = nt.grad_norms(cfg, seeds=2, key=prng.make_key(0, prng.UNPARTITIONED)).to_frame()
+  default = nt.grad_norms(cfg, seeds=2, key=0).to_frame()
+  for api, equal in [(own, True), (default, False)]:
+    api = api.sort_values(["seed", "layer", "param"])
+    assert np.allclose(grad["grad_norm"].to_numpy(), api["grad_norm"].to_numpy(), rtol=2e-6) == equal
+  capsys.readouterr()
+  assert cli.main([*argv, "--out", str(out)]) == 2
+  assert "prng" in capsys.readouterr().err
+
+
 def snapshot(directory: Path) -> dict[str, bytes]:
   """Every file under ``directory`` (hidden ones included), path -> bytes."""
   return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}

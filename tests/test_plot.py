@@ -88,6 +88,19 @@ def test_mean_field_overlay_only_where_the_predictor_applies(store, depth):
   assert "mean field" in _legend_texts(plot.fig_depth_metrics(depth))
 
 
+def test_depth_metrics_figure_leaves_a_metric_the_store_lacks_empty(depth):
+  """A conditional-weights store has no removal_angle rows: its panel is drawn empty, the other
+  panels as with every metric (make_figures crashed on such a store)."""
+  full = plot.fig_depth_metrics(depth)
+  lacking = plot.fig_depth_metrics(depth[depth.metric != "removal_angle"])
+  panels = dict(zip(plot.DEPTH_METRIC_LABELS, lacking.axes))
+  assert not panels["removal_angle"].lines
+  for metric, ax in panels.items():
+    if metric != "removal_angle":
+      before = full.axes[list(plot.DEPTH_METRIC_LABELS).index(metric)]
+      assert [line.get_ydata().tolist() for line in ax.lines] == [line.get_ydata().tolist() for line in before.lines]
+
+
 def test_mean_field_hidden_norms_follow_the_measurement(store):
   """The overlay of fig_hidden_norms is theory.mean_field's sq_norm_per_d at each layer, then its
   final_sq_norm_per_d at layer L+1 (Pre-LN, d=16, L=4): it lies within 25% of the plotted seed means
