@@ -10,9 +10,10 @@ in jnp beat it.
 ``threefry2x32-unpartitioned`` is the same Threefry-2x32 cipher with JAX's other layout of
 counters over an array (``jax.threefry_partitionable(False)``, JAX's default before 0.5): the
 numbers differ from ``threefry2x32``'s, their law does not, and on the 2-core CPU measured here
-(2026-12-01) it drew normals about twice as fast (1.28e8/s against 6.8e7/s for 16 × 327 680
-draws, 2.2e8/s against 9.9e7/s for 2048 × 2048). A layout is part of the name, so a store
-records it and refuses the other; a sweep traces its programs inside :func:`bit_layout`.
+(2026-12-01; ``experiments/benchmark.py``'s ``sampling_rate`` at d = 1024) it drew normals about
+twice as fast (1.3e8/s against 6.7e7/s). A layout is part of the name, so a store records it and
+refuses the other; the sweep CLI traces its programs inside :func:`bit_layout`, and a caller of the
+library API with such a key must enter it too.
 """
 
 from __future__ import annotations

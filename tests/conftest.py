@@ -3,10 +3,11 @@
 ``pytest -q`` runs every test (what ``.ci/run`` calls). ``pytest -q -m "not slow"`` is
 the fast tier. Both run on two pytest-xdist workers, one per core, each test file on one worker
 (``-n 2 --dist loadfile`` in pyproject.toml's ``addopts``; ``-n 0`` runs in one process), so the
-tests of a file share their compiled programs. (``--dist worksteal`` was measured: a file's tests
-then compile the same programs on both workers, and the suite took 1844 s against loadfile's 1800 s.) The long tests (fresh interpreters, two-process runs,
-the notebook, forced multi-device runs, Flax-built models, d = 256 / L = 96 models, training) carry
-``@pytest.mark.slow`` (the marker is registered in pyproject.toml).
+tests of a file share their compiled programs (``--dist worksteal`` was measured: a file's tests
+then compile the same programs on both workers, and the suite took 1844 s against 1800 s). The
+long tests (fresh interpreters, two-process runs, the notebook, forced multi-device runs, Flax-built
+models, d = 256 / L = 96 models, training) carry ``@pytest.mark.slow`` (the marker is registered in
+pyproject.toml).
 
 The whole session uses the sweep CLI's persistent compilation cache
 (``~/.cache/normtheory/xla``): a cold cache compiles every program once, a warm one

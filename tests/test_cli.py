@@ -19,7 +19,7 @@ import pytest
 import jax
 
 import normtheory as nt
-from normtheory import architectures, cli, fit, parts, sampling, schema, store
+from normtheory import architectures, cli, fit, parts, prng, sampling, schema, store
 from normtheory.layers import Taps, layer_norm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,11 +106,9 @@ def test_cli_values_equal_the_library_api(tiny_store):
     np.testing.assert_allclose(merged["grad_norm_cli"], merged["grad_norm_api"], rtol=2e-6, atol=1e-7)
 
 
-def test_an_unpartitioned_prng_store_holds_its_own_draws_and_refuses_the_default(tmp_path, tiny_argv, capsys):
+def test_an_unpartitioned_prng_store_holds_its_own_draws_and_refuses_the_default(tmp_path, capsys):
   """--prng threefry2x32-unpartitioned: meta.json records it, the stored norms are the library's in that
   layout (not the default layout's), and extending the store with the default --prng exits 2."""
-  from normtheory import prng
-
   out = tmp_path / "unpartitioned"
   argv = ["--arch", "pre", "--d", "8", "--L", "2", "--seeds", "2", "--n", "4", "--n-boot", "10", "--quiet"]
   assert cli.main([*argv, "--prng", prng.UNPARTITIONED, "--out", str(out)]) == 0
