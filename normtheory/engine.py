@@ -53,7 +53,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from normtheory import architectures, sampling
@@ -408,7 +408,8 @@ def _measure_chunk(
   S, p_keys, d_keys = _chunk_keys(keys_S)
   L_max = max(depths)
   L_arg = jnp.int32(L_max)  # only read by depth-dependent architectures (one depth per pass)
-  x = first_states(cfg, arch_names, p_keys, d_keys)
+  # placed as the steps place their outputs, so layer 1's steps are the programs of every other layer
+  x = jax.device_put(first_states(cfg, arch_names, p_keys, d_keys), NamedSharding(seed_mesh(), _SEEDS))
   xs, stats, kept = [x], [], {}  # device arrays, read back once the pass is done
   for l in range(1, L_max + 1):
     if kept_layers is None:
