@@ -23,7 +23,10 @@ persistent cache's read and write).
 Tests that read a results store share :func:`tiny_store`, written once per session by
 the sweep CLI, instead of each building its own; its grid is small enough that the
 engine compiles in seconds. Tests that reuse its grid (:func:`tiny_grid`,
-:func:`tiny_argv`) reuse the compiled steps too.
+:func:`tiny_argv`) reuse the compiled steps too. Under pytest-xdist the controller starts
+writing it in a child process before the workers start (:func:`pytest_sessionstart`), and the
+test files that read it or run its grid run after the others (:func:`pytest_collection_modifyitems`),
+so no worker sits idle waiting for it.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import fcntl  # noqa: E402
 import pathlib  # noqa: E402
 import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 
 import jax  # noqa: E402
 import matplotlib  # noqa: E402
@@ -55,6 +60,48 @@ cli.enable_compile_cache()
 TINY = {"archs": ("post", "pre"), "widths": (8, 16), "depths": (1, 2, 4), "seeds": 3, "n": 4}
 TINY_ARGV = ["--d", "8,16", "--L", "1..4", "--seeds", "3", "--n", "4", "--seed", "0", "--prng", "threefry2x32",
              "--n-boot", "20", "--quiet"]
+
+
+# Takes the tiny store's lock before importing normtheory, so a worker that needs the store waits for it.
+_WRITE_TINY_STORE = """
+import fcntl, pathlib, sys
+root = pathlib.Path(sys.argv[1])
+with open(root / "tiny_store.lock", "w") as lock:
+  fcntl.flock(lock, fcntl.LOCK_EX)
+  sys.path.insert(0, sys.argv[2])
+  from conftest import TINY_ARGV
+  from normtheory import cli
+  cli.enable_compile_cache()
+  if cli.main([*TINY_ARGV, "--out", str(root / "tiny_store")]) == 0:
+    (root / "tiny_store.done").touch()
+"""
+
+
+def pytest_sessionstart(session):
+  """The xdist controller starts writing :func:`tiny_store` in a child process (a worker that
+  finds no finished store under the lock writes it itself, as without xdist)."""
+  config = session.config
+  if hasattr(config, "workerinput") or not config.getoption("numprocesses", None):
+    return
+  root = config._tmp_path_factory.getbasetemp()  # the workers' temporary folders are under it (xdist's own use)
+  config._tiny_store_writer = subprocess.Popen([sys.executable, "-c", _WRITE_TINY_STORE, str(root),
+                                                str(pathlib.Path(__file__).parent)], stdout=subprocess.DEVNULL)
+
+
+def pytest_sessionfinish(session):
+  writer = getattr(session.config, "_tiny_store_writer", None)
+  if writer is not None:
+    writer.wait()
+
+
+TINY_FIXTURES = {"tiny_store", "tiny_grid", "tiny_argv"}  # tests that reuse the tiny store's compiled steps
+
+
+def pytest_collection_modifyitems(items):
+  """The test files that read :func:`tiny_store` or run its grid run after the others (the order within a
+  file kept), by when the store and its compiled steps are there."""
+  late = {item.path for item in items if TINY_FIXTURES & set(getattr(item, "fixturenames", ()))}
+  items.sort(key=lambda item: item.path in late)
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -127,6 +127,7 @@ def test_the_checked_in_old_store_loads_with_the_block_defaults():
   assert set(frames.grad["causal"]) == {0}
 
 
+@pytest.mark.slow
 def test_causal_uniform_attention_averages_the_first_i_positions():
   """Under W_Q = W_K = 0 with the causal mask, position i's attention output is the mean of x_1..x_i times
   W_V W_O (weights exactly 1/i), for every head count; without the mask every position gets the mean of all n."""
@@ -141,6 +142,7 @@ def test_causal_uniform_attention_averages_the_first_i_positions():
                                rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_rope_preserves_norms_and_makes_scores_depend_on_offsets_only():
   """RoPE rotates each pair: norms are kept, and the score of a query at position m and a key at m' is a
   function of m - m' (RoFormer's Eq. (34) property): shifting both sequences by one position keeps it."""
@@ -158,6 +160,7 @@ def test_rope_preserves_norms_and_makes_scores_depend_on_offsets_only():
     np.testing.assert_allclose(rotated[:, 0], v_nxhxc[:, 0], rtol=1e-15)  # position 0 is not rotated
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm", ["rmsnorm", "dyt", "derf"])
 def test_pointwise_and_rms_norms_are_their_equations(norm):
   """RMSNorm is x / sqrt(mean(x²) + eps); DyT at init tanh(alpha0 x); Derf at init erf(alpha0 x); the reported
@@ -180,16 +183,16 @@ def test_pointwise_and_rms_norms_are_their_equations(norm):
 ENGINE_SETTINGS = {
     "derf-swiglu-causal-rope": dict(norm="derf", alpha0=0.8, ffn="swiglu", causal=True, attention="xavier",
                                     positions="rope", heads=2),
-    "rmsnorm-gelu": pytest.param(dict(norm="rmsnorm", ffn="gelu"), marks=pytest.mark.slow),
-    "dyt-causal": pytest.param(dict(norm="dyt", causal=True), marks=pytest.mark.slow),
+    "rmsnorm-gelu": dict(norm="rmsnorm", ffn="gelu"),
+    "dyt-causal": dict(norm="dyt", causal=True),
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extra", list(ENGINE_SETTINGS.values()), ids=list(ENGINE_SETTINGS))
 def test_engine_equals_the_reference_model_for_every_new_field_value(extra):
   """Post and Pre, float64: the fast engine's per-layer gradient norms (W3 and the DyT/Derf parameters
-  included, the final norm's at layer L + 1) equal jax.grad of the NNX model's parameter pytree to 1e-10
-  (the fast tier runs one setting that holds a pointwise norm, SwiGLU, the mask and RoPE at once)."""
+  included, the final norm's at layer L + 1) equal jax.grad of the NNX model's parameter pytree to 1e-10."""
   base = nt.Config(d=8, n=4, L=2, dtype="float64", **extra)
   measured = engine.measure_archs(base, ("post", "pre"), [2], np.arange(2), jax.random.key(3))
   for arch in ("post", "pre"):
@@ -206,6 +209,7 @@ def test_engine_equals_the_reference_model_for_every_new_field_value(extra):
     np.testing.assert_allclose(fast.ln_jacobian, ref.ln_jacobian, rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_a_dyt_cell_stores_its_norm_parameters_and_final_norm_at_layer_L_plus_1():
   """The tidy grad table of a Pre-DyT cell holds W1..W3 and dyt{1,2}_{alpha,gamma,beta} at layers 1..L and
   the final DyT's dyt1_* at layer L + 1, with the block's cell columns."""

@@ -59,6 +59,7 @@ def test_store_has_the_contract_columns_and_every_row(tiny_store):
   assert (tiny_store / "fits.json").exists()
 
 
+@pytest.mark.slow
 def test_stored_ln_jacobians_and_last_state_equal_their_definitions(tiny_store):
   """Lemma 3 on the store: every ln_jacobian.csv value of Pre-LN (d=8, L=4) equals the spectral norm
   of the LayerNorm's Jacobian computed numerically (jax.jacfwd, then SVD) at that LN's input in a plain
@@ -106,6 +107,7 @@ def test_cli_values_equal_the_library_api(tiny_store):
     np.testing.assert_allclose(merged["grad_norm_cli"], merged["grad_norm_api"], rtol=2e-6, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_an_unpartitioned_prng_store_holds_its_own_draws_and_refuses_the_default(tmp_path, capsys):
   """--prng threefry2x32-unpartitioned: meta.json records it, the stored norms are the library's in that
   layout (not the default layout's), and extending the store with the default --prng exits 2."""

@@ -73,6 +73,7 @@ def _algebra(cfg, archs, depths=(1, 3), seeds=2) -> float:
 SMALL = dict(d=8, n=4, dtype="float64")
 
 
+@pytest.mark.slow
 def test_projections_of_explicit_weights_reproduce_the_explicit_engine(explicit_projections):
   """Post and Pre sharing a pass, two depths: every grad norm, hidden norm, LN Jacobian and loss."""
   assert _algebra(nt.Config(**SMALL), ("post", "pre")) < 1e-10
@@ -98,6 +99,7 @@ def test_projections_reproduce_every_relaxation(explicit_projections, relaxation
   assert _algebra(cfg, ("post", "pre")) < 1e-10
 
 
+@pytest.mark.slow
 def test_conditional_depth_metrics_are_the_forward_pass_of_the_projections(explicit_projections):
   """rel_update and cos_sim under conditional weights equal the explicit ones given the projections;
   removal_angle (a second use of every weight) is not reported."""
@@ -109,6 +111,7 @@ def test_conditional_depth_metrics_are_the_forward_pass_of_the_projections(expli
   np.testing.assert_allclose(conditional.value, kept.value, rtol=1e-10)
 
 
+@pytest.mark.slow
 def test_a_cells_numbers_do_not_depend_on_the_pass_or_the_chunk():
   """(base key, seed, cell, weights kind) fix a cell's numbers: Pre at L = 3 alone, one seed per call,
   equals Pre at L = 3 measured beside Post and depth 1 (to float64 rounding, a different program)."""
@@ -132,7 +135,7 @@ def _rank_deficient_rows(key, dtype) -> dict[str, jax.Array]:
           "nearly equal": m[:1] + 1e-3 * noise}
 
 
-@pytest.mark.parametrize("dtype, tol", [(jnp.float32, 2e-6), (jnp.float64, 1e-13)])
+@pytest.mark.parametrize("dtype, tol", [pytest.param(jnp.float32, 2e-6, marks=pytest.mark.slow), (jnp.float64, 1e-13)])
 def test_householder_qr_is_a_qr_of_any_rank(dtype, tol):
   """m = Rᵀ Qᵀ with Qᵀ's rows orthonormal and R upper triangular, also for repeated and dependent rows."""
   with jax.enable_x64(dtype == jnp.float64):
@@ -223,6 +226,7 @@ def test_a_store_holds_one_kind_of_weights(tiny_store_copy, tiny_argv, stderr_li
   assert {p.name: p.read_bytes() for p in tiny_store_copy.iterdir() if p.is_file()} == before
 
 
+@pytest.mark.slow
 def test_conditional_store_records_its_kind(tmp_path, tiny_argv):
   out = tmp_path / "cond"
   assert cli.main([*tiny_argv, "--d", "8", "--L", "1,2", "--weights", "conditional", "--out", str(out)]) == 0

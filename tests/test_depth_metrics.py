@@ -27,6 +27,7 @@ def _rotate_and_scale(x_nxd, l):
   return scale * x_nxd @ rot
 
 
+@pytest.mark.slow
 def test_stack_metrics_equal_hand_computed_values():
   """Rotation by theta and scaling by s: rel_update = sqrt(s² - 2 s cos theta + 1),
   cos_sim = cos theta, and removing a layer rotates the output back by theta: angle theta/pi."""
@@ -37,7 +38,8 @@ def test_stack_metrics_equal_hand_computed_values():
   np.testing.assert_allclose(got["removal_angle"], THETA_L / np.pi, rtol=1e-4)
 
 
-@pytest.mark.parametrize("arch", ["pre", pytest.param("deepnorm", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["pre", "deepnorm"])
 def test_depth_metrics_match_a_python_loop(arch):
   """depth_metrics (scan, vmap over seeds and removed layers, jit) equals a float64 numpy
   recomputation from a plain loop over arch.layer with the engine's keys; tolerance 1e-4."""
@@ -70,6 +72,7 @@ def test_depth_metrics_match_a_python_loop(arch):
       np.testing.assert_allclose(got, values, rtol=1e-4, atol=1e-4, err_msg=name)
 
 
+@pytest.mark.slow
 def test_removing_an_identity_layer_gives_angle_zero():
   """A Pre-LN layer with W_V = W2 = 0 is exactly the identity: removing it changes nothing
   (angle exactly 0, rel_update 0, cos_sim 1), while removing any other layer does."""

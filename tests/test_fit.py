@@ -66,6 +66,7 @@ def test_power_law_recovers_alpha_and_gamma_within_a_tight_ci():
   assert p["r2"] > 0.99
 
 
+@pytest.mark.slow
 def test_bootstrap_cis_cover_the_true_exponents_at_close_to_nominal_rate():
   """Over 40 independent noise draws, the 95% CIs of α and γ contain the truth at least 85% of the time."""
   hits_alpha = hits_gamma = 0

@@ -33,14 +33,8 @@ def _loss_of_params(cfg, seed_key):
   return loss, params
 
 
-FAST_PAIRS = {("post", "linear")}  # the fast tier's representative; the rest run in the slow tier
-
-
-def _tiered(pairs):
-  return [pytest.param(*pair, marks=() if pair in FAST_PAIRS else pytest.mark.slow) for pair in pairs]
-
-
-@pytest.mark.parametrize("arch, loss", _tiered(itertools.product(["post", "pre"], ["linear", "xent", "mse"])))
+@pytest.mark.slow
+@pytest.mark.parametrize("arch, loss", list(itertools.product(["post", "pre"], ["linear", "xent", "mse"])))
 def test_jax_grad_matches_float64_central_differences(arch, loss):
   """dLoss/dW from jax.grad equals float64 central finite differences for entries of W2, W1, W_V."""
   with jax.enable_x64(True):
@@ -61,9 +55,8 @@ def test_jax_grad_matches_float64_central_differences(arch, loss):
       assert abs(fd - exact) <= 1e-7 * max(1.0, abs(exact)), (name, index, fd, exact)
 
 
-@pytest.mark.parametrize(
-    "arch, loss", _tiered([(arch, "linear") for arch in nt.ARCHS] + [("post", "xent"), ("pre", "mse")])
-)
+@pytest.mark.slow
+@pytest.mark.parametrize("arch, loss", [(arch, "linear") for arch in nt.ARCHS] + [("post", "xent"), ("pre", "mse")])
 def test_engine_equals_reference_float64(arch, loss):
   """The flat-memory engine (Gram norms, weights redrawn per step) equals jax.grad of the NNX model to 1e-10."""
   cfg = nt.Config(arch=arch, loss=loss, dtype="float64", **SMALL)
@@ -86,6 +79,7 @@ def test_engine_equals_reference_float32():
     np.testing.assert_allclose(fast.grad_norm[name], ref.grad_norm[name], rtol=2e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_shared_forward_pass_equals_separate_depths():
   """Measuring depths 2 and 5 in one pass equals measuring each depth on its own (to float64 rounding:
   the backward pass batches the two depths' cotangents)."""
@@ -131,6 +125,7 @@ def test_jit_vmap_scan_equal_nojit_loop_unrolled():
     np.testing.assert_allclose(fast[s], slow, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_query_key_gradients_exist_and_are_zero():
   """W_Q = W_K = 0 are real parameters: jax.grad returns them, and at init their gradient is exactly 0."""
   with jax.enable_x64(True):  # float64 like the finite-difference test, so it reuses its compiled ops

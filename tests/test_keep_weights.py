@@ -105,6 +105,7 @@ def test_draw_weights_counts_every_distinct_weight_once():
   assert engine.draw_weights(xavier, ("deepnorm",), (1, 3), np.arange(2), KEY) == 2 * (1 + 3) * (4 * d * d + 2 * d * f)
 
 
+@pytest.mark.slow
 def test_drawn_params_are_the_random_part_of_layer_params():
   """layer_params = with_constants(drawn_params): the drawn matrices are the same arrays, and the rest
   (W_Q = W_K = 0 under uniform attention, the biases) are zeros."""

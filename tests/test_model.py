@@ -10,6 +10,7 @@ from normtheory import layers, sampling
 from normtheory.config import PARAM_NAMES
 
 
+@pytest.mark.slow
 def test_zero_query_key_makes_attention_uniform():
   """W_Q = W_K = 0: every position gets the same output, mean_j x_j W_V W_O."""
   cfg = nt.Config(d=16, n=5)

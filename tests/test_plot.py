@@ -75,6 +75,7 @@ def _legend_texts(fig) -> set[str]:
   return {t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()}
 
 
+@pytest.mark.slow
 def test_mean_field_overlay_only_where_the_predictor_applies(store, depth):
   """The mean-field curves appear on the gradient figures for the linear loss only (the predictor's
   loss), and always on the hidden norms and depth metrics, which do not depend on the loss."""
@@ -88,6 +89,7 @@ def test_mean_field_overlay_only_where_the_predictor_applies(store, depth):
   assert "mean field" in _legend_texts(plot.fig_depth_metrics(depth))
 
 
+@pytest.mark.slow
 def test_depth_metrics_figure_leaves_a_metric_the_store_lacks_empty(depth):
   """A conditional-weights store has no removal_angle rows: its panel is drawn empty, the other
   panels as with every metric (make_figures crashed on such a store)."""
@@ -122,6 +124,7 @@ def test_pre_ln_band_is_lemma2_shifted_by_one_layer():
   np.testing.assert_allclose(hi, [1.0, 2.5, 7.0])
 
 
+@pytest.mark.slow
 def test_make_figures_writes_every_figure_and_captions(store, tmp_path, capsys):
   """make_figures.py on a real store without depth metrics writes PNG+PDF of every other figure (the
   LN Jacobians included) and captions.md, and prints the verdict without an effective-depth block."""
@@ -246,16 +249,19 @@ def test_lemma3_points_pair_each_jacobian_with_its_state(store):
   np.testing.assert_array_equal(np.sort(points[["x", "value"]].to_numpy().T, axis=1), merged)
 
 
+@pytest.mark.slow
 def test_make_figures_reads_per_cell_what_the_whole_tables_draw(store, tmp_path):
   """On the sweep's store (parts with hidden norms and LN Jacobians)."""
   _assert_per_cell_reads_draw_the_whole_tables(store[2], tmp_path)
 
 
+@pytest.mark.slow
 def test_make_figures_reads_per_cell_what_the_whole_old_csv_store_draws(tmp_path):
   """On the committed CSV store (hidden norms and depth metrics, no LN Jacobians)."""
   _assert_per_cell_reads_draw_the_whole_tables(ROOT / "tests" / "data" / "store_8807192", tmp_path)
 
 
+@pytest.mark.slow
 def test_make_figures_reads_per_cell_what_the_whole_tables_draw_when_the_pick_is_not_the_widest(store, tmp_path):
   """A store whose default pick (the first loss alphabetically, batch 1) holds only narrow, shallow cells of
   it, beside wider ones of another loss and batch: the selection read from the index picks as the figures do."""

@@ -253,6 +253,7 @@ def toy_list():
   return _toy_probe("list")
 
 
+@pytest.mark.slow
 def test_probe_of_the_list_model_equals_jax_grad_taken_by_hand(toy_list):
   """Every row equals ||jax.grad|| of the same weights and batch (keys fold_in(key, s), params 0 / data 1)."""
   with jax.enable_x64(True):
@@ -270,6 +271,7 @@ def test_probe_of_the_list_model_equals_jax_grad_taken_by_hand(toy_list):
                                                                                   rel=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["dict", "scan", "plain_list", "plain_scan"])
 def test_every_layout_of_the_same_weights_gives_the_same_rows(toy_list, how):
   """nnx.Dict, nnx.vmap/nnx.scan, a plain-JAX list and a lax.scan-stacked pytree: same (seed, layer, param) rows as
@@ -284,6 +286,7 @@ def test_every_layout_of_the_same_weights_gives_the_same_rows(toy_list, how):
   assert set(got.loc[got["layer"].isna(), "param"]) == {"inp", "out"}
 
 
+@pytest.mark.slow
 def test_chunks_do_not_change_the_numbers(toy_list):
   """chunk=2 over 3 seeds (the last chunk padded) gives the rows of one call over all seeds."""
   chunked = _toy_probe("list", chunk=2)
@@ -291,6 +294,7 @@ def test_chunks_do_not_change_the_numbers(toy_list):
   assert (chunked["seed"] == toy_list["seed"]).all() and (chunked["path"] == toy_list["path"]).all()
 
 
+@pytest.mark.slow
 def test_bad_model_or_loss_is_refused():
   """make_model must return a Module or (apply_fn, params); loss_fn a scalar."""
   batch = lambda k: jnp.ones((N, 2))
@@ -321,6 +325,7 @@ def _zero_half(d, key):
   return jax.random.normal(key, (N, d)) * (jax.random.uniform(jax.random.fold_in(key, 7)) > 0.5)
 
 
+@pytest.mark.slow
 def test_a_model_whose_loss_is_nan_at_init_is_flagged_and_counted_not_crashed_on():
   """Every seed NaN: every row flagged, the summary says 3 of 3; fit_groups names no behaviour."""
   frame = probe.grad_norms(lambda k: _Normed(2, nnx.Rngs(k)), lambda k: jnp.zeros((N, D)), lambda m, x: m(x), seeds=3)
@@ -328,6 +333,7 @@ def test_a_model_whose_loss_is_nan_at_init_is_flagged_and_counted_not_crashed_on
   assert "non-finite loss: 3 of 3 seeds" in probe.summary(frame)
 
 
+@pytest.mark.slow
 def test_seeds_with_a_nan_loss_are_flagged_counted_and_left_out_of_the_fits():
   """Rows flagged exactly for the seeds whose batch is zero; the fits use the other seeds and say how many were out."""
   seeds = 6
@@ -359,6 +365,7 @@ def _toy_sweep(out, seeds, cell, calls=None):
                            seeds=seeds, cell=cell, out=out)
 
 
+@pytest.mark.slow
 def test_depth_sweep_stores_resumes_and_adds_only_new_seeds(tmp_path):
   """probe_norms/ = cell columns, d, L, the probe's columns, one Parquet part per (d, L) measured; a rerun
   measures nothing and writes nothing, more seeds add a part of only the new; a store with other cell columns
@@ -385,6 +392,7 @@ def test_depth_sweep_stores_resumes_and_adds_only_new_seeds(tmp_path):
   assert {p: p.read_bytes() for p in folder.iterdir()} == before
 
 
+@pytest.mark.slow
 def test_an_old_probe_csv_keeps_loading_and_new_rows_go_to_parts(tmp_path):
   """A probe_norms.csv written before Parquet reads as before; a sweep on it skips its stored seeds and adds the
   new ones as a part beside it (the CSV is kept as it was)."""

@@ -168,6 +168,7 @@ def test_a_store_made_before_the_relaxations_opens_and_is_complete(tmp_path):
     store.ResultsStore(old, settings | {"tied": True})
 
 
+@pytest.mark.slow
 def test_uniform_attention_is_the_same_for_any_number_of_heads():
   """W_Q = W_K = 0: every head's softmax is exactly 1/n, so H heads give mean_j x_j W_V W_O, as one head."""
   cfg = nt.Config(d=16, n=5)
@@ -179,6 +180,7 @@ def test_uniform_attention_is_the_same_for_any_number_of_heads():
     np.testing.assert_allclose(out, jnp.broadcast_to(expected_bxd[:, None], out.shape), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_multi_head_attention_equals_a_loop_over_heads_and_sequences():
   """Xavier W_Q, W_K: H heads of width d/H, each softmax(q_h k_h^T / sqrt(d/H)) v_h within one sequence,
   concatenated and times W_O, recomputed in float64 numpy one sequence and one head at a time."""
@@ -234,6 +236,7 @@ def test_text_windows_are_next_token_pairs_of_the_language_reference():
     assert starts.size >= 1
 
 
+@pytest.mark.slow
 def test_embedded_text_rows_have_the_mean_square_of_gaussian_inputs():
   """x_i = sqrt((V+d)/4) E[t_i] + P_i with E Xavier-Gaussian: the token part has entries of variance 1/2,
   the positions mean square exactly 1/2 (even d), so E||x_i||²/d = 1 as for N(0, I) rows
@@ -251,6 +254,7 @@ def test_embedded_text_rows_have_the_mean_square_of_gaussian_inputs():
   assert float(jax.vmap(mean_square)(keys).mean()) == pytest.approx(1.0, rel=0.03)
 
 
+@pytest.mark.slow
 def test_residual_streams_follow_their_definition():
   """ResiDual (Xie et al. 2023): its stream a is exactly the Post-LN state with the same weights
   (a <- LN(a + F(a)) per sublayer), its stream b is x plus the sum of every sublayer's output F(a),

@@ -51,6 +51,7 @@ def test_out_of_memory_halves_the_chunk_and_retries(tmp_path, monkeypatch, capsy
   pd.testing.assert_frame_equal(clean, retried)
 
 
+@pytest.mark.slow
 def test_failed_cells_exit_1_after_storing_every_other_cell(tmp_path, monkeypatch, capsys):
   """A pass that raises is reported; the other cells are stored; the process exits non-zero."""
 
@@ -69,6 +70,7 @@ def test_failed_cells_exit_1_after_storing_every_other_cell(tmp_path, monkeypatc
   assert any("failed_cells" in p for p in meta["problems"])
 
 
+@pytest.mark.slow
 def test_nonfinite_norms_are_flagged_never_averaged(tmp_path, nan_in_pre_w2, capsys):
   """A NaN norm is stored as NaN, warned about, listed in meta.json, shown as NON-FINITE in the summary,
   and left out of the fits (with a count)."""
@@ -83,8 +85,9 @@ def test_nonfinite_norms_are_flagged_never_averaged(tmp_path, nan_in_pre_w2, cap
   assert any("nonfinite" in p for p in json.loads((out / "meta.json").read_text())["problems"])
 
 
-def test_merged_process_parts_equal_a_single_process_run(tmp_path):
-  """Two processes' parts (seeds split s % 2) merged by process 0 equal one process measuring all seeds."""
+def test_merged_process_parts_equal_a_single_process_run(tmp_path, tiny_store):
+  """Two processes' parts (seeds split s % 2) merged by process 0 equal one process measuring all seeds.
+  (After the session's tiny store: its d = 8 programs, three seeds per call, are the ones run here.)"""
   settings = {"dtype": "float32", "eps": 1e-6, "base_seed": 0, "prng": "threefry2x32", "vocab": 1000}
   base = Config(d=8, n=4)
   key = prng.make_key(0, "threefry2x32")
@@ -110,11 +113,10 @@ STORE_ARGS = ["--d", "8", "--L", "1,2", "--seeds", "2", "--n", "4", "--n-boot", 
 
 
 @pytest.fixture(scope="module")
-def template_store(tmp_path_factory):
-  """A complete store of a tiny grid, made by the CLI."""
-  out = tmp_path_factory.mktemp("template") / "store"
-  assert cli.main([*STORE_ARGS, "--out", str(out)]) == 0
-  return out
+def template_store(tiny_store):
+  """A complete store of a tiny grid, made by the CLI (the session's :func:`tiny_store`, whose grid holds
+  every cell of ``STORE_ARGS``: a sweep of ``STORE_ARGS`` on it measures nothing). Tests copy it."""
+  return tiny_store
 
 
 def snapshot(directory: Path) -> dict[str, bytes]:
@@ -400,6 +402,7 @@ def test_make_figures_on_an_empty_missing_or_partial_store_exits_2_and_writes_no
   assert not (tmp_path / "figs").exists()
 
 
+@pytest.mark.slow
 def test_make_figures_writes_no_file_when_a_figure_fails_to_draw(template_store, tmp_path, monkeypatch, capsys):
   """Every figure is drawn in memory first: one that fails leaves the output folder exactly as it was."""
   figs = tmp_path / "figs"

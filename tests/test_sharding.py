@@ -48,6 +48,7 @@ def test_four_devices_equal_one_device_with_uneven_seeds(tmp_path):
   np.testing.assert_array_equal(one, four)
 
 
+@pytest.mark.slow
 def test_a_seed_does_not_depend_on_the_seeds_sharing_its_call():
   """Seeds 0, 1, 2 measured in calls of at most 2 give seeds 1 and 2 exactly what one call of seeds 1, 2
   gives, on this process's devices (the forced multi-device version is the slow test above)."""

@@ -23,6 +23,7 @@ def _sorted(frame: pd.DataFrame, extra: str | None = None) -> pd.DataFrame:
   return frame.sort_values(keys).reset_index(drop=True)
 
 
+@pytest.mark.slow
 def test_measure_grid_equals_the_cli_store_bit_for_bit(tiny_grid, tiny_frames):
   """measure_grid over the CLI's grid (same base seed and seeds) gives exactly the CLI's grad and hidden
   tables: the same passes of the same engine, and CSV round trips float64 exactly."""
@@ -33,6 +34,7 @@ def test_measure_grid_equals_the_cli_store_bit_for_bit(tiny_grid, tiny_frames):
   assert frames.meta is None and frames.fits is None
 
 
+@pytest.mark.slow
 def test_a_sample_depends_only_on_the_key_and_its_seed_index(tiny_grid, tiny_frames):
   """Seeds [2, 0, 1] instead of 0..2 (same base key): every (cell, seed) row is bit for bit the store's."""
   frames = nt.measure_grid(**{**tiny_grid, "seeds": [2, 0, 1]}, key=0)

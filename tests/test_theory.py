@@ -73,6 +73,7 @@ def test_lemma3_ln_jacobian_spectral_norm(eps):
 # --- Lemma 2 ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_lemma2_post_x5_sq_norm():
   """Lemma 2 (Post-LN): E||x5||² = 3d/2 for x5 = x3 + FFN(x3), x3 = LN(x + Attn(x)), built from
   the layer's blocks; 64 weight draws × 16 rows at d=256 (std of the mean ~0.6%), tolerance 2%."""

@@ -49,6 +49,7 @@ def test_gauss_hermite_pair_expectations_equal_sampled_means(name, fn, k_ii, k_j
 
 
 @pytest.mark.parametrize("norm, removed", [("layernorm", 2), ("rmsnorm", 1)])
+@pytest.mark.slow
 def test_rms_norm_jacobian_removes_one_direction_layer_norm_two(norm, removed):
   """Step 6's factor: at eps = 0, ``E_y||J(x)^T y||² = trace(J J^T) = (d - k)/s²`` with s the norm's scale
   (LayerNorm: the std, k = 2, the mean and z removed; RMSNorm: the rms, k = 1, z only), exactly per row
