@@ -258,7 +258,7 @@ def test_wide_sweep_without_weights_flag_warns_before_measuring(tmp_path, capsys
 # ----------------------------------------------------------------------------------------------
 # The law: conditional against explicit, two-sample tests on disjoint seeds.
 
-LAW_SEEDS = 2000
+LAW_SEEDS = 1000
 LAW_L = 4
 
 
