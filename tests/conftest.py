@@ -6,8 +6,11 @@ the fast tier. Both run on two pytest-xdist workers, one per core, each test fil
 tests of a file share their compiled programs (``--dist worksteal`` was measured: a file's tests
 then compile the same programs on both workers, and the suite took 1844 s against 1800 s). The
 long tests (fresh interpreters, two-process runs, the notebook, forced multi-device runs, Flax-built
-models, d = 256 / L = 96 models, training) carry ``@pytest.mark.slow`` (the marker is registered in
-pyproject.toml).
+models, d = 256 / L = 96 models, training) and every test that compiles a model of its own (the
+engine, the reference model, a probed model: seconds of XLA compilation each, cold) carry
+``@pytest.mark.slow`` (the marker is registered in pyproject.toml). The fast tier is then the
+closed-form lemmas, the fitters, the PRNG, the QR and Gram factor, and the store, CLI, figure and
+report contracts on the session's :func:`tiny_store`: under a minute cold.
 
 The whole session uses the sweep CLI's persistent compilation cache
 (``~/.cache/normtheory/xla``): a cold cache compiles every program once, a warm one
