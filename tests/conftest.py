@@ -92,8 +92,10 @@ def pytest_sessionstart(session):
 
 
 def pytest_sessionfinish(session):
+  """A run that never needed the tiny store (``-k``, a few files) does not wait for it."""
   writer = getattr(session.config, "_tiny_store_writer", None)
   if writer is not None:
+    writer.terminate()
     writer.wait()
 
 
