@@ -483,9 +483,8 @@ def _measure(args, axes, argv, base, main_store, results, info: dict, leader: bo
     results.start_run(run_info(argv) | info | {"chunk": args.chunk, "max_memory": max_memory, "redraw": args.redraw})
     with tqdm(total=total, initial=complete, unit="cell", disable=args.quiet or not leader) as bar:
       key = prng.make_key(args.seed, args.prng)
-      with prng.bit_layout(args.prng):
-        failures = sweep.run(passes, results, key, args.chunk, bar.update, depth=args.depth_metrics, warn=_warn,
-                             max_memory=max_memory, redraw=args.redraw)
+      failures = sweep.run(passes, results, key, args.chunk, bar.update, depth=args.depth_metrics, warn=_warn,
+                           max_memory=max_memory, redraw=args.redraw)
   say(f"measured in {time.perf_counter() - start:.1f} s")
   return failures
 
