@@ -85,6 +85,7 @@ def test_nonfinite_norms_are_flagged_never_averaged(tmp_path, nan_in_pre_w2, cap
   assert any("nonfinite" in p for p in json.loads((out / "meta.json").read_text())["problems"])
 
 
+@pytest.mark.slow
 def test_merged_process_parts_equal_a_single_process_run(tmp_path, tiny_store):
   """Two processes' parts (seeds split s % 2) merged by process 0 equal one process measuring all seeds.
   (After the session's tiny store: its d = 8 programs, three seeds per call, are the ones run here.)"""

@@ -84,6 +84,7 @@ def test_measure_grid_rejects_bad_input_before_measuring(kwargs, word, monkeypat
     nt.measure_grid(args.pop("archs"), args.pop("widths"), args.pop("depths"), n=4, **args)
 
 
+@pytest.mark.slow
 def test_measure_grid_warns_about_non_finite_values_and_keeps_them(tiny_grid, nan_in_pre_w2):
   """A NaN from the engine is returned as measured (never dropped) and reported as a RuntimeWarning."""
   with pytest.warns(RuntimeWarning, match="non-finite values in pre loss=linear d=8 L=2: W2 x1"):
