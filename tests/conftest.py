@@ -65,24 +65,26 @@ TINY_ARGV = ["--d", "8,16", "--L", "1..4", "--seeds", "3", "--n", "4", "--seed",
              "--n-boot", "20", "--quiet"]
 
 
-# Takes the tiny store's lock before importing normtheory, so a worker that needs the store waits for it.
-_WRITE_TINY_STORE = """
-import fcntl, pathlib, sys
-root = pathlib.Path(sys.argv[1])
-with open(root / "tiny_store.lock", "w") as lock:
-  fcntl.flock(lock, fcntl.LOCK_EX)
-  sys.path.insert(0, sys.argv[2])
-  from conftest import TINY_ARGV
-  from normtheory import cli
-  cli.enable_compile_cache()
-  if cli.main([*TINY_ARGV, "--out", str(root / "tiny_store")]) == 0:
-    (root / "tiny_store.done").touch()
-"""
+def write_tiny_store(root: pathlib.Path) -> pathlib.Path:
+  """``root/tiny_store``, written by ``cli.main(TINY_ARGV)`` unless it is already there: under a lock
+  file in ``root``, so the one process that writes it is the first to take the lock, and a
+  ``tiny_store.done`` marker says it is complete."""
+  out, done = root / "tiny_store", root / "tiny_store.done"
+  with open(root / "tiny_store.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not done.exists():
+      assert cli.main([*TINY_ARGV, "--out", str(out)]) == 0
+      done.touch()
+  return out
+
+
+_WRITE_TINY_STORE = ("import pathlib, sys; sys.path.insert(0, sys.argv[2]); import conftest; "
+                     "conftest.write_tiny_store(pathlib.Path(sys.argv[1]))")
 
 
 def pytest_sessionstart(session):
-  """The xdist controller starts writing :func:`tiny_store` in a child process (a worker that
-  finds no finished store under the lock writes it itself, as without xdist)."""
+  """The xdist controller starts :func:`write_tiny_store` in a child process (a worker that takes the
+  lock first, or finds no finished store after a failed child, writes it itself)."""
   config = session.config
   if hasattr(config, "workerinput") or not config.getoption("numprocesses", None):
     return
@@ -140,14 +142,7 @@ def tiny_store(tmp_path_factory, worker_id) -> pathlib.Path:
     out = tmp_path_factory.mktemp("tiny_store")
     assert cli.main([*TINY_ARGV, "--out", str(out)]) == 0
     return out
-  root = tmp_path_factory.getbasetemp().parent
-  out, done = root / "tiny_store", root / "tiny_store.done"
-  with open(root / "tiny_store.lock", "w") as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    if not done.exists():
-      assert cli.main([*TINY_ARGV, "--out", str(out)]) == 0
-      done.touch()
-  return out
+  return write_tiny_store(tmp_path_factory.getbasetemp().parent)
 
 
 @pytest.fixture
