@@ -110,14 +110,9 @@ def test_merged_process_parts_equal_a_single_process_run(tmp_path, tiny_store):
 
 # --- The store under bad or concurrent use -------------------------------------------------------
 
+# The session's tiny store (conftest) holds every cell of this grid: a sweep of STORE_ARGS on a copy of it
+# measures nothing. Tests copy it before they change it.
 STORE_ARGS = ["--d", "8", "--L", "1,2", "--seeds", "2", "--n", "4", "--n-boot", "10", "--quiet"]
-
-
-@pytest.fixture(scope="module")
-def template_store(tiny_store):
-  """A complete store of a tiny grid, made by the CLI (the session's :func:`tiny_store`, whose grid holds
-  every cell of ``STORE_ARGS``: a sweep of ``STORE_ARGS`` on it measures nothing). Tests copy it."""
-  return tiny_store
 
 
 def snapshot(directory: Path) -> dict[str, bytes]:
@@ -160,10 +155,10 @@ CORRUPTIONS = {
 
 
 @pytest.fixture(scope="module")
-def csv_template(template_store, tmp_path_factory):
+def csv_template(tiny_store, tmp_path_factory):
   """The template store in the CSV layout of stores written before Parquet (its own export)."""
   out = tmp_path_factory.mktemp("csv_template") / "store"
-  store.export_csv(template_store, out)
+  store.export_csv(tiny_store, out)
   return out
 
 
@@ -219,16 +214,16 @@ PART_CORRUPTIONS = {
 
 @pytest.mark.parametrize("name", list(PART_CORRUPTIONS))
 def test_a_part_that_cannot_be_trusted_is_refused_with_one_line_and_left_byte_for_byte(
-    template_store, tmp_path, stderr_line, name):
+    tiny_store, tmp_path, stderr_line, name):
   """A half-written or unreadable part, one without its footer record or disagreeing with it, one of another
   layout, or a part that repeats stored (cell, seed) pairs: exit status 2, one stderr line naming that file,
   and every byte of the store unchanged."""
   out = tmp_path / "store"
-  shutil.copytree(template_store, out)
+  shutil.copytree(tiny_store, out)
   edit, words = PART_CORRUPTIONS[name]
   files = set(out.rglob("*.parquet"))
   edit(out)
-  changed = [p for p in out.rglob("*.parquet") if p not in files or p.read_bytes() != (template_store / p.relative_to(out)).read_bytes()]
+  changed = [p for p in out.rglob("*.parquet") if p not in files or p.read_bytes() != (tiny_store / p.relative_to(out)).read_bytes()]
   before = snapshot(out)
   assert cli.main([*STORE_ARGS, "--out", str(out)]) == 2
   line = stderr_line()
@@ -262,11 +257,11 @@ def test_a_setting_missing_from_an_old_meta_json_counts_as_its_default(tmp_path)
     store.ResultsStore(tmp_path, {k: v for k, v in settings.items() if k != "vocab"}, defaults={})
 
 
-def test_a_second_sweep_on_a_locked_store_refuses_naming_the_owner(template_store, tmp_path, stderr_line):
+def test_a_second_sweep_on_a_locked_store_refuses_naming_the_owner(tiny_store, tmp_path, stderr_line):
   """While another writer holds DIR/.lock, the CLI exits 2 with one line naming the owner's pid and the lock
   file, and writes nothing; the holder's release removes the lock file."""
   out = tmp_path / "store"
-  shutil.copytree(template_store, out)
+  shutil.copytree(tiny_store, out)
   with store.StoreLock(out):
     before = snapshot(out)
     assert cli.main([*STORE_ARGS, "--out", str(out)]) == 2
@@ -283,11 +278,11 @@ def dead_pid() -> int:
   return child.pid
 
 
-def test_a_stale_lock_of_a_dead_process_is_taken_over(template_store, tmp_path):
+def test_a_stale_lock_of_a_dead_process_is_taken_over(tiny_store, tmp_path):
   """A lock file left by a killed sweep (its pid dead, no flock held) does not block the next sweep, which
   completes and removes it."""
   out = tmp_path / "store"
-  shutil.copytree(template_store, out)
+  shutil.copytree(tiny_store, out)
   stale = {"pid": dead_pid(), "host": socket.gethostname(), "since": "2026-01-01T00:00:00"}
   (out / ".lock").write_text(json.dumps(stale))
   assert cli.main([*STORE_ARGS, "--out", str(out)]) == 0
@@ -392,10 +387,10 @@ FIGURE_STORES = {
 
 @pytest.mark.parametrize("name", list(FIGURE_STORES))
 def test_make_figures_on_an_empty_missing_or_partial_store_exits_2_and_writes_nothing(
-    template_store, tmp_path, stderr_line, name):
+    tiny_store, tmp_path, stderr_line, name):
   """make_figures.py on a store it cannot draw: exit status 2, one stderr line, and no figure folder."""
   results = tmp_path / "store"
-  shutil.copytree(template_store, results)
+  shutil.copytree(tiny_store, results)
   damage, words = FIGURE_STORES[name]
   damage(results)
   assert _make_figures().main(["--results", str(results), "--out", str(tmp_path / "figs"), "--n-boot", "10"]) == 2
@@ -404,7 +399,7 @@ def test_make_figures_on_an_empty_missing_or_partial_store_exits_2_and_writes_no
 
 
 @pytest.mark.slow
-def test_make_figures_writes_no_file_when_a_figure_fails_to_draw(template_store, tmp_path, monkeypatch, capsys):
+def test_make_figures_writes_no_file_when_a_figure_fails_to_draw(tiny_store, tmp_path, monkeypatch, capsys):
   """Every figure is drawn in memory first: one that fails leaves the output folder exactly as it was."""
   figs = tmp_path / "figs"
   figs.mkdir()
@@ -418,6 +413,6 @@ def test_make_figures_writes_no_file_when_a_figure_fails_to_draw(template_store,
     return real_render(fig, name, dpi)
 
   monkeypatch.setattr(plot, "render", failing_render)
-  status = _make_figures().main(["--results", str(template_store), "--out", str(figs), "--n-boot", "10"])
+  status = _make_figures().main(["--results", str(tiny_store), "--out", str(figs), "--n-boot", "10"])
   assert status == 2 and "simulated drawing failure" in capsys.readouterr().err
   assert snapshot(figs) == before
