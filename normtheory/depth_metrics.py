@@ -44,6 +44,7 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 
 import jax
@@ -92,16 +93,14 @@ def stack_metrics(layer: Callable, final: Callable, x_nxd: jax.Array, L: int, re
   """
   layers_L = jnp.arange(1, L + 1, dtype=jnp.int32)
 
-  def forward(x, l):
+  def forward(x, l):  # the layer's scalars, not its states: memory flat in L
     x_next = layer(x, l)
-    return x_next, (x, x_next)
+    rel_update = jnp.linalg.norm((x_next - x).reshape(-1)) / jnp.linalg.norm(x.reshape(-1))
+    return x_next, (rel_update, jnp.vdot(_unit(x), _unit(x_next)))
 
-  _, (x_in_Lxnxd, x_next_Lxnxd) = jax.lax.scan(forward, x_nxd, layers_L)
-  change_L = jnp.linalg.norm((x_next_Lxnxd - x_in_Lxnxd).reshape(L, -1), axis=-1)
-  size_L = jnp.linalg.norm(x_in_Lxnxd.reshape(L, -1), axis=-1)
-  cos_L = jax.vmap(lambda a, b: jnp.vdot(_unit(a), _unit(b)))(x_in_Lxnxd, x_next_Lxnxd)
+  _, (rel_update_L, cos_L) = jax.lax.scan(forward, x_nxd, layers_L)
   if not removal:
-    return {"rel_update": change_L / size_L, "cos_sim": cos_L}
+    return {"rel_update": rel_update_L, "cos_sim": cos_L}
 
   # Model r skips layer r (r = 0 skips none), one forward pass each; the reference
   # output is computed the same way, so skipping an exact identity gives angle 0.
@@ -114,7 +113,7 @@ def stack_metrics(layer: Callable, final: Callable, x_nxd: jax.Array, L: int, re
 
   out_Rxnxd = jax.lax.map(output_without, jnp.arange(L + 1, dtype=jnp.int32))
   removal_L = jax.vmap(lambda out: angle(out, out_Rxnxd[0]))(out_Rxnxd[1:])
-  return {"rel_update": change_L / size_L, "cos_sim": cos_L, "removal_angle": removal_L}
+  return {"rel_update": rel_update_L, "cos_sim": cos_L, "removal_angle": removal_L}
 
 
 def sample_metrics(cfg: Config, seed_key: jax.Array) -> dict[str, jax.Array]:
@@ -154,11 +153,43 @@ def depth_metrics(cfg: Config, seeds: int | Sequence[int] = 8, key=0) -> pd.Data
     tidy DataFrame, one row per (seed, layer, metric), columns ``COLUMNS`` (no
     ``removal_angle`` rows under conditional weights).
   """
+  return depth_metrics_of_depths(cfg, (cfg.L,), seeds, key)
+
+
+def shares_one_pass(cfg: Config) -> bool:
+  """Whether the metrics of ``cfg`` at depth L are those of its deepest model's first L layers:
+  no ``removal_angle`` (conditional weights) and layers that do not depend on L."""
+  return cfg.weights == "conditional" and not architectures.get(cfg.arch).depends_on_depth
+
+
+def depth_metrics_of_depths(cfg: Config, depths: Sequence[int], seeds: int | Sequence[int] = 8, key=0) -> pd.DataFrame:
+  """:func:`depth_metrics` of ``cfg`` at each of ``depths``, one frame (``cfg.L`` ignored).
+
+  Where :func:`shares_one_pass`, one forward pass of the deepest model gives every depth's
+  rows (its first L layers are the L-layer model); otherwise each depth is its own pass.
+
+  Args:
+    cfg: the model (its L replaced by each of ``depths``).
+    depths: the depths.
+    seeds, key: as in :func:`depth_metrics`.
+
+  Returns:
+    the frames of the depths, concatenated in the order of ``depths``.
+  """
   seeds_S = seed_indices(seeds)
+  depths = [int(L) for L in depths]
+  passes = [max(depths)] if shares_one_pass(cfg) else depths
   with jax.enable_x64(cfg.dtype == "float64"):
     keys_S = sampling.seed_keys(as_key(key), seeds_S)
-    values = jax.jit(jax.vmap(lambda k: sample_metrics(cfg, k)))(keys_S)
-    values = {name: np.asarray(v, np.float64) for name, v in values.items()}
-  layers_L = np.arange(1, cfg.L + 1)
-  return schema.tidy_frame(schema.DEPTH_FILE, schema.cell_of(cfg), seeds_S, layers_L,
-                           {name: values[name] for name in METRICS if name in values}, "metric")
+    values = {}
+    for L_pass in passes:
+      pass_cfg = dataclasses.replace(cfg, L=L_pass)
+      values[L_pass] = {name: np.asarray(v, np.float64)
+                        for name, v in jax.jit(jax.vmap(lambda k: sample_metrics(pass_cfg, k)))(keys_S).items()}
+  frames = []
+  for L in depths:
+    of_pass = values[L if L in values else max(depths)]
+    frames.append(schema.tidy_frame(schema.DEPTH_FILE, schema.cell_of(dataclasses.replace(cfg, L=L)), seeds_S,
+                                    np.arange(1, L + 1), {name: of_pass[name][:, :L] for name in METRICS
+                                                          if name in of_pass}, "metric"))
+  return pd.concat(frames, ignore_index=True)

@@ -167,7 +167,11 @@ def pass_depth_metrics(results: Sequence[GradNorms], base_key: jax.Array) -> pd.
   Returns:
     tidy frame, columns ``depth_metrics.COLUMNS``, one row per (cell, seed, layer, metric).
   """
-  frames = [depth_metrics.depth_metrics(r.config, r.seeds, base_key) for r in results]
+  by_model = {}  # the cells of one model but for L (and their seeds): one call, one pass where the depths share it
+  for r in results:
+    by_model.setdefault((dataclasses.replace(r.config, L=1), tuple(r.seeds)), []).append(r.config.L)
+  frames = [depth_metrics.depth_metrics_of_depths(cfg, depths, list(seeds), base_key)
+            for (cfg, seeds), depths in by_model.items()]
   return pd.concat(frames, ignore_index=True)
 
 
