@@ -118,8 +118,10 @@ def build_parser() -> ArgumentParser:
   p.add_argument("--dtype", default="float32", help="float32 | float64")
   p.add_argument("--chunk", type=int, default=None, help="seeds per compiled call (default: from --max-memory)")
   p.add_argument("--max-memory", default=None,
-                 help="memory budget of one compiled call, e.g. 2G or 512M: the seeds per call and how many layers' "
-                      "weights are kept for the backward pass follow from it (default: a quarter of the free memory)")
+                 help="the whole process's peak memory, e.g. 2G or 512M: what the process does not hold yet, less "
+                      f"{engine.RUNTIME_RESERVE // 2**20}M for compiling, bounds each compiled call, whose seeds and "
+                      "kept layers follow from it; too small for one seed: exit 2 before anything runs (default: each "
+                      "call a quarter of the free memory)")
   p.add_argument("--redraw", action="store_true",
                  help="draw every layer's weights again in the backward pass instead of keeping them "
                       "(the slower path before weights were kept; the same numbers)")
@@ -368,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     return usage_exit(PROG, e)
   if args.compile_cache != "none":
     enable_compile_cache(args.compile_cache)
+  engine.give_freed_memory_back()  # this process's resident memory is then what --max-memory bounds
   if not args.weights_given and max(axes["d"]) >= WIDE:
     _warn(weights_cost_line(args, axes, base, sampling_rate()))
   if args.distributed and not distributed.supervised():
@@ -391,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
   try:
     failures = _measure(args, axes, argv, base, main_store, main_store, {}, leader=True)
     _report(args, axes, main_store)
+  except UsageError as e:  # found once the grid is planned, before anything is measured or written
+    return usage_exit(PROG, e)
   finally:
     lock.release()
   return _failed(failures)
@@ -432,7 +437,7 @@ def _main_distributed(args, axes, argv, settings, base) -> int:
       if count and process != cluster.index:
         _warn(f"process {process}: {count} passes failed (its output says which cells)")
     return max(_failed(failures), int(any(failed.values())))
-  except store.StoreError as e:
+  except (store.StoreError, UsageError) as e:
     cluster.abort(2, str(e))
   except KeyboardInterrupt:
     cluster.abort(130, "interrupted")
@@ -476,15 +481,24 @@ def _measure(args, axes, argv, base, main_store, results, info: dict, leader: bo
                                 stored, d_ff=args.d_ff)
   total = len(axes["arch"]) * len(axes["loss"]) * len(axes["d"]) * len(axes["L"])
   say(f"{total} cells: {complete} already stored in {args.out}, {total - complete} to measure")
-  max_memory = args.max_memory or engine.default_max_memory()
+  if args.max_memory is None:
+    call_bytes, memory = engine.default_max_memory(), {"memory_budget": "call"}
+  else:  # the whole process's: what it holds before compiling anything, and the compiler's reserve, are not the calls'
+    call_bytes, memory = engine.call_budget(args.max_memory), {"memory_budget": "process"}
+    if passes and (lacking := sweep.memory_shortfall(passes, call_bytes)):
+      raise UsageError(f"--max-memory {args.max_memory / 2**30:.3g} GiB is too small: this process holds "
+                       f"{engine.resident_bytes() / 2**30:.3g} GiB and keeps {engine.RUNTIME_RESERVE / 2**30:.3g} "
+                       f"GiB for compiling, and one seed per device of this grid needs {lacking / 2**30:.3g} GiB "
+                       f"more: give at least {(args.max_memory + lacking) / 2**30:.3g} GiB")
   start = time.perf_counter()
   failures = []
   if passes:
-    results.start_run(run_info(argv) | info | {"chunk": args.chunk, "max_memory": max_memory, "redraw": args.redraw})
+    memory |= {"max_memory": args.max_memory or call_bytes, "call_memory": call_bytes}
+    results.start_run(run_info(argv) | info | {"chunk": args.chunk, "redraw": args.redraw} | memory)
     with tqdm(total=total, initial=complete, unit="cell", disable=args.quiet or not leader) as bar:
       key = prng.make_key(args.seed, args.prng)
       failures = sweep.run(passes, results, key, args.chunk, bar.update, depth=args.depth_metrics, warn=_warn,
-                           max_memory=max_memory, redraw=args.redraw)
+                           max_memory=call_bytes, redraw=args.redraw)
   say(f"measured in {time.perf_counter() - start:.1f} s")
   return failures
 

@@ -7,9 +7,10 @@ L d×d gradients. This engine computes the same numbers with memory flat in dept
   function of ``fold_in(params key, l)`` (:func:`normtheory.sampling.layer_params`).
   The forward step draws them and hands the drawn matrices back; the backward step of
   a kept layer reads them instead of drawing again. How many seeds one call holds and
-  how many layers' weights it keeps follow from a memory budget (:func:`plan_memory`);
-  a layer whose weights do not fit is drawn again in the backward pass, as is every
-  layer with ``redraw=True`` (the path before weights were kept, for timing it).
+  how many layers' weights it keeps follow from a memory budget (:func:`plan_memory`):
+  every layer is kept when that fits two seeds per device, else every layer is drawn
+  again in the backward pass (measured faster), as with ``redraw=True`` (the path before
+  weights were kept); a fixed seed chunk keeps the layers that fit and redraws the rest.
   Either way the numbers are bit for bit the same. Besides the kept weights only the
   hidden states ``x_l`` (B×n×d per layer) are kept.
 * **No d×d gradient.** Every dense product ``a @ W`` gets a zero perturbation on
@@ -44,9 +45,12 @@ References:
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import functools
 import os
+import resource
+import sys
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -529,6 +533,42 @@ def default_max_memory() -> int:
 
 
 UNLIMITED = 2**62  # a budget that every plan fits
+# Held back from a whole-process budget for what the engine's buffers are not: XLA's compilations
+# and its working memory beside the planned buffers (measured, README "Performance").
+RUNTIME_RESERVE = 256 * 2**20
+
+
+def resident_bytes() -> int:
+  """This process's resident memory now (Linux: ``VmRSS``; elsewhere its peak so far)."""
+  try:
+    with open("/proc/self/status") as status:
+      return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
+  except (OSError, StopIteration):
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def give_freed_memory_back() -> bool:
+  """Make this process return the large buffers it frees to the OS at once (glibc's ``mallopt``:
+  a fixed mmap threshold of 1 MiB), so that its resident memory is what it holds. By default
+  glibc raises that threshold to the size of the buffers freed, serves the next ones from its
+  heap and keeps the freed pages: a sweep's second call of 4 seeds then peaked 0.25 GB above its
+  first (d = 512, 24 layers kept). Returns whether it was set (False off glibc)."""
+  try:
+    libc = ctypes.CDLL("libc.so.6")
+  except OSError:
+    return False
+  M_MMAP_THRESHOLD = -3
+  return bool(libc.mallopt(M_MMAP_THRESHOLD, 2**20))
+
+
+def call_budget(process_bytes: int) -> int:
+  """The bytes one engine call may hold so that the whole process, which holds
+  :func:`resident_bytes` now, stays within ``process_bytes``: what is left of it less
+  :data:`RUNTIME_RESERVE` (at least 0). Meant to be taken once, before the first call: memory
+  a call frees stays with the process (its allocator) and is what the next call reuses.
+  """
+  return max(0, process_bytes - resident_bytes() - RUNTIME_RESERVE)
 
 
 class SeedBytes(NamedTuple):
@@ -568,6 +608,12 @@ def seed_bytes(cfg: Config, arch_names, depths) -> SeedBytes:
   return SeedBytes(item * (states + work + vocab_rows * cfg.d), item * kept)
 
 
+# Keeping pays only with several seeds per call: measured on 2 CPU cores (README, Performance), the
+# d = 512 grid kept for 3 seeds per call ran 0.81x its redrawn time, while d = 1024 kept for one seed per
+# call ran 1.39x (91 layers kept) and 0.99x (all 96) its redrawn time, at 3 and 7 times its memory.
+KEPT_SEEDS_PER_DEVICE = 2
+
+
 class MemoryPlan(NamedTuple):
   """How one shared pass is cut into engine calls."""
 
@@ -581,10 +627,10 @@ def plan_memory(
   """Seeds per call and kept layers of one shared pass, within ``max_memory`` bytes.
 
   Every layer's weights are kept, in as few calls as then fit (as even as the device
-  count allows); when one call's worth of seeds (one per device) cannot keep them all,
-  the call keeps the weights of as many layers as fit (the bottom ones) and the others
-  are drawn again in the backward pass, which costs a second draw of those layers but
-  no more memory.
+  count allows), when a call can keep them all for :data:`KEPT_SEEDS_PER_DEVICE` seeds per
+  device (or for every seed, if fewer); otherwise every layer is drawn again in the backward
+  pass, with as many seeds per call as then fit. With a fixed ``chunk`` the call keeps the
+  weights of as many layers as fit (the bottom ones) and draws the others again.
 
   Args:
     cfg, arch_names, depths: the pass (:func:`seed_bytes`).
@@ -606,15 +652,13 @@ def plan_memory(
     return MemoryPlan(min(chunk, seeds) if chunk else _balanced(seeds, max(1, most_seeds(need.fixed))), None)
   L_max = max(depths)
   planned = chunk is None
-  if planned:
+  if planned:  # keep every layer of at least two seeds per device per call, or redraw every layer
     full = most_seeds(need.fixed + L_max * need.per_kept_layer)
-    if full:
+    if full >= min(seeds, KEPT_SEEDS_PER_DEVICE * devices):
       return MemoryPlan(_balanced(seeds, full), L_max)
-    chunk = min(seeds, devices)  # one seed per device keeps the most layers
+    return MemoryPlan(_balanced(seeds, max(1, most_seeds(need.fixed))), None)
   chunk = min(chunk, seeds)
   kept = int(np.clip((max_memory // _padded(chunk) - need.fixed) // need.per_kept_layer, 0, L_max))
-  if planned and not kept:  # nothing kept: as many seeds per call as fit
-    chunk = _balanced(seeds, max(1, most_seeds(need.fixed)))
   return MemoryPlan(chunk, kept)
 
 

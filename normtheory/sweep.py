@@ -175,6 +175,14 @@ def pass_depth_metrics(results: Sequence[GradNorms], base_key: jax.Array) -> pd.
   return pd.concat(frames, ignore_index=True)
 
 
+def memory_shortfall(passes: Sequence[Pass], max_memory: int) -> int:
+  """The bytes a call of ``max_memory`` bytes lacks to run the smallest call of some pass (one seed
+  per device, no weights kept); 0 when every pass fits."""
+  smallest = max((jax.local_device_count() * engine.seed_bytes(p.base, p.archs, p.depths).fixed for p in passes),
+                 default=0)
+  return max(0, smallest - max_memory)
+
+
 def seed_chunks(p: Pass, chunk: int | None, max_memory: int | None = None, redraw: bool = False) -> list[tuple[int, ...]]:
   """The seed chunks a pass is measured and stored in: as many seeds as the engine measures per call.
 

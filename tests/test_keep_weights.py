@@ -8,6 +8,10 @@ budget arithmetic is checked on its own, without compiling anything.
 """
 
 import dataclasses
+import os
+import pathlib
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -21,6 +25,7 @@ from normtheory import cli, engine, prng, sampling
 from normtheory.config import Config, preset
 
 KEY = prng.make_key(0, "threefry2x32")
+SCRIPT = pathlib.Path(__file__).parents[1] / "experiments" / "grad_scaling.py"
 
 
 def _budget_keeping(cfg, archs, depths, chunk, layers):
@@ -128,46 +133,58 @@ PLAN_DEPTHS = (6, 12, 24)
 @settings(max_examples=200, deadline=None)
 @given(budget=st.integers(1, 2**28), seeds=st.integers(1, 20), fixed_chunk=st.none() | st.integers(1, 20))
 def test_plan_fits_the_budget_and_keeps_as_much_as_fits(budget, seeds, fixed_chunk):
-  """A plan holds at most the budget (unless one seed without kept weights already exceeds it: then one
-  seed, nothing kept); keeping one more layer would exceed it; with every layer kept, one call fewer
-  would exceed it; a fixed chunk is kept as given (at most the seed count)."""
+  """A plan holds at most the budget (unless one seed per device without kept weights already exceeds
+  it: then that, nothing kept). Planned: every layer kept when that fits two seeds per device (or every
+  seed), in as few calls as fit; else every layer redrawn. A fixed chunk is kept as given (at most the
+  seed count) and keeps as many layers as fit: one more would exceed the budget."""
   need = engine.seed_bytes(PLAN_CFG, ("post", "pre"), PLAN_DEPTHS)
-  L_max = max(PLAN_DEPTHS)
+  L_max, devices = max(PLAN_DEPTHS), jax.local_device_count()
   plan = engine.plan_memory(PLAN_CFG, ("post", "pre"), PLAN_DEPTHS, seeds, budget, fixed_chunk)
-  held = lambda chunk, kept: engine._padded(chunk) * (need.fixed + kept * need.per_kept_layer)
-  assert 1 <= plan.chunk <= seeds and 0 <= plan.kept_layers <= L_max
+  held = lambda chunk, kept: engine._padded(chunk) * (need.fixed + (kept or 0) * need.per_kept_layer)
+  assert 1 <= plan.chunk <= seeds
   if fixed_chunk is not None:
-    assert plan.chunk == min(fixed_chunk, seeds)
-  if held(plan.chunk, plan.kept_layers) > budget:
-    assert plan.kept_layers == 0 and (plan.chunk == 1 or fixed_chunk is not None)
+    assert plan.chunk == min(fixed_chunk, seeds) and 0 <= plan.kept_layers <= L_max
+    if held(plan.chunk, plan.kept_layers) <= budget and plan.kept_layers < L_max:
+      assert held(plan.chunk, plan.kept_layers + 1) > budget
     return
-  if plan.kept_layers < L_max:
-    assert held(plan.chunk, plan.kept_layers + 1) > budget
-  elif fixed_chunk is None and plan.chunk < seeds:
+  if held(plan.chunk, plan.kept_layers) > budget:
+    assert plan.kept_layers is None and plan.chunk <= devices
+    return
+  keep_for = min(seeds, engine.KEPT_SEEDS_PER_DEVICE * devices)
+  if plan.kept_layers is None:
+    assert held(keep_for, L_max) > budget
+  else:
+    assert plan.kept_layers == L_max and plan.chunk >= min(keep_for, seeds)
+  if plan.chunk < seeds:
     calls = -(-seeds // plan.chunk)
-    assert held(-(-seeds // (calls - 1)), L_max) > budget
+    assert held(-(-seeds // (calls - 1)), plan.kept_layers) > budget
 
 
 def test_plan_examples_at_d512():
   """The issue's sizes: one seed's 96 layers at d = 512 are 4 x 512² x 4 B x 96 = 403 MB; 2 GiB keep
-  every layer of 4 seeds per call (at most 5 fit: two even calls), 256 MiB keep 58 layers of one seed,
-  1 MiB keep none; redraw keeps none and fits all 8 seeds."""
+  every layer of 4 seeds per call (at most 5 fit: two even calls); 256 MiB, which keep 58 layers of one
+  seed, and 1 MiB redraw every layer instead, as redraw does, with all 8 seeds in one call."""
   cfg, archs, depths = Config(d=512), ("post", "pre"), (6, 12, 24, 48, 96)
   need = engine.seed_bytes(cfg, archs, depths)
   assert need.per_kept_layer * 96 == 4 * 512**2 * 4 * 96
   plan = lambda budget, **kw: engine.plan_memory(cfg, archs, depths, 8, budget, **kw)
   if jax.local_device_count() == 1:
     assert plan(2 * 2**30) == (4, 96)
-    assert plan(2**28) == (1, (2**28 - need.fixed) // need.per_kept_layer)
-  assert plan(2**20).kept_layers == 0
+    assert plan(2**28) == (8, None)
+    assert plan(2**28, chunk=1) == (1, (2**28 - need.fixed) // need.per_kept_layer)
+  assert plan(2**20).kept_layers is None
   assert plan(2 * 2**30, redraw=True) == (8, None)
 
 
 @pytest.mark.slow
-def test_memory_flags_store_the_same_numbers(tiny_store, tiny_argv, tmp_path):
+def test_memory_flags_store_the_same_numbers(tiny_store, tiny_argv, tmp_path, monkeypatch):
   """--redraw, and a --max-memory that keeps some layers with one seed per call, store the same grad
-  norms as the default sweep (the tiny store), and meta.json records the budget and the switch."""
-  for flags in (["--redraw"], ["--max-memory", "40K", "--chunk", "1"]):
+  norms as the default sweep (the tiny store), and meta.json records the budget and the switch. (The
+  budget is the whole process's: with the process's own memory and the compiler's reserve counted as
+  nothing, 90K is what the calls may hold: at d = 16 one seed keeps 2 of the 4 layers.)"""
+  monkeypatch.setattr(engine, "resident_bytes", lambda: 0)
+  monkeypatch.setattr(engine, "RUNTIME_RESERVE", 0)
+  for flags in (["--redraw"], ["--max-memory", "90K", "--chunk", "1"]):
     out = tmp_path / flags[0].strip("-")
     assert cli.main([*tiny_argv, *flags, "--out", str(out)]) == 0
     got, want = nt.load(out).grad, nt.load(tiny_store).grad  # --chunk 1 stores seed by seed: sort the rows
@@ -177,4 +194,38 @@ def test_memory_flags_store_the_same_numbers(tiny_store, tiny_argv, tmp_path):
     run = nt.load(out).meta["runs"][-1]
     assert run["redraw"] == (flags[0] == "--redraw")
     if flags[0] == "--max-memory":
-      assert run["max_memory"] == 40 * 1024
+      assert run["max_memory"] == 90 * 1024 and run["memory_budget"] == "process"
+
+
+def test_a_max_memory_below_what_the_process_holds_exits_2_before_anything_runs(tmp_path, capsys):
+  """--max-memory is the whole process's: 64M, less than this process already holds, exits 2 with one
+  line that says what it holds and what to give, and stores no row."""
+  out = tmp_path / "s"
+  assert cli.main(["--d", "8", "--L", "2", "--seeds", "2", "--max-memory", "64M", "--out", str(out)]) == 2
+  err = capsys.readouterr().err
+  assert "--max-memory 0.0625 GiB is too small: this process holds" in err and "give at least" in err
+  assert not (out / "grad").exists() or not nt.load(out).grad.shape[0]
+
+
+# The kernel's peak of a child counts the pages of the process it was forked from (a pytest worker holds
+# GBs): a small Python in between starts the sweep and reports the sweep's own peak, in KiB.
+PEAK_OF = """import os, subprocess, sys
+child = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)
+_, status, usage = os.wait4(child.pid, 0)
+print(os.waitstatus_to_exitcode(status), usage.ru_maxrss)"""
+
+
+@pytest.mark.slow
+def test_max_memory_bounds_the_whole_processs_peak(tmp_path):
+  """The CLI under --max-memory 1G peaks within 10% of 1 GiB (its resident set, measured by the
+  kernel), on a grid whose kept weights alone would take 0.8 GB (8 seeds x 24 layers x 4 MiB at
+  d = 512): a budget for the engine's calls alone, the flag's meaning before, peaked at 1.25 GiB here."""
+  out = tmp_path / "s"
+  sweep = [sys.executable, str(SCRIPT), "--d", "512", "--L", "6..24", "--seeds", "8", "--quiet", "--n-boot", "10",
+           "--max-memory", "1G", "--out", str(out)]
+  done = subprocess.run([sys.executable, "-c", PEAK_OF, *sweep], capture_output=True, text=True, timeout=600)
+  status, peak_kib = map(int, done.stdout.split())
+  assert status == 0, done.stderr
+  assert peak_kib * 1024 <= 1.1 * 2**30
+  run = nt.load(out).meta["runs"][-1]
+  assert run["max_memory"] == 2**30 and run["memory_budget"] == "process"
