@@ -484,11 +484,13 @@ def _measure(args, axes, argv, base, main_store, results, info: dict, leader: bo
   if args.max_memory is None:
     call_bytes, memory = engine.default_max_memory(), {"memory_budget": "call"}
   else:  # the whole process's: what it holds before compiling anything, and the compiler's reserve, are not the calls'
-    call_bytes, memory = engine.call_budget(args.max_memory), {"memory_budget": "process"}
+    programs = max((engine.program_bytes(p.base, p.archs, p.depths) for p in passes), default=0)  # one width's at a time
+    call_bytes, memory = engine.call_budget(args.max_memory, programs), {"memory_budget": "process"}
     if passes and (lacking := sweep.memory_shortfall(passes, call_bytes)):
       raise UsageError(f"--max-memory {args.max_memory / 2**30:.3g} GiB is too small: this process holds "
-                       f"{engine.resident_bytes() / 2**30:.3g} GiB and keeps {engine.RUNTIME_RESERVE / 2**30:.3g} "
-                       f"GiB for compiling, and one seed per device of this grid needs {lacking / 2**30:.3g} GiB "
+                       f"{engine.resident_bytes() / 2**30:.3g} GiB and keeps "
+                       f"{(engine.RUNTIME_RESERVE + programs) / 2**30:.3g} GiB for compiling, and one seed per device "
+                       f"of this grid needs {lacking / 2**30:.3g} GiB "
                        f"more: give at least {(args.max_memory + lacking) / 2**30:.3g} GiB")
   start = time.perf_counter()
   failures = []

@@ -52,7 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from normtheory import architectures, sampling, schema
+from normtheory import architectures, engine, sampling, schema
 from normtheory.config import Config
 from normtheory.measure import as_key, seed_indices
 
@@ -184,8 +184,8 @@ def depth_metrics_of_depths(cfg: Config, depths: Sequence[int], seeds: int | Seq
     values = {}
     for L_pass in passes:
       pass_cfg = dataclasses.replace(cfg, L=L_pass)
-      values[L_pass] = {name: np.asarray(v, np.float64)
-                        for name, v in jax.jit(jax.vmap(lambda k: sample_metrics(pass_cfg, k)))(keys_S).items()}
+      per_seed = jax.jit(lambda keys: engine.map_seeds(lambda k: sample_metrics(pass_cfg, k), keys))  # not vmap:
+      values[L_pass] = {name: np.asarray(v, np.float64) for name, v in per_seed(keys_S).items()}  # chunk-free bits
   frames = []
   for L in depths:
     of_pass = values[L if L in values else max(depths)]

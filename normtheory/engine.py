@@ -164,8 +164,9 @@ def _layer_config(cfg: Config, arch: str) -> Config:
 _SEEDS, _SEEDS_2ND, _REPLICATED = P(SEED_AXIS), P(None, SEED_AXIS), P()
 
 
-def _map(f, xs):
-  """``lax.map(f, xs)``, compiled alike for one row and for many.
+def map_seeds(f, xs):
+  """``lax.map(f, xs)``, compiled alike for one row and for many: a seed's numbers do not depend
+  on the seeds mapped with it (the engine's steps, :mod:`normtheory.depth_metrics`).
 
   A loop over seeds, not vmap: each seed runs one per-seed program whatever the chunk
   size or the device count, so both are bit-exact (a vmapped reduction is not). A loop
@@ -260,20 +261,20 @@ def _layer_steps(layer_cfg: Config, arch_names: tuple[str, ...]) -> _LayerSteps:
   params = lambda p_key, l, L: sampling.layer_params(layer_cfg, p_key, l, weight_scale(L))
 
   def forward(p_keys_S, x_S, l, L):
-    return _map(lambda a: forward_one(params(a[0], l, L), a[1], l, L), (p_keys_S, x_S))
+    return map_seeds(lambda a: forward_one(params(a[0], l, L), a[1], l, L), (p_keys_S, x_S))
 
   def forward_keep(p_keys_S, x_S, l, L):
-    return _map(lambda a: forward_keep_one(*a, l, L), (p_keys_S, x_S))
+    return map_seeds(lambda a: forward_keep_one(*a, l, L), (p_keys_S, x_S))
 
   def backward_from(weights_of):
     def backward(source_S, x_S, ct_K_S, depths_K, l, L):
-      out = _map(lambda a: backward_one(weights_of(a[0], l, L), a[1], a[2], depths_K, l, L),
+      out = map_seeds(lambda a: backward_one(weights_of(a[0], l, L), a[1], a[2], depths_K, l, L),
                  (source_S, x_S, _swap(ct_K_S)))
       return {name: (_swap(ct_S_K), _swap(sq_S_K)) for name, (ct_S_K, sq_S_K) in out.items()}
     return backward
 
   def draw(p_keys_S, l, L):
-    return _map(lambda k: drawn(k, l, L), p_keys_S)
+    return map_seeds(lambda k: drawn(k, l, L), p_keys_S)
 
   seeds, seeds_2nd, rep = _SEEDS, _SEEDS_2ND, _REPLICATED
   return _LayerSteps(
@@ -348,10 +349,10 @@ def _head_steps(head_cfg: Config, arch_names: tuple[str, ...]) -> _HeadSteps:
     return out
 
   def loss(p_keys_S, d_keys_S, x_S, L):
-    return _map(lambda a: loss_one(*a, L), (p_keys_S, d_keys_S, x_S))
+    return map_seeds(lambda a: loss_one(*a, L), (p_keys_S, d_keys_S, x_S))
 
   def embedding(p_keys_S, d_keys_S, ct_K_S, readout_K_S):
-    return _swap(_map(lambda a: embedding_one(*a), (p_keys_S, d_keys_S, _swap(ct_K_S), _swap(readout_K_S))))
+    return _swap(map_seeds(lambda a: embedding_one(*a), (p_keys_S, d_keys_S, _swap(ct_K_S), _swap(readout_K_S))))
 
   seeds, seeds_2nd = _SEEDS, _SEEDS_2ND
   return _HeadSteps(
@@ -398,6 +399,16 @@ def _padded(seeds: int) -> int:
   return -(-seeds // jax.local_device_count()) * jax.local_device_count()
 
 
+# Per-layer scalars are copied to numpy every this many layers: a small device array costs a few KB
+# of bookkeeping, ~16 of them per layer (0.2 GB over 6144 layers, seen in the RSS).
+_TO_HOST_EVERY = 256
+
+
+def _to_host(entries: list) -> None:
+  """Replace the device arrays among ``entries`` (the last ``_TO_HOST_EVERY``) by numpy copies."""
+  entries[-_TO_HOST_EVERY:] = jax.device_get(entries[-_TO_HOST_EVERY:])
+
+
 def _measure_chunk(
     cfg: Config, arch_names: tuple[str, ...], depths: tuple[int, ...], keys_S: jax.Array, kept_layers: int | None
 ) -> dict[str, dict[int, DepthResult]]:
@@ -425,6 +436,8 @@ def _measure_chunk(
     x = {name: o[0] for name, o in out.items()}
     xs.append(x)
     stats.append({name: o[1:] for name, o in out.items()})
+    if l % _TO_HOST_EVERY == 0:
+      _to_host(stats)
 
   losses, active, ct, readout = {}, [], None, None  # ct: arch -> (K, S, ...), one cotangent per active depth
   grad_sq = []  # per layer, from the top: arch -> param -> (K_pad, S_pad)
@@ -448,6 +461,8 @@ def _measure_chunk(
     xs[l] = None  # no longer needed: free it
     ct = {name: o[0][:K] for name, o in out.items()}
     grad_sq.append({name: o[1] for name, o in out.items()})
+    if l % _TO_HOST_EVERY == 0:
+      _to_host(grad_sq)
   embedding_sq = (
       {name: np.asarray(v)[:, :S] for name, v in head.embedding(p_keys, d_keys, ct, readout).items()}
       if cfg.inputs == "text" else None
@@ -562,13 +577,28 @@ def give_freed_memory_back() -> bool:
   return bool(libc.mallopt(M_MMAP_THRESHOLD, 2**20))
 
 
-def call_budget(process_bytes: int) -> int:
+# Resident memory one compiled conditional step program adds, per architecture of its pass: the
+# RSS of a d = 512 Post+Pre sweep rose by 80-95 MB at each new backward program (depth batch).
+CONDITIONAL_PROGRAM_BYTES = 48 * 2**20
+
+
+def program_bytes(cfg: Config, arch_names, depths) -> int:
+  """An estimate of the memory the compiled steps of one shared pass hold beyond
+  :data:`RUNTIME_RESERVE`: conditional weights' programs (a forward step, the loss and one backward
+  step per depth batch, :func:`_depth_batch`) are large; explicit weights' are within the reserve."""
+  if cfg.weights != "conditional":
+    return 0
+  batches = {_depth_batch(K, len(depths), cfg.weights) for K in range(1, len(depths) + 1)}
+  return CONDITIONAL_PROGRAM_BYTES * len(arch_names) * (len(batches) + 2)
+
+
+def call_budget(process_bytes: int, programs: int = 0) -> int:
   """The bytes one engine call may hold so that the whole process, which holds
   :func:`resident_bytes` now, stays within ``process_bytes``: what is left of it less
-  :data:`RUNTIME_RESERVE` (at least 0). Meant to be taken once, before the first call: memory
-  a call frees stays with the process (its allocator) and is what the next call reuses.
+  :data:`RUNTIME_RESERVE` and ``programs`` (:func:`program_bytes`), at least 0. Meant to be taken
+  once, before the first call: memory a call frees is what the next call reuses.
   """
-  return max(0, process_bytes - resident_bytes() - RUNTIME_RESERVE)
+  return max(0, process_bytes - resident_bytes() - RUNTIME_RESERVE - programs)
 
 
 class SeedBytes(NamedTuple):

@@ -218,7 +218,9 @@ def run(
   command resumes from the stored chunks. A chunk that raises is recorded and the
   rest of its pass skipped, so every other pass is still measured and stored;
   non-finite norms are stored as measured (never dropped or averaged away), reported
-  through ``warn`` and listed in meta.json.
+  through ``warn`` and listed in meta.json. Once no later pass has a pass's width, its
+  compiled programs are dropped (:func:`jax.clear_caches`), so a sweep over many widths
+  holds the programs of one at a time.
 
   Args:
     passes: from :func:`plan`.
@@ -235,7 +237,9 @@ def run(
     the passes that failed.
   """
   failures = []
-  for p in passes:
+  for i, p in enumerate(passes):
+    if i and all(q.base.d != passes[i - 1].base.d for q in passes[i:]):
+      jax.clear_caches()  # no later pass runs the last width's programs: free them (~90 MB each, conditional)
     for seeds in seed_chunks(p, chunk, max_memory, redraw):
       start = time.perf_counter()
       try:

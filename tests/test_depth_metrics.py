@@ -5,6 +5,7 @@ References:
   Su 2022, kexue.fm/archives/9009 (the effective-depth argument); Xiong et al. 2020, Table 1.
 """
 
+import dataclasses
 import doctest
 
 import jax
@@ -15,6 +16,7 @@ import pytest
 
 import normtheory as nt
 from normtheory import architectures, depth_metrics, fit, sampling, theory
+from normtheory.config import Config
 
 THETA_L = np.array([0.1, 0.2, 0.3])
 SCALE_L = np.array([1.0, 2.0, 0.5])
@@ -147,3 +149,32 @@ def _rel_err(predicted, sampled):
 @pytest.mark.slow
 def test_docstring_examples():
   assert doctest.testmod(depth_metrics).failed == 0
+
+
+@pytest.mark.slow
+def test_conditional_depths_share_one_pass_bit_for_bit():
+  """Under conditional weights the rows of depths 2 and 4 come from one pass of the deepest model
+  (depth_metrics_of_depths) and equal those of one pass per depth bit for bit; DeepNorm, whose layers
+  depend on L, runs a pass per depth."""
+  cfg = Config(arch="pre", d=8, n=4, weights="conditional")
+  shared = depth_metrics.depth_metrics_of_depths(cfg, (2, 4), 2, 0)
+  alone = pd.concat([depth_metrics.depth_metrics(dataclasses.replace(cfg, L=L), 2, 0) for L in (2, 4)],
+                    ignore_index=True)
+  pd.testing.assert_frame_equal(shared, alone, check_exact=True)
+  assert depth_metrics.shares_one_pass(cfg)
+  assert not depth_metrics.shares_one_pass(dataclasses.replace(cfg, arch="deepnorm"))
+  assert not depth_metrics.shares_one_pass(dataclasses.replace(cfg, weights="explicit"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("weights", ["explicit", "conditional"])
+def test_a_seeds_metrics_do_not_depend_on_the_seeds_measured_with_it(weights):
+  """Seeds 0, 1, 2 at once give the bits of seed 0 alone and seeds 1, 2 together (a sweep's chunks):
+  the seeds are looped over, not vmapped (a vmapped batch of 8 against 4 changed 73% of the
+  conditional depth-6144 store's values in their last bits)."""
+  cfg = Config(arch="pre", d=8, n=4, L=3, weights=weights)
+  together = depth_metrics.depth_metrics(cfg, [0, 1, 2], 0)
+  apart = pd.concat([depth_metrics.depth_metrics(cfg, seeds, 0) for seeds in ([0], [1, 2])], ignore_index=True)
+  keys = ["seed", "layer", "metric"]
+  pd.testing.assert_frame_equal(together.sort_values(keys).reset_index(drop=True),
+                                apart.sort_values(keys).reset_index(drop=True), check_exact=True)

@@ -75,6 +75,18 @@ def test_kept_partly_kept_and_redrawn_weights_give_the_same_bits(case):
 
 
 @pytest.mark.slow
+def test_per_layer_results_copied_to_the_host_early_are_the_same_bits(monkeypatch):
+  """The engine copies per-layer scalars to numpy every ``_TO_HOST_EVERY`` layers (memory); copying
+  after every layer, conditional and explicit weights alike, changes no number."""
+  for weights in ("explicit", "conditional"):
+    cfg, archs, depths = Config(d=8, n=4, weights=weights), ("post", "pre"), (1, 3)
+    late = engine.measure_archs(cfg, archs, depths, np.arange(2), KEY)
+    monkeypatch.setattr(engine, "_TO_HOST_EVERY", 1)
+    _assert_same(late, engine.measure_archs(cfg, archs, depths, np.arange(2), KEY), weights)
+    monkeypatch.undo()
+
+
+@pytest.mark.slow
 def test_partly_kept_float64_equals_the_reference_path():
   """ResiDual in float64 with the bottom layer's weights kept and the others redrawn equals jax.grad of
   the NNX model to 1e-10 (the engine's reference test, on the mixed path)."""

@@ -109,3 +109,23 @@ def test_plan_keeps_a_given_d_ff_whatever_the_widths():
 def test_docstring_example(tiny_grid):
   """sweep's doctest (measure_grid on a small grid) runs as written."""
   assert doctest.testmod(sweep).failed == 0
+
+
+def test_a_widths_programs_are_dropped_once_no_later_pass_uses_it(monkeypatch):
+  """sweep.run clears JAX's caches before a pass only when no pass from there on has the last pass's
+  width: a single-loss grid over d = 8, 16 clears once; two losses over them (loss-major, so d = 8
+  comes back) clear once, before the last pass."""
+  clears = []
+  monkeypatch.setattr(sweep.jax, "clear_caches", lambda: clears.append(True))
+  monkeypatch.setattr(sweep, "run_pass", lambda *args, **kwargs: [])
+
+  class Store:
+    def append(self, *args):
+      pass
+
+  base = Config(n=4)
+  for losses in (("linear",), ("linear", "xent")):
+    clears.clear()
+    passes, _ = sweep.plan(base, ("post",), losses, (8, 16), (1, 2), range(2), {})
+    assert [(p.base.loss, p.base.d) for p in passes][-1] == (losses[-1], 16)
+    assert not sweep.run(passes, Store(), None, chunk=None) and len(clears) == 1
