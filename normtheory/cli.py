@@ -370,7 +370,6 @@ def main(argv: list[str] | None = None) -> int:
     return usage_exit(PROG, e)
   if args.compile_cache != "none":
     enable_compile_cache(args.compile_cache)
-  engine.give_freed_memory_back()  # this process's resident memory is then what --max-memory bounds
   if not args.weights_given and max(axes["d"]) >= WIDE:
     _warn(weights_cost_line(args, axes, base, sampling_rate()))
   if args.distributed and not distributed.supervised():

@@ -564,17 +564,15 @@ def resident_bytes() -> int:
 
 
 def give_freed_memory_back() -> bool:
-  """Make this process return the large buffers it frees to the OS at once (glibc's ``mallopt``:
-  a fixed mmap threshold of 1 MiB), so that its resident memory is what it holds. By default
-  glibc raises that threshold to the size of the buffers freed, serves the next ones from its
-  heap and keeps the freed pages: a sweep's second call of 4 seeds then peaked 0.25 GB above its
-  first (d = 512, 24 layers kept). Returns whether it was set (False off glibc)."""
+  """Return the memory this process has freed to the OS (glibc's ``malloc_trim``), so that its
+  resident memory is what it holds. glibc serves buffers below its (growing) mmap threshold from
+  its heap and keeps the pages it frees: without this between engine calls, a sweep's second call
+  of 4 seeds peaked 0.25 GB above its first (d = 512, 24 layers kept). Returns whether it ran
+  (False off glibc)."""
   try:
-    libc = ctypes.CDLL("libc.so.6")
-  except OSError:
+    return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+  except (OSError, AttributeError):
     return False
-  M_MMAP_THRESHOLD = -3
-  return bool(libc.mallopt(M_MMAP_THRESHOLD, 2**20))
 
 
 # Resident memory one compiled conditional step program adds, per architecture of its pass: the
@@ -638,9 +636,9 @@ def seed_bytes(cfg: Config, arch_names, depths) -> SeedBytes:
   return SeedBytes(item * (states + work + vocab_rows * cfg.d), item * kept)
 
 
-# Keeping pays only with several seeds per call: measured on 2 CPU cores (README, Performance), the
-# d = 512 grid kept for 3 seeds per call ran 0.81x its redrawn time, while d = 1024 kept for one seed per
-# call ran 1.39x (91 layers kept) and 0.99x (all 96) its redrawn time, at 3 and 7 times its memory.
+# Keeping pays only with several seeds per call: measured on 2 CPU cores (README, Performance), d = 512
+# kept for 3 seeds per call ran 0.81x its redrawn time and d = 1024 0.99x (at 7x its memory), while
+# d = 1024 kept (91 layers) for one seed per call ran 1.39x.
 KEPT_SEEDS_PER_DEVICE = 2
 
 
@@ -751,6 +749,7 @@ def measure_archs(
         for name, by_depth in _measure_chunk(cfg, pass_archs, pass_depths, keys_S, plan.kept_layers).items():
           for L, result in by_depth.items():
             parts[name].setdefault(L, []).append(result)
+        give_freed_memory_back()  # what this call freed, the next one would otherwise find added to the RSS
   return {name: {L: _concat(rs) for L, rs in sorted(by_depth.items())} for name, by_depth in parts.items()}
 
 
