@@ -269,7 +269,7 @@ def _layer_steps(layer_cfg: Config, arch_names: tuple[str, ...]) -> _LayerSteps:
   def backward_from(weights_of):
     def backward(source_S, x_S, ct_K_S, depths_K, l, L):
       out = map_seeds(lambda a: backward_one(weights_of(a[0], l, L), a[1], a[2], depths_K, l, L),
-                 (source_S, x_S, _swap(ct_K_S)))
+                      (source_S, x_S, _swap(ct_K_S)))
       return {name: (_swap(ct_S_K), _swap(sq_S_K)) for name, (ct_S_K, sq_S_K) in out.items()}
     return backward
 
@@ -567,8 +567,8 @@ def give_freed_memory_back() -> bool:
   """Return the memory this process has freed to the OS (glibc's ``malloc_trim``), so that its
   resident memory is what it holds. glibc serves buffers below its (growing) mmap threshold from
   its heap and keeps the pages it frees: without this between engine calls, a sweep's second call
-  of 4 seeds peaked 0.25 GB above its first (d = 512, 24 layers kept). Returns whether it ran
-  (False off glibc)."""
+  of 4 seeds peaked 0.25 GB above its first (d = 512, 24 layers kept). Returns whether memory was
+  released (False off glibc)."""
   try:
     return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
   except (OSError, AttributeError):
