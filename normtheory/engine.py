@@ -676,18 +676,17 @@ def plan_memory(
   need = seed_bytes(cfg, arch_names, depths)
   devices = jax.local_device_count()
   most_seeds = lambda per_seed: min(seeds, max_memory // per_seed // devices * devices)  # 0: not one call fits
-  if redraw or cfg.weights == "conditional":  # a conditional weight is its key: drawn again at no cost
-    return MemoryPlan(min(chunk, seeds) if chunk else _balanced(seeds, max(1, most_seeds(need.fixed))), None)
-  L_max = max(depths)
-  planned = chunk is None
-  if planned:  # keep every layer of at least two seeds per device per call, or redraw every layer
+  if not (redraw or cfg.weights == "conditional"):  # explicit weights that may be kept
+    L_max = max(depths)
+    if chunk is not None:  # a fixed chunk keeps the bottom layers that fit
+      chunk = min(chunk, seeds)
+      return MemoryPlan(chunk, int(np.clip((max_memory // _padded(chunk) - need.fixed) // need.per_kept_layer,
+                                           0, L_max)))
     full = most_seeds(need.fixed + L_max * need.per_kept_layer)
-    if full >= min(seeds, KEPT_SEEDS_PER_DEVICE * devices):
+    if full >= min(seeds, KEPT_SEEDS_PER_DEVICE * devices):  # every layer of two seeds per device: keep
       return MemoryPlan(_balanced(seeds, full), L_max)
-    return MemoryPlan(_balanced(seeds, max(1, most_seeds(need.fixed))), None)
-  chunk = min(chunk, seeds)
-  kept = int(np.clip((max_memory // _padded(chunk) - need.fixed) // need.per_kept_layer, 0, L_max))
-  return MemoryPlan(chunk, kept)
+  # every layer drawn again (a conditional weight is its key: drawn again at no cost)
+  return MemoryPlan(min(chunk, seeds) if chunk else _balanced(seeds, max(1, most_seeds(need.fixed))), None)
 
 
 def _balanced(seeds: int, most: int) -> int:
