@@ -138,11 +138,8 @@ def tiny_store(tmp_path_factory, worker_id) -> pathlib.Path:
   Under pytest-xdist the workers share one store: the first to take the lock (a file next to the
   workers' temporary folders) writes it, the others wait for it and read it.
   """
-  if worker_id == "master":
-    out = tmp_path_factory.mktemp("tiny_store")
-    assert cli.main([*TINY_ARGV, "--out", str(out)]) == 0
-    return out
-  return write_tiny_store(tmp_path_factory.getbasetemp().parent)
+  root = tmp_path_factory.mktemp("tiny") if worker_id == "master" else tmp_path_factory.getbasetemp().parent
+  return write_tiny_store(root)
 
 
 @pytest.fixture
