@@ -205,8 +205,8 @@ def _child(row: dict, queue) -> None:
     sweep()
     out["warm_s"] = time.perf_counter() - start
   if row["floor"] and row["path"] == "conditional":
-    out["normals"] = engine.normals_drawn(cfg, ARCHS, row["depths"], row["seeds"])  # as drawn, padding depths too
-    out["draw_s"] = engine.normals_drawn(cfg, ARCHS, row["depths"], row["seeds"], padded=False) / conditional_sampling_rate(cfg)
+    out["normals"] = engine.normals_drawn(cfg, ARCHS, row["depths"], row["seeds"])
+    out["draw_s"] = out["normals"] / conditional_sampling_rate(cfg)
     out["peak_gflops"] = matmul_peak_gflops()
     out["matmul_s"] = conditional_floor_flops(cfg, ARCHS, row["depths"], row["seeds"]) / out["peak_gflops"] / 1e9
   elif row["floor"]:

@@ -98,8 +98,8 @@ class _LayerSteps(NamedTuple):
 
   forward: Callable  # (p_keys, state, l, L) -> arch -> (state, sq_norm, ln_jac_k); weights drawn and dropped
   forward_keep: Callable  # (p_keys, state, l, L) -> (the same, drawn weights name -> (S, i, o))
-  backward: Callable  # (p_keys, state, ct_K, depths_K, l, L) -> arch -> (ct_K, param -> sq grad norm (K,)); redrawn
-  backward_kept: Callable  # (weights, state, ct_K, depths_K, l, L) -> the same, from the weights forward_keep drew
+  backward: Callable  # (p_keys, state, ct_K, l, L) -> arch -> (ct_K, param -> sq grad norm (K,)); redrawn
+  backward_kept: Callable  # (weights, state, ct_K, l, L) -> the same, from the weights forward_keep drew
   draw: Callable  # (p_keys, l, L) -> drawn weights name -> (S, i, o): the sampling alone
 
 
@@ -206,14 +206,11 @@ def _layer_steps(layer_cfg: Config, arch_names: tuple[str, ...]) -> _LayerSteps:
   architecture in ``arch_names``, all reading the same weights (one draw per layer)."""
   archs = {name: architectures.get(name) for name in arch_names}
   weight_scale = archs[arch_names[0]].weight_scale  # equal for every arch of a shared pass
-  rows = (*sampling.batch_shape(layer_cfg), layer_cfg.n)
   out_widths = {name: fan_out for name, (_, fan_out) in sampling.weight_shapes(layer_cfg).items()}
   norm_names = norm_param_names(layer_cfg, 2)  # DyT / Derf: the layer's norm parameters
 
   def drawn(p_key, l, L):
     return sampling.drawn_params(layer_cfg, p_key, l, weight_scale(L))
-
-  conditional = layer_cfg.weights == "conditional"
 
   def forward_one(p, x, l, L):
     out = {}
@@ -228,32 +225,22 @@ def _layer_steps(layer_cfg: Config, arch_names: tuple[str, ...]) -> _LayerSteps:
     w = drawn(p_key, l, L)
     return forward_one(sampling.with_constants(layer_cfg, w), x, l, L), w
 
-  def backward_one(p, x, ct, depths_K, l, L):
-    zeros = {name: jnp.zeros((*rows, out_widths[name]), jnp.dtype(layer_cfg.dtype)) for name in out_widths}
+  def backward_one(p, x, ct, l, L):
     out = {}
     for name, arch in archs.items():
+      p_cell = sampling.for_cell(p, name)  # conditional weights: every depth's cotangent meets one draw of G_b
 
-      def tapped(p, x_nxd, z, arch=arch):
+      def tapped(x_nxd, z, q, arch=arch, p_cell=p_cell):
         taps = Taps(z)
-        return arch.layer(p, x_nxd, l, L, layer_cfg, taps), taps.inputs
+        return arch.layer(p_cell | q, x_nxd, l, L, layer_cfg, taps), taps.inputs
 
-      def vjp_of(p_cell, tapped=tapped):
-        """The layer's VJP at ``p_cell`` in (input, zero perturbations, the pointwise norms' parameters:
-        differentiated directly, they are small), and the products' inputs."""
-        q = {k: p_cell[k] for k in norm_names}
-        _, vjp, inputs = jax.vjp(lambda x_nxd, z, q: tapped(p_cell | q, x_nxd, z), x[name], zeros, q, has_aux=True)
-        return vjp, inputs
-
-      if conditional:  # each depth's cotangent meets the unseen part of the weights drawn for that depth
-
-        def one_depth(ct_nxd, depth, name=name, vjp_of=vjp_of):
-          vjp, inputs = vjp_of(sampling.for_cell(p, name, depth))
-          return vjp(ct_nxd), inputs
-
-        (ct_x_kxnxd, deltas, ct_q), inputs = jax.vmap(one_depth, out_axes=(0, None))(ct[name], depths_K)
-      else:
-        vjp, inputs = vjp_of(p)
-        ct_x_kxnxd, deltas, ct_q = jax.vmap(vjp)(ct[name])
+      q = {k: p_cell[k] for k in norm_names}  # the pointwise norms' parameters: differentiated directly, they are small
+      # a zero perturbation on each product's output, on the rows the product meets (uniform attention's
+      # W_V and W_O under conditional weights: each sequence's mean row, layers.attention)
+      seen = jax.eval_shape(lambda x_nxd: tapped(x_nxd, None, q)[1], x[name])
+      zeros = {w: jnp.zeros((*a.shape[:-1], out_widths[w]), a.dtype) for w, a in seen.items()}
+      _, vjp, inputs = jax.vjp(tapped, x[name], zeros, q, has_aux=True)
+      ct_x_kxnxd, deltas, ct_q = jax.vmap(vjp)(ct[name])
       norm_sq = {k: (v.reshape(v.shape[0], -1) ** 2).sum(-1) for k, v in ct_q.items()}
       out[name] = (ct_x_kxnxd, {w: _sq_grad_norm(inputs[w], deltas[w]) for w in out_widths} | norm_sq)
     return out
@@ -267,8 +254,8 @@ def _layer_steps(layer_cfg: Config, arch_names: tuple[str, ...]) -> _LayerSteps:
     return map_seeds(lambda a: forward_keep_one(*a, l, L), (p_keys_S, x_S))
 
   def backward_from(weights_of):
-    def backward(source_S, x_S, ct_K_S, depths_K, l, L):
-      out = map_seeds(lambda a: backward_one(weights_of(a[0], l, L), a[1], a[2], depths_K, l, L),
+    def backward(source_S, x_S, ct_K_S, l, L):
+      out = map_seeds(lambda a: backward_one(weights_of(a[0], l, L), a[1], a[2], l, L),
                       (source_S, x_S, _swap(ct_K_S)))
       return {name: (_swap(ct_S_K), _swap(sq_S_K)) for name, (ct_S_K, sq_S_K) in out.items()}
     return backward
@@ -280,9 +267,9 @@ def _layer_steps(layer_cfg: Config, arch_names: tuple[str, ...]) -> _LayerSteps:
   return _LayerSteps(
       _shard(forward, (seeds, seeds, rep, rep), seeds),
       _shard(forward_keep, (seeds, seeds, rep, rep), (seeds, seeds)),
-      _shard(backward_from(params), (seeds, seeds, seeds_2nd, rep, rep, rep), seeds_2nd),
+      _shard(backward_from(params), (seeds, seeds, seeds_2nd, rep, rep), seeds_2nd),
       _shard(backward_from(lambda w, l, L: sampling.with_constants(layer_cfg, w)),
-             (seeds, seeds, seeds_2nd, rep, rep, rep), seeds_2nd),
+             (seeds, seeds, seeds_2nd, rep, rep), seeds_2nd),
       _shard(draw, (seeds, rep, rep), seeds),
   )
 
@@ -453,11 +440,10 @@ def _measure_chunk(
     K = len(active)
     K_pad = _depth_batch(K, len(depths), cfg.weights)
     ct_pad = _pad_depths(ct, K_pad)
-    depths_K = jnp.asarray(active + [0] * (K_pad - K), jnp.int32)  # the depth of each cotangent (0: padding)
     if l in kept:
-      out = steps.backward_kept(kept.pop(l), xs[l - 1], ct_pad, depths_K, jnp.int32(l), L_arg)
+      out = steps.backward_kept(kept.pop(l), xs[l - 1], ct_pad, jnp.int32(l), L_arg)
     else:
-      out = steps.backward(p_keys, xs[l - 1], ct_pad, depths_K, jnp.int32(l), L_arg)
+      out = steps.backward(p_keys, xs[l - 1], ct_pad, jnp.int32(l), L_arg)
     xs[l] = None  # no longer needed: free it
     ct = {name: o[0][:K] for name, o in out.items()}
     grad_sq.append({name: o[1] for name, o in out.items()})
@@ -496,8 +482,9 @@ def _measure_chunk(
 
 def _depth_batch(K: int, depths: int, weights: str) -> int:
   """The batch of cotangents the backward step runs for K active depths of ``depths``: 1 or all
-  of them (two compilations); conditional weights, whose padding depths draw normals too, pad
-  K to the next power of two at most (a few more compilations, far fewer normals)."""
+  of them (two compilations); conditional weights, whose per-depth work (Gram factors and
+  products of r columns) is most of a backward step, pad K to the next power of two at most
+  (a few more compilations, far less work on long depth grids)."""
   if K == 1:
     return 1
   return depths if weights == "explicit" else min(depths, 1 << (K - 1).bit_length())
@@ -792,21 +779,20 @@ def draw_weights(
   return normals
 
 
-def normals_drawn(cfg: Config, arch_names, depths, seeds: int, padded: bool = True) -> int:
+def normals_drawn(cfg: Config, arch_names, depths, seeds: int) -> int:
   """How many Gaussian normals :func:`measure_archs` draws for ``seeds`` seeds, each weight kept
   (explicit weights: every weight once, in full; conditional: each product's draws, SPEC §6).
 
-  Conditional weights draw, per product on r = B·n rows, ``G_f`` (r × d_out) in the forward
-  step and again in the backward step that recomputes it, and one ``G_b`` (d_in × r) per
-  depth whose backward pass reaches the layer, for each architecture of the pass (and for
-  the zero cotangents that pad the active depths, :func:`_depth_batch`).
+  Conditional weights draw, per product on r rows (B·n; B, each sequence's mean row, for
+  W_V and W_O under uniform attention without a mask), ``G_f`` (r × d_out) in the forward
+  step and again in the backward step that recomputes it, and one ``G_b`` (d_in × r) that
+  every depth's cotangent meets, for each architecture of the pass; the read-out draws per
+  depth.
 
   Args:
     cfg: the model (its arch and L ignored).
     arch_names, depths: the call's architectures and depths.
     seeds: the number of seeds.
-    padded: count the padding depths' draws (what the engine draws); False: only the
-      active depths' (what a sweep cannot avoid).
 
   Returns:
     the count.
@@ -821,11 +807,9 @@ def normals_drawn(cfg: Config, arch_names, depths, seeds: int, padded: bool = Tr
     if cfg.weights == "explicit":
       per_seed = L_max * sum(i * o for i, o in drawn) + V * d * (int(readout) + int(cfg.inputs == "text"))
     else:
-      def active(l):
-        K = sum(1 for L in p.depths if L >= l)
-        return _depth_batch(K, len(p.depths), cfg.weights) if padded else K
-
-      per_seed = sum(A * (2 * rows * o + active(l) * i * rows) for l in range(1, L_max + 1) for i, o in drawn)
+      mean_row = cfg.attention == "uniform" and not cfg.causal  # W_V, W_O meet each sequence's mean row
+      seen = {name: cfg.batch if mean_row and name in ("W_V", "W_O") else rows for name in sampling.drawn_names(cfg)}
+      per_seed = L_max * A * sum(seen[name] * (2 * o + i) for name, (i, o) in zip(seen, drawn))
       per_seed += len(p.depths) * A * (2 * rows * V + d * rows) * int(readout) + rows * d * int(cfg.inputs == "text")
     total += seeds * per_seed
   return total

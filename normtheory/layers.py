@@ -340,12 +340,21 @@ def attention(x_nxd: jax.Array, p: Params, taps: Taps | None, heads: int = 1, ca
   is exactly 0; under W_Q = W_K = 0 position i averages its first i positions).
   ``rotary``: queries and keys are rotated by :func:`rope` before the scores.
 
+  Conditional weights with W_Q = W_K = 0 and no mask compute that output as it reads:
+  W_V and W_O meet each sequence's mean row only (SPEC §6's r = 1 instead of n: n times
+  fewer normals and no QR of n rows); W_Q's and W_K's gradients are then exactly 0, as
+  they are through the uniform softmax (the scores' cotangent meets k = 0 and q = 0).
+
   References:
     Vaswani et al. 2017, "Attention Is All You Need", Eq. (1) and Section 3.2.2
     (Section 3.2.3: the decoder's mask).
   """
   q_nxd = dense("W_Q", x_nxd, p["W_Q"], taps)
   k_nxd = dense("W_K", x_nxd, p["W_K"], taps)
+  if not causal and all(is_conditional(p[w]) and p[w].zero for w in ("W_Q", "W_K")):
+    mean_1xd = jnp.mean(x_nxd, axis=-2, keepdims=True)
+    out_1xd = dense("W_O", dense("W_V", mean_1xd, p["W_V"], taps), p["W_O"], taps)
+    return jnp.broadcast_to(out_1xd, x_nxd.shape)
   v_nxd = dense("W_V", x_nxd, p["W_V"], taps)
   *batch, n, d = x_nxd.shape
   c = d // heads

@@ -24,7 +24,8 @@ above and draw from its children instead, never the weight itself
 
   stream key    = fold_in(weight key, arch index in ARCHS)
   forward G_f   = fold_in(stream key, 0)                 (r × d_out: Qᵀ W)
-  backward G_b  = fold_in(fold_in(stream key, 1), L)     (d_in × r: W' δᵀ = G_b C, the unseen part, per depth L)
+  backward G_b  = fold_in(fold_in(stream key, 1), 0)     (d_in × r: W' δᵀ = G_b C, the unseen part; layer
+                                                         weights: one draw all depths meet; the read-out: per depth L)
   embedding row = fold_in(embedding key, token)          (text inputs: row E[t] of the tokens present)
 
 References:
