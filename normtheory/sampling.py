@@ -90,7 +90,8 @@ class ConditionalWeight:
     key: the weight key, the key an explicit draw of W would use (:func:`drawn_params`).
     scale: the entries' standard deviation.
     arch: index in ``ARCHS`` of the architecture whose pass uses W (its draws are its own).
-    depth: the depth L of the cell whose backward pass uses W (each depth draws its own G_b).
+    depth: keys ``G_b``: 0 for a layer's weights (one draw every depth's cotangent meets),
+      the cell's depth L for the read-out (drawn per depth, :func:`for_cell`).
     shape: ``(d_in, d_out)``.
     transposed: W is the transpose of the explicit draw from ``key`` (the read-out W_embᵀ).
     zero: W is 0, not drawn (W_Q, W_K under uniform attention).
@@ -149,7 +150,8 @@ def conditional_weight(key: jax.Array, shape: tuple[int, int], scale, zero: bool
 def for_cell(params: Params, arch: str, depth=0) -> Params:
   """``params`` with every conditional weight's draws made those of ``arch`` and depth
   ``depth`` (arrays are returned as they are): a cell's numbers then depend only on its
-  own keys, not on which other architectures or depths share the pass."""
+  own keys, not on which other architectures or depths share the pass. The layers keep
+  ``depth = 0`` (every depth meets one ``G_b``); the read-out takes its cell's L."""
   index = jnp.uint32(ARCHS.index(arch))
   return {name: dataclasses.replace(w, arch=index, depth=jnp.asarray(depth, jnp.uint32))
           if isinstance(w, ConditionalWeight) else w for name, w in params.items()}
