@@ -94,19 +94,19 @@ def floor_flops(cfg, arch_names, depths, seeds: int) -> float:
 def conditional_floor_flops(cfg, arch_names, depths, seeds: int) -> float:
   """FLOPs of the products a conditional-weights sweep cannot avoid (SPEC §6), per seed times seeds.
 
-  Per product on r rows of an i×o weight: forward the QR of ``aᵀ`` (``4 i r²``) and
+  Per product on r rows of an i×o weight (:func:`normtheory.engine.conditional_rows`): forward the QR of ``aᵀ`` (``4 i r²``) and
   ``Rᵀ G_f`` (``2 r² o``); each depth's backward the QR of ``δᵀ`` (``4 o r²``),
   ``Q (G_f δᵀ)`` (``2 r² (o + i)``), ``G_b R_δ`` and its projection (``6 i r²``) and the
   Gram norm (``2 r² (i + o)``); attention as :func:`floor_flops`.
   """
   from normtheory import engine, sampling
 
-  r = cfg.batch * cfg.n
-  shapes = [sampling.weight_shapes(cfg)[name] for name in sampling.drawn_names(cfg)]
-  attention = 4 * r * cfg.n * cfg.d
-  forward = sum(4 * i * r * r + 2 * r * r * o for i, o in shapes) + attention
+  rows = engine.conditional_rows(cfg)
+  shapes = {name: sampling.weight_shapes(cfg)[name] for name in rows}
+  attention = 4 * cfg.batch * cfg.n * cfg.n * cfg.d
+  forward = sum(4 * i * r * r + 2 * r * r * o for r, (i, o) in zip(rows.values(), shapes.values())) + attention
   backward = attention * 2 + sum(4 * o * r * r + 2 * r * r * (o + i) + 6 * i * r * r + 2 * r * r * (i + o)
-                                 for i, o in shapes)
+                                 for r, (i, o) in zip(rows.values(), shapes.values()))
   per_seed = sum(len(p.archs) * (max(p.depths) * forward + sum(p.depths) * backward)
                  for p in engine.passes_for(arch_names, depths))
   return float(per_seed * seeds)

@@ -779,6 +779,14 @@ def draw_weights(
   return normals
 
 
+def conditional_rows(cfg: Config) -> dict[str, int]:
+  """The rows r each drawn weight's conditional product meets: B·n, but B (each sequence's
+  mean row) for W_V and W_O under uniform attention without a mask (:func:`normtheory.layers.attention`)."""
+  mean_row = cfg.attention == "uniform" and not cfg.causal
+  return {name: cfg.batch if mean_row and name in ("W_V", "W_O") else cfg.batch * cfg.n
+          for name in sampling.drawn_names(cfg)}
+
+
 def normals_drawn(cfg: Config, arch_names, depths, seeds: int) -> int:
   """How many Gaussian normals :func:`measure_archs` draws for ``seeds`` seeds, each weight kept
   (explicit weights: every weight once, in full; conditional: each product's draws, SPEC §6).
@@ -807,8 +815,7 @@ def normals_drawn(cfg: Config, arch_names, depths, seeds: int) -> int:
     if cfg.weights == "explicit":
       per_seed = L_max * sum(i * o for i, o in drawn) + V * d * (int(readout) + int(cfg.inputs == "text"))
     else:
-      mean_row = cfg.attention == "uniform" and not cfg.causal  # W_V, W_O meet each sequence's mean row
-      seen = {name: cfg.batch if mean_row and name in ("W_V", "W_O") else rows for name in sampling.drawn_names(cfg)}
+      seen = conditional_rows(cfg)
       per_seed = L_max * A * sum(seen[name] * (2 * o + i) for name, (i, o) in zip(seen, drawn))
       per_seed += len(p.depths) * A * (2 * rows * V + d * rows) * int(readout) + rows * d * int(cfg.inputs == "text")
     total += seeds * per_seed

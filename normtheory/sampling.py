@@ -120,8 +120,8 @@ class ConditionalWeight:
     return g_kxo * self.scale
 
   def fresh_product(self, delta_rxo: jax.Array) -> jax.Array:
-    """``W' δᵀ`` (d_in × r) for a fresh W' with W's law, fresh from the backward key of this
-    depth: ``G_b C`` with ``G_b`` (d_in × r) i.i.d. ``N(0, scale²)`` and ``Cᵀ C = δ δᵀ``
+    """``W' δᵀ`` (d_in × r) for a fresh W' with W's law, from the backward key (keyed by
+    :attr:`depth`): ``G_b C`` with ``G_b`` (d_in × r) i.i.d. ``N(0, scale²)`` and ``Cᵀ C = δ δᵀ``
     (:func:`normtheory.layers.gram_factor`), whose rows are ``N(0, scale² δ δᵀ)`` as ``W' δᵀ``'s are.
     The backward product keeps only its part outside the rows seen forward."""
     b_key = jax.random.fold_in(jax.random.fold_in(self._stream(), 1), self.depth)
