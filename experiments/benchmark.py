@@ -101,12 +101,12 @@ def conditional_floor_flops(cfg, arch_names, depths, seeds: int) -> float:
   """
   from normtheory import engine, sampling
 
-  rows = engine.conditional_rows(cfg)
-  shapes = {name: sampling.weight_shapes(cfg)[name] for name in rows}
+  shapes = sampling.weight_shapes(cfg)
+  products = [(r, *shapes[name]) for name, r in engine.conditional_rows(cfg).items()]  # (r, i, o)
   attention = 4 * cfg.batch * cfg.n * cfg.n * cfg.d
-  forward = sum(4 * i * r * r + 2 * r * r * o for r, (i, o) in zip(rows.values(), shapes.values())) + attention
+  forward = sum(4 * i * r * r + 2 * r * r * o for r, i, o in products) + attention
   backward = attention * 2 + sum(4 * o * r * r + 2 * r * r * (o + i) + 6 * i * r * r + 2 * r * r * (i + o)
-                                 for r, (i, o) in zip(rows.values(), shapes.values()))
+                                 for r, i, o in products)
   per_seed = sum(len(p.archs) * (max(p.depths) * forward + sum(p.depths) * backward)
                  for p in engine.passes_for(arch_names, depths))
   return float(per_seed * seeds)

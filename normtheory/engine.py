@@ -815,8 +815,8 @@ def normals_drawn(cfg: Config, arch_names, depths, seeds: int) -> int:
     if cfg.weights == "explicit":
       per_seed = L_max * sum(i * o for i, o in drawn) + V * d * (int(readout) + int(cfg.inputs == "text"))
     else:
-      seen = conditional_rows(cfg)
-      per_seed = L_max * A * sum(seen[name] * (2 * o + i) for name, (i, o) in zip(seen, drawn))
+      per_product = (r * (i + 2 * o) for name, r in conditional_rows(cfg).items() for i, o in [shapes[name]])
+      per_seed = L_max * A * sum(per_product)  # G_f twice (forward, recomputed), G_b once
       per_seed += len(p.depths) * A * (2 * rows * V + d * rows) * int(readout) + rows * d * int(cfg.inputs == "text")
     total += seeds * per_seed
   return total
