@@ -39,6 +39,13 @@ import os
 # As normtheory sets it on import, but before this file imports numpy (which reads it once): OpenBLAS's
 # own threads made the conditional engine's LAPACK QR ~30x slower.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+# XLA's CPU backend compiles the tests' programs with LLVM's optimization level 0, before jax starts
+# (it reads XLA_FLAGS once; subprocesses, the notebook's kernel included, inherit it). The tests'
+# programs are tiny, so their time is XLA compiling, not running: level 0 took tests/test_blocks.py's
+# compilation from 57.5 s to 26.9 s (cold, one process). The HLO, where every number's arithmetic is
+# fixed, is the same at every level, and the suite's bit-for-bit checks against stores written at the
+# default level (tests/data) still pass.
+os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0"]).strip()
 
 import fcntl  # noqa: E402
 import pathlib  # noqa: E402

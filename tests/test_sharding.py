@@ -32,7 +32,8 @@ np.save(sys.argv[1], np.concatenate([a.ravel() for a in stack]))
 
 def _norms_with_devices(tmp_path, devices: int) -> np.ndarray:
   out = tmp_path / f"norms_{devices}.npy"
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}")
   subprocess.run([sys.executable, "-c", PROGRAM, str(out), str(devices)], check=True, env=env, timeout=600)
   return np.load(out)
 
