@@ -306,7 +306,9 @@ def test_linear_loss_batch_mean_gradient_has_one_over_b_of_the_mean_square():
 @pytest.mark.slow
 def test_relaxed_samples_depend_only_on_the_seed_not_the_chunk():
   """Realistic preset with a batch of 2 and ResiDual beside Pre-LN: chunks of 1 or 2 seeds give bit-identical
-  norms (E included) to one chunk of 3, and seeds [2, 0] equal rows 2 and 0."""
+  norms (E included) to one chunk of 3, and seeds [2, 0] of the same pass equal rows 2 and 0. (A pass
+  over other depths compiles other programs: explicit weights' norms then agree to the last bit or so,
+  not bit for bit, and the README claims no more.)"""
   cfg = nt.Config(d=16, n=4, loss="xent", batch=2, **nt.config.preset("realistic"))
   key = jax.random.key(6)
   full = engine.measure_archs(cfg, ("pre", "residual"), [1, 3], np.arange(3), key)
@@ -316,5 +318,6 @@ def test_relaxed_samples_depend_only_on_the_seed_not_the_chunk():
       for name, g in full[arch][3].grad_norms.items():
         np.testing.assert_array_equal(part[arch][3].grad_norms[name], g, err_msg=f"{arch} {name} chunk={chunk}")
       np.testing.assert_array_equal(part[arch][1].sq_norms, full[arch][1].sq_norms)
-  subset = engine.measure_archs(cfg, ("pre",), [3], np.array([2, 0]), key)
-  np.testing.assert_array_equal(subset["pre"][3].grad_norms["E"], full["pre"][3].grad_norms["E"][[2, 0]])
+  subset = engine.measure_archs(cfg, ("pre", "residual"), [1, 3], np.array([2, 0]), key)
+  for name, g in full["pre"][3].grad_norms.items():
+    np.testing.assert_array_equal(subset["pre"][3].grad_norms[name], g[[2, 0]], err_msg=name)
