@@ -94,15 +94,14 @@ def floor_flops(cfg, arch_names, depths, seeds: int) -> float:
 def conditional_floor_flops(cfg, arch_names, depths, seeds: int) -> float:
   """FLOPs of the products a conditional-weights sweep cannot avoid (SPEC §6), per seed times seeds.
 
-  Per product on r rows of an i×o weight (:func:`normtheory.engine.conditional_rows`): forward the QR of ``aᵀ`` (``4 i r²``) and
+  Per product on r rows of an i×o weight (:func:`normtheory.engine.conditional_products`): forward the QR of ``aᵀ`` (``4 i r²``) and
   ``Rᵀ G_f`` (``2 r² o``); each depth's backward the QR of ``δᵀ`` (``4 o r²``),
   ``Q (G_f δᵀ)`` (``2 r² (o + i)``), ``G_b R_δ`` and its projection (``6 i r²``) and the
   Gram norm (``2 r² (i + o)``); attention as :func:`floor_flops`.
   """
-  from normtheory import engine, sampling
+  from normtheory import engine
 
-  shapes = sampling.weight_shapes(cfg)
-  products = [(r, *shapes[name]) for name, r in engine.conditional_rows(cfg).items()]  # (r, i, o)
+  products = engine.conditional_products(cfg).values()  # (r, i, o)
   attention = 4 * cfg.batch * cfg.n * cfg.n * cfg.d
   forward = sum(4 * i * r * r + 2 * r * r * o for r, i, o in products) + attention
   backward = attention * 2 + sum(4 * o * r * r + 2 * r * r * (o + i) + 6 * i * r * r + 2 * r * r * (i + o)

@@ -779,11 +779,13 @@ def draw_weights(
   return normals
 
 
-def conditional_rows(cfg: Config) -> dict[str, int]:
-  """The rows r each drawn weight's conditional product meets: B·n, but B (each sequence's
-  mean row) for W_V and W_O under uniform attention without a mask (:func:`normtheory.layers.attention`)."""
+def conditional_products(cfg: Config) -> dict[str, tuple[int, int, int]]:
+  """Each drawn weight's conditional product as ``(r, d_in, d_out)``: the rows r it meets are B·n,
+  but B (each sequence's mean row) for W_V and W_O under uniform attention without a mask
+  (:func:`normtheory.layers.attention`)."""
   mean_row = cfg.attention == "uniform" and not cfg.causal
-  return {name: cfg.batch if mean_row and name in ("W_V", "W_O") else cfg.batch * cfg.n
+  shapes = sampling.weight_shapes(cfg)
+  return {name: (cfg.batch if mean_row and name in ("W_V", "W_O") else cfg.batch * cfg.n, *shapes[name])
           for name in sampling.drawn_names(cfg)}
 
 
@@ -791,8 +793,7 @@ def normals_drawn(cfg: Config, arch_names, depths, seeds: int) -> int:
   """How many Gaussian normals :func:`measure_archs` draws for ``seeds`` seeds, each weight kept
   (explicit weights: every weight once, in full; conditional: each product's draws, SPEC §6).
 
-  Conditional weights draw, per product on r rows (B·n; B, each sequence's mean row, for
-  W_V and W_O under uniform attention without a mask), ``G_f`` (r × d_out) in the forward
+  Conditional weights draw, per product on r rows (:func:`conditional_products`), ``G_f`` (r × d_out) in the forward
   step and again in the backward step that recomputes it, and one ``G_b`` (d_in × r) that
   every depth's cotangent meets, for each architecture of the pass; the read-out draws per
   depth.
@@ -809,14 +810,15 @@ def normals_drawn(cfg: Config, arch_names, depths, seeds: int) -> int:
   drawn = [shapes[name] for name in sampling.drawn_names(cfg)]
   rows, V, d = cfg.batch * cfg.n, cfg.vocab, cfg.d
   readout = cfg.loss == "xent" and not cfg.tied
+  # conditional: G_f twice (forward, recomputed) and G_b once, per layer and architecture
+  conditional_layer = sum(r * (i + 2 * o) for r, i, o in conditional_products(cfg).values())
   total = 0
   for p in passes_for(tuple(dict.fromkeys(arch_names)), depths):
     L_max, A = max(p.depths), len(p.archs)
     if cfg.weights == "explicit":
       per_seed = L_max * sum(i * o for i, o in drawn) + V * d * (int(readout) + int(cfg.inputs == "text"))
     else:
-      per_product = (r * (i + 2 * o) for name, r in conditional_rows(cfg).items() for i, o in [shapes[name]])
-      per_seed = L_max * A * sum(per_product)  # G_f twice (forward, recomputed), G_b once
+      per_seed = L_max * A * conditional_layer
       per_seed += len(p.depths) * A * (2 * rows * V + d * rows) * int(readout) + rows * d * int(cfg.inputs == "text")
     total += seeds * per_seed
   return total
