@@ -40,12 +40,13 @@ import os
 # own threads made the conditional engine's LAPACK QR ~30x slower.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 # XLA's CPU backend compiles the tests' programs at LLVM optimization level 1, not its default 2, set
-# before jax starts (XLA reads XLA_FLAGS once; subprocesses, the notebook's kernel included, inherit
-# it; a level set in the shell wins). Most tests' time is XLA compiling small programs, not running
-# them. Measured cold, one process: tests/test_blocks.py compiled for 57.5 s at level 2, 33.2 s at
-# level 1 and 26.9 s at level 0; the law test at d = 64 (1000 seeds each kind, run-bound) took 17.7 s,
-# 17.0 s and 25.6 s. Levels 1 and 2 gave the same bits (1408 grad and hidden norms: explicit Post/Pre
-# d = 64, the realistic preset with ResiDual, conditional d = 64; L in {2, 6}, 4 seeds).
+# before jax starts (XLA reads XLA_FLAGS once; subprocesses, the notebook's kernel included, inherit it;
+# a level set in the shell wins). Most tests' time is XLA compiling small programs, not running them.
+# Measured cold, one process (experiments/compile_profile.py): tests/test_blocks.py compiled for 57.5 s
+# at level 2, 33.2 s at level 1 and 26.9 s at level 0; the law test at d = 64 (1000 seeds each kind,
+# run-bound) took 17.7 s, 17.0 s and 25.6 s. Levels 1 and 2 gave the same bits
+# (experiments/opt_level_bits.py: 1408 grad and hidden norms: explicit Post/Pre d = 64, the realistic
+# preset with ResiDual, conditional d = 64; L in {2, 6}, 4 seeds).
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=1".strip()
 
