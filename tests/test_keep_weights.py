@@ -34,14 +34,16 @@ def _budget_keeping(cfg, archs, depths, chunk, layers):
   return engine._padded(chunk) * (need.fixed + layers * need.per_kept_layer)
 
 
-def _assert_same(a, b, label):
+def _assert_same(a, b, label, rows=slice(None)):
+  """``b``'s numbers are bit for bit those of ``a``'s seeds ``rows`` (all of them by default)."""
   for arch, by_depth in a.items():
     for L, r in by_depth.items():
       s = b[arch][L]
       for name, g in r.grad_norms.items():
-        np.testing.assert_array_equal(s.grad_norms[name], g, err_msg=f"{label}: {arch} L={L} {name}")
+        np.testing.assert_array_equal(s.grad_norms[name], g[rows], err_msg=f"{label}: {arch} L={L} {name}")
       for field in ("sq_norms", "ln_jacobian", "ln_jacobian_final", "loss"):
-        np.testing.assert_array_equal(getattr(s, field), getattr(r, field), err_msg=f"{label}: {arch} L={L} {field}")
+        np.testing.assert_array_equal(getattr(s, field), getattr(r, field)[rows],
+                                      err_msg=f"{label}: {arch} L={L} {field}")
 
 
 CASES = {
@@ -60,7 +62,11 @@ CASES = {
 @pytest.mark.parametrize("case", CASES)
 def test_kept_partly_kept_and_redrawn_weights_give_the_same_bits(case):
   """Keeping every layer (one call), keeping one layer of three with one seed per call, and redrawing
-  every layer with 2 seeds per call give bit-identical norms, hidden norms, LN Jacobians and losses."""
+  every layer with 2 seeds per call give bit-identical norms (E included), hidden norms, LN Jacobians
+  and losses; and seeds [2, 0] alone (redrawn, one call) are rows 2 and 0 of the same pass. (A pass
+  over other depths compiles other programs, and explicit weights' norms may then differ in their
+  last bits: at XLA's default level, W_V, W_O and W1 of a pass over L = 3 alone against one over
+  L in {1, 3}; the README claims bit-identity for chunks, memory plans, devices and processes only.)"""
   cfg, archs, depths = CASES[case]
   seeds = np.arange(3)
   kept = engine.measure_archs(cfg, archs, depths, seeds, KEY, max_memory=engine.UNLIMITED)
@@ -72,6 +78,8 @@ def test_kept_partly_kept_and_redrawn_weights_give_the_same_bits(case):
   redrawn = engine.measure_archs(cfg, archs, depths, seeds, KEY, chunk=2, redraw=True)
   _assert_same(kept, partly, "one layer kept, chunk 1")
   _assert_same(kept, redrawn, "redrawn, chunk 2")
+  subset = engine.measure_archs(cfg, archs, depths, np.array([2, 0]), KEY, chunk=2, redraw=True)
+  _assert_same(kept, subset, "seeds [2, 0], redrawn", rows=[2, 0])
 
 
 @pytest.mark.slow
