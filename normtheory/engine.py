@@ -96,11 +96,13 @@ class DepthResult:
 class _LayerSteps(NamedTuple):
   """The jitted, seed-sharded layer steps of one shared pass (loss-independent)."""
 
-  forward: Callable  # (p_keys, state, l, L) -> arch -> (state, sq_norm, ln_jac_k); weights drawn and dropped
+  forward: Callable  # (p_keys, state, normals, l, L) -> arch -> (state, sq_norm, ln_jac_k); weights drawn and dropped
   forward_keep: Callable  # (p_keys, state, l, L) -> (the same, drawn weights name -> (S, i, o))
-  backward: Callable  # (p_keys, state, ct_K, l, L) -> arch -> (ct_K, param -> sq grad norm (K,)); redrawn
+  backward: Callable  # (p_keys, state, normals, ct_K, l, L) -> arch -> (ct_K, param -> sq grad norm (K,)); redrawn
   backward_kept: Callable  # (weights, state, ct_K, l, L) -> the same, from the weights forward_keep drew
   draw: Callable  # (p_keys, l, L) -> drawn weights name -> (S, i, o): the sampling alone
+  forward_normals: Callable  # (p_keys, l, L) -> arch -> product -> (S, r, o): G_f's normals ({}: explicit)
+  backward_normals: Callable  # (p_keys, l, L) -> arch -> product -> (S, i, r): G_b's normals ({}: explicit)
 
 
 class _HeadSteps(NamedTuple):
@@ -208,27 +210,47 @@ def _layer_steps(layer_cfg: Config, arch_names: tuple[str, ...]) -> _LayerSteps:
   weight_scale = archs[arch_names[0]].weight_scale  # equal for every arch of a shared pass
   out_widths = {name: fan_out for name, (_, fan_out) in sampling.weight_shapes(layer_cfg).items()}
   norm_names = norm_param_names(layer_cfg, 2)  # DyT / Derf: the layer's norm parameters
+  products = conditional_products(layer_cfg) if layer_cfg.weights == "conditional" else {}
+  dtype = jnp.dtype(layer_cfg.dtype)
 
   def drawn(p_key, l, L):
     return sampling.drawn_params(layer_cfg, p_key, l, weight_scale(L))
 
-  def forward_one(p, x, l, L):
+  def cell_params(p, name, normals):
+    """The layer's weights as architecture ``name`` reads them; ``normals``: () (explicit weights), or the
+    forward (and backward) normals of its conditional products, drawn ahead."""
+    p_cell = sampling.for_cell(p, name)
+    return sampling.with_draws(p_cell, *(n[name] for n in normals)) if normals else p_cell
+
+  def normals_one(p_key, l, L, backward):
+    """arch -> product -> the normals of ``G_b`` (``backward``) or of ``G_f``, for every conditional product
+    of the layer: drawn by programs of their own, so that the forward step and each backward step (one
+    per depth batch) do not each compile the sampler; the same numbers as drawing them in the products."""
+    p = params(p_key, l, L)
+    out = {}
+    for name in archs:
+      p_cell = sampling.for_cell(p, name)
+      out[name] = {w: p_cell[w].draw_backward(r, dtype) if backward else p_cell[w].draw_forward(r, dtype)
+                   for w, (r, _, _) in products.items()}
+    return out
+
+  def forward_one(p, x, normals, l, L):
     out = {}
     for name, arch in archs.items():
       taps = Taps()
-      x_next = arch.layer(sampling.for_cell(p, name), x[name], l, L, layer_cfg, taps)
+      x_next = arch.layer(cell_params(p, name, normals), x[name], l, L, layer_cfg, taps)
       out[name] = (x_next, (arch.hidden(x[name]) ** 2).sum(-1).mean(),
                    ln_jacobian_means(taps.ln_inputs, layer_cfg.eps, layer_cfg))
     return out
 
   def forward_keep_one(p_key, x, l, L):
     w = drawn(p_key, l, L)
-    return forward_one(sampling.with_constants(layer_cfg, w), x, l, L), w
+    return forward_one(sampling.with_constants(layer_cfg, w), x, (), l, L), w
 
-  def backward_one(p, x, ct, l, L):
+  def backward_one(p, x, normals, ct, l, L):
     out = {}
     for name, arch in archs.items():
-      p_cell = sampling.for_cell(p, name)  # conditional weights: every depth's cotangent meets one draw of G_b
+      p_cell = cell_params(p, name, normals)  # conditional weights: every depth's cotangent meets one draw of G_b
 
       def tapped(x_nxd, z, q, arch=arch, p_cell=p_cell):
         taps = Taps(z)
@@ -247,30 +269,39 @@ def _layer_steps(layer_cfg: Config, arch_names: tuple[str, ...]) -> _LayerSteps:
 
   params = lambda p_key, l, L: sampling.layer_params(layer_cfg, p_key, l, weight_scale(L))
 
-  def forward(p_keys_S, x_S, l, L):
-    return map_seeds(lambda a: forward_one(params(a[0], l, L), a[1], l, L), (p_keys_S, x_S))
+  def forward(p_keys_S, x_S, normals_S, l, L):
+    return map_seeds(lambda a: forward_one(params(a[0], l, L), a[1], a[2], l, L), (p_keys_S, x_S, normals_S))
 
   def forward_keep(p_keys_S, x_S, l, L):
     return map_seeds(lambda a: forward_keep_one(*a, l, L), (p_keys_S, x_S))
 
   def backward_from(weights_of):
-    def backward(source_S, x_S, ct_K_S, l, L):
-      out = map_seeds(lambda a: backward_one(weights_of(a[0], l, L), a[1], a[2], l, L),
-                      (source_S, x_S, _swap(ct_K_S)))
+    def backward(source_S, x_S, normals_S, ct_K_S, l, L):
+      out = map_seeds(lambda a: backward_one(weights_of(a[0], l, L), a[1], a[2], a[3], l, L),
+                      (source_S, x_S, normals_S, _swap(ct_K_S)))
       return {name: (_swap(ct_S_K), _swap(sq_S_K)) for name, (ct_S_K, sq_S_K) in out.items()}
     return backward
 
   def draw(p_keys_S, l, L):
     return map_seeds(lambda k: drawn(k, l, L), p_keys_S)
 
+  def normals_of(backward):
+    if not products:
+      return lambda p_keys_S, l, L: ()
+    return _shard(lambda p_keys_S, l, L: map_seeds(lambda k: normals_one(k, l, L, backward), p_keys_S),
+                  (_SEEDS, _REPLICATED, _REPLICATED), _SEEDS)
+
   seeds, seeds_2nd, rep = _SEEDS, _SEEDS_2ND, _REPLICATED
+  backward_kept = backward_from(lambda w, l, L: sampling.with_constants(layer_cfg, w))
   return _LayerSteps(
-      _shard(forward, (seeds, seeds, rep, rep), seeds),
+      _shard(forward, (seeds, seeds, seeds, rep, rep), seeds),
       _shard(forward_keep, (seeds, seeds, rep, rep), (seeds, seeds)),
-      _shard(backward_from(params), (seeds, seeds, seeds_2nd, rep, rep), seeds_2nd),
-      _shard(backward_from(lambda w, l, L: sampling.with_constants(layer_cfg, w)),
+      _shard(backward_from(params), (seeds, seeds, seeds, seeds_2nd, rep, rep), seeds_2nd),
+      _shard(lambda w_S, x_S, ct_K_S, l, L: backward_kept(w_S, x_S, (), ct_K_S, l, L),
              (seeds, seeds, seeds_2nd, rep, rep), seeds_2nd),
       _shard(draw, (seeds, rep, rep), seeds),
+      normals_of(backward=False),
+      normals_of(backward=True),
   )
 
 
@@ -415,7 +446,8 @@ def _measure_chunk(
   xs, stats, kept = [x], [], {}  # device arrays, read back once the pass is done
   for l in range(1, L_max + 1):
     if kept_layers is None:
-      out = steps.forward(p_keys, x, jnp.int32(l), L_arg)
+      normals = steps.forward_normals(p_keys, jnp.int32(l), L_arg)
+      out = steps.forward(p_keys, x, normals and (normals,), jnp.int32(l), L_arg)
     else:
       out, weights = steps.forward_keep(p_keys, x, jnp.int32(l), L_arg)
       if l <= kept_layers:
@@ -443,7 +475,9 @@ def _measure_chunk(
     if l in kept:
       out = steps.backward_kept(kept.pop(l), xs[l - 1], ct_pad, jnp.int32(l), L_arg)
     else:
-      out = steps.backward(p_keys, xs[l - 1], ct_pad, jnp.int32(l), L_arg)
+      normals = steps.forward_normals(p_keys, jnp.int32(l), L_arg)
+      normals = normals and (normals, steps.backward_normals(p_keys, jnp.int32(l), L_arg))
+      out = steps.backward(p_keys, xs[l - 1], normals, ct_pad, jnp.int32(l), L_arg)
     xs[l] = None  # no longer needed: free it
     ct = {name: o[0][:K] for name, o in out.items()}
     grad_sq.append({name: o[1] for name, o in out.items()})
@@ -612,8 +646,9 @@ def seed_bytes(cfg: Config, arch_names, depths) -> SeedBytes:
   streams = sum(2 if architectures.get(a).dual else 1 for a in arch_names)
   K = len(set(depths))
   states = (max(depths) + 1 + 2 * K) * streams * rows * cfg.d  # hidden states; cotangents in and out
-  if cfg.weights == "conditional":  # per product: Q, G_f, and per depth G_b C and the transients, r columns each
-    work = (4 + 4 * K) * streams * rows * sum(i + o for i, o in shapes.values())
+  if cfg.weights == "conditional":  # per product: Q, G_f, and per depth G_b C and the transients, r columns each;
+    # G_f's and G_b's normals drawn ahead of the step (every seed's at once)
+    work = (6 + 4 * K) * streams * rows * sum(i + o for i, o in shapes.values())
     readout = (2 + 2 * K) * rows * (cfg.vocab + cfg.d) * streams
     return SeedBytes(item * (states + work + readout), 0)
   gram_dearer = cfg.batch > 1 and rows * (cfg.d + cfg.d_ff) > cfg.d * cfg.d_ff  # _sq_grad_norm forms a^T delta

@@ -95,6 +95,8 @@ class ConditionalWeight:
     shape: ``(d_in, d_out)``.
     transposed: W is the transpose of the explicit draw from ``key`` (the read-out W_embᵀ).
     zero: W is 0, not drawn (W_Q, W_K under uniform attention).
+    forward_draw: ``None``, or :meth:`draw_forward`'s normals drawn ahead (:func:`with_draws`).
+    backward_draw: ``None``, or :meth:`draw_backward`'s normals drawn ahead.
   """
 
   key: jax.Array
@@ -104,6 +106,8 @@ class ConditionalWeight:
   shape: tuple[int, int]
   transposed: bool = False
   zero: bool = False
+  forward_draw: jax.Array | None = None
+  backward_draw: jax.Array | None = None
 
   @property
   def T(self) -> ConditionalWeight:
@@ -113,10 +117,21 @@ class ConditionalWeight:
   def _stream(self) -> jax.Array:
     return jax.random.fold_in(self.key, self.arch)
 
+  def draw_forward(self, rows: int, dtype) -> jax.Array:
+    """The standard normals of ``G_f`` (rows × d_out), from the forward key: a function of W's keys
+    and the number of rows seen only, so they may be drawn ahead of the product (:func:`with_draws`)."""
+    return jax.random.normal(jax.random.fold_in(self._stream(), 0), (rows, self.shape[1]), dtype)
+
+  def draw_backward(self, rows: int, dtype) -> jax.Array:
+    """The standard normals of ``G_b`` (d_in × rows), from the backward key (keyed by :attr:`depth`)."""
+    b_key = jax.random.fold_in(jax.random.fold_in(self._stream(), 1), self.depth)
+    return jax.random.normal(b_key, (self.shape[0], rows), dtype)
+
   def forward_normals(self, qt_kxi: jax.Array) -> jax.Array:
     """``G_f = Qᵀ W`` (k × d_out) for the orthonormal rows ``Qᵀ`` (k × d_in) of the rows seen:
     i.i.d. ``N(0, scale²)`` from the forward key (only the shape of ``Qᵀ`` is read)."""
-    g_kxo = jax.random.normal(jax.random.fold_in(self._stream(), 0), (qt_kxi.shape[0], self.shape[1]), qt_kxi.dtype)
+    k = qt_kxi.shape[0]
+    g_kxo = self.draw_forward(k, qt_kxi.dtype) if self.forward_draw is None else _ahead(self.forward_draw, (k, self.shape[1]))
     return g_kxo * self.scale
 
   def fresh_product(self, delta_rxo: jax.Array) -> jax.Array:
@@ -124,9 +139,9 @@ class ConditionalWeight:
     :attr:`depth`): ``G_b C`` with ``G_b`` (d_in × r) i.i.d. ``N(0, scale²)`` and ``Cᵀ C = δ δᵀ``
     (:func:`normtheory.layers.gram_factor`), whose rows are ``N(0, scale² δ δᵀ)`` as ``W' δᵀ``'s are.
     The backward product keeps only its part outside the rows seen forward."""
-    b_key = jax.random.fold_in(jax.random.fold_in(self._stream(), 1), self.depth)
     r = delta_rxo.shape[0]
-    g_ixr = jax.random.normal(b_key, (self.shape[0], r), delta_rxo.dtype) * self.scale
+    g_ixr = (self.draw_backward(r, delta_rxo.dtype) if self.backward_draw is None
+             else _ahead(self.backward_draw, (self.shape[0], r))) * self.scale
     return jnp.matmul(g_ixr, layers.gram_factor(delta_rxo), precision=layers.HIGHEST)
 
   def rows(self, tokens: jax.Array, dtype) -> jax.Array:
@@ -139,7 +154,25 @@ class ConditionalWeight:
 
 
 jax.tree_util.register_dataclass(
-    ConditionalWeight, data_fields=["key", "scale", "arch", "depth"], meta_fields=["shape", "transposed", "zero"])
+    ConditionalWeight, data_fields=["key", "scale", "arch", "depth", "forward_draw", "backward_draw"],
+    meta_fields=["shape", "transposed", "zero"])
+
+
+def _ahead(normals: jax.Array, shape: tuple[int, int]) -> jax.Array:
+  """Normals drawn ahead, checked against the shape the product asks for (at trace time)."""
+  if normals.shape != shape:
+    raise ValueError(f"normals drawn ahead have shape {normals.shape}; the product needs {shape}")
+  return normals
+
+
+def with_draws(params: Params, forward: dict, backward: dict | None = None) -> Params:
+  """``params`` with the conditional weights named in ``forward`` (and ``backward``) holding their
+  normals drawn ahead (:meth:`ConditionalWeight.draw_forward`, :meth:`~ConditionalWeight.draw_backward`):
+  the same numbers as drawing them in the product, from a separate compiled program (the engine's
+  draw steps), so the layer programs that read them do not each compile the sampler."""
+  backward = backward or {}
+  return {name: dataclasses.replace(w, forward_draw=forward[name], backward_draw=backward.get(name))
+          if name in forward else w for name, w in params.items()}
 
 
 def conditional_weight(key: jax.Array, shape: tuple[int, int], scale, zero: bool = False) -> ConditionalWeight:

@@ -54,6 +54,19 @@ def test_gram_factor_reproduces_the_gram_matrix_of_any_rank(dtype, tol):
       np.testing.assert_array_equal(jnp.tril(c_rxr, -1), 0, err_msg=name)
 
 
+def test_normals_drawn_ahead_are_the_products_own():
+  """A conditional weight holding its normals drawn ahead (the engine's normals steps) computes what it
+  computes drawing them itself, bit for bit; normals of another shape are refused at trace time."""
+  w = sampling.for_cell({"W1": sampling.conditional_weight(jax.random.key(5), (32, 24), 0.3)}, "pre")["W1"]
+  qt_kxi, delta_rxo = jax.random.normal(jax.random.key(6), (3, 32)), jax.random.normal(jax.random.key(7), (3, 24))
+  ahead = sampling.with_draws({"W1": w}, {"W1": w.draw_forward(3, jnp.float32)},
+                              {"W1": w.draw_backward(3, jnp.float32)})["W1"]
+  np.testing.assert_array_equal(ahead.forward_normals(qt_kxi), w.forward_normals(qt_kxi))
+  np.testing.assert_array_equal(ahead.fresh_product(delta_rxo), w.fresh_product(delta_rxo))
+  with pytest.raises(ValueError, match="the product needs"):
+    ahead.forward_normals(qt_kxi[:2])
+
+
 def test_embedding_rows_are_drawn_once_per_token():
   """A conditional E shows the same row for every occurrence of a token, and rows of Xavier scale."""
   e = sampling.conditional_weight(jax.random.key(4), (256, 64), 0.5)
