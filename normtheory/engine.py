@@ -287,7 +287,7 @@ def _layer_steps(layer_cfg: Config, arch_names: tuple[str, ...]) -> _LayerSteps:
 
   def normals_of(backward):
     if not products:
-      return lambda p_keys_S, l, L: ()
+      return lambda p_keys_S, l, L: {}
     return _shard(lambda p_keys_S, l, L: map_seeds(lambda k: normals_one(k, l, L, backward), p_keys_S),
                   (_SEEDS, _REPLICATED, _REPLICATED), _SEEDS)
 
@@ -446,8 +446,7 @@ def _measure_chunk(
   xs, stats, kept = [x], [], {}  # device arrays, read back once the pass is done
   for l in range(1, L_max + 1):
     if kept_layers is None:
-      normals = steps.forward_normals(p_keys, jnp.int32(l), L_arg)
-      out = steps.forward(p_keys, x, normals and (normals,), jnp.int32(l), L_arg)
+      out = steps.forward(p_keys, x, _step_normals(steps, p_keys, l, L_arg, False), jnp.int32(l), L_arg)
     else:
       out, weights = steps.forward_keep(p_keys, x, jnp.int32(l), L_arg)
       if l <= kept_layers:
@@ -475,9 +474,7 @@ def _measure_chunk(
     if l in kept:
       out = steps.backward_kept(kept.pop(l), xs[l - 1], ct_pad, jnp.int32(l), L_arg)
     else:
-      normals = steps.forward_normals(p_keys, jnp.int32(l), L_arg)
-      normals = normals and (normals, steps.backward_normals(p_keys, jnp.int32(l), L_arg))
-      out = steps.backward(p_keys, xs[l - 1], normals, ct_pad, jnp.int32(l), L_arg)
+      out = steps.backward(p_keys, xs[l - 1], _step_normals(steps, p_keys, l, L_arg, True), ct_pad, jnp.int32(l), L_arg)
     xs[l] = None  # no longer needed: free it
     ct = {name: o[0][:K] for name, o in out.items()}
     grad_sq.append({name: o[1] for name, o in out.items()})
@@ -512,6 +509,15 @@ def _measure_chunk(
           {w: np.sqrt(np.asarray(v)[:S])[:, None] for w, v in final.final_sq.items()},
       )
   return results
+
+
+def _step_normals(steps: _LayerSteps, p_keys: jax.Array, l: int, L_arg: jax.Array, backward: bool) -> tuple:
+  """What a step of layer ``l`` reads as ``normals``: () under explicit weights; the conditional products'
+  normals of ``G_f``, and of ``G_b`` for a backward step, each drawn by its own program."""
+  forward = steps.forward_normals(p_keys, jnp.int32(l), L_arg)
+  if not forward:
+    return ()
+  return (forward, steps.backward_normals(p_keys, jnp.int32(l), L_arg)) if backward else (forward,)
 
 
 def _depth_batch(K: int, depths: int, weights: str) -> int:

@@ -131,7 +131,8 @@ class ConditionalWeight:
     """``G_f = Qᵀ W`` (k × d_out) for the orthonormal rows ``Qᵀ`` (k × d_in) of the rows seen:
     i.i.d. ``N(0, scale²)`` from the forward key (only the shape of ``Qᵀ`` is read)."""
     k = qt_kxi.shape[0]
-    g_kxo = self.draw_forward(k, qt_kxi.dtype) if self.forward_draw is None else _ahead(self.forward_draw, (k, self.shape[1]))
+    g_kxo = (self.draw_forward(k, qt_kxi.dtype) if self.forward_draw is None
+             else _ahead(self.forward_draw, (k, self.shape[1])))
     return g_kxo * self.scale
 
   def fresh_product(self, delta_rxo: jax.Array) -> jax.Array:
