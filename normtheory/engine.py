@@ -226,7 +226,7 @@ def _layer_steps(layer_cfg: Config, arch_names: tuple[str, ...]) -> _LayerSteps:
     """arch -> product -> the normals of ``G_b`` (``backward``) or of ``G_f``, for every conditional product
     of the layer: drawn by programs of their own, so that the forward step and each backward step (one
     per depth batch) do not each compile the sampler; the same numbers as drawing them in the products."""
-    p = params(p_key, l, L)
+    p = drawn(p_key, l, L)  # the products' weights, without the constants around them
     out = {}
     for name in archs:
       p_cell = sampling.for_cell(p, name)
