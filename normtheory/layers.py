@@ -86,7 +86,9 @@ def _qr_rows(m_kxa: jax.Array) -> tuple[jax.Array, jax.Array]:
     m_kxa, v_kxa = carry
     x_a = jnp.where(columns_a >= j, m_kxa[j], 0)
     x_norm = _norm(x_a)
-    sign = jnp.where(m_kxa[j, j] >= 0, 1, -1).astype(m_kxa.dtype)
+    # the sign that avoids cancellation; an entry at rounding level (rows of disjoint support, as ReLU's
+    # zeros give) takes +1, so that the backward step's recomputed QR reflects as the forward step's did
+    sign = jnp.where(m_kxa[j, j] >= -negligible, 1, -1).astype(m_kxa.dtype)
     v_a = x_a + sign * x_norm * (columns_a == j)
     v_norm = _norm(v_a)
     v_a = jnp.where(x_norm > negligible, v_a / jnp.where(v_norm > 0, v_norm, 1), 0)
