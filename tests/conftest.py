@@ -2,7 +2,8 @@
 
 ``pytest -q`` runs every test (what ``.ci/run`` calls). ``pytest -q -m "not slow"`` is
 the fast tier. Both run on two pytest-xdist workers, one per core, each test file on one worker
-(``-n 2 --dist loadfile`` in pyproject.toml's ``addopts``; ``-n 0`` runs in one process), so the
+(``-n 2 --dist loadfile --no-loadscope-reorder`` in pyproject.toml's ``addopts``, longest files first:
+:func:`pytest_collection_modifyitems`; ``-n 0`` runs in one process), so the
 tests of a file share their compiled programs (``--dist worksteal`` was measured: a file's tests
 then compile the same programs on both workers, and the suite took 1844 s against 1800 s). The
 long tests (fresh interpreters, two-process runs, the notebook, forced multi-device runs, Flax-built
@@ -39,16 +40,21 @@ import os
 # As normtheory sets it on import, but before this file imports numpy (which reads it once): OpenBLAS's
 # own threads made the conditional engine's LAPACK QR ~30x slower.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-# XLA's CPU backend compiles the tests' programs at LLVM optimization level 1, not its default 2, set
-# before jax starts (XLA reads XLA_FLAGS once; subprocesses, the notebook's kernel included, inherit it;
-# a level set in the shell wins). Most tests' time is XLA compiling small programs, not running them.
+# XLA's CPU backend compiles the tests' programs at LLVM optimization level 1, not its default 3, and with
+# its older CPU fusion emitters (the elemental IR emitter, ``--xla_cpu_use_fusion_emitters=false``), set
+# before jax starts (XLA reads XLA_FLAGS once; subprocesses, the notebook's kernel included, inherit them;
+# a flag set in the shell wins). Most tests' time is XLA compiling small programs, not running them.
 # Measured cold, one process (experiments/compile_profile.py): tests/test_blocks.py compiled for 57.5 s
-# at level 2, 33.2 s at level 1 and 26.9 s at level 0; the law test at d = 64 (1000 seeds each kind,
-# run-bound) took 17.7 s, 17.0 s and 25.6 s. Levels 1 and 2 gave the same bits
-# (experiments/opt_level_bits.py: 1408 grad and hidden norms: explicit Post/Pre d = 64, the realistic
-# preset with ResiDual, conditional d = 64; L in {2, 6}, 4 seeds).
-if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=1".strip()
+# at level 2, 33.2 s at level 1 and 26.9 s at level 0 (the law test at d = 64, run-bound, took
+# 17.7 s, 17.0 s and 25.6 s); with the older emitters at level 1, 29 s against 43 s (2026-12-03). The
+# whole suite, cold, two workers, back to back: 1473 s at level 1, 1275 s with the older emitters too
+# (backend compilation 1491 s -> 1195 s of the workers' time). The numbers differ from a default build's
+# in their last bits (experiments/opt_level_bits.py: of 1408 grad and hidden norms, 262 at level 1 alone,
+# 389 under both flags, at most 1.8e-6 relative), within every test's tolerance; the bit-identity tests
+# compare runs made under the same flags.
+for flag, value in (("xla_backend_optimization_level", "1"), ("xla_cpu_use_fusion_emitters", "false")):
+  if flag not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --{flag}={value}".strip()
 
 import fcntl  # noqa: E402
 import pathlib  # noqa: E402
@@ -112,13 +118,22 @@ def pytest_sessionfinish(session):
 
 
 TINY_FIXTURES = {"tiny_store", "tiny_grid", "tiny_argv"}  # tests that reuse the tiny store's compiled steps
+# The files that took longest, longest first (each over 60 s of a worker's time in the profiled run of
+# 2026-12-03, experiments/compile_profile.py): handed out first, so that the two workers end together.
+# Only the order depends on it: a stale list costs balance, never a check.
+LONGEST_FILES = ("test_conditional_algebra.py", "test_keep_weights.py", "test_distributed.py",
+                 "test_relaxations.py", "test_conditional_law.py", "test_gradients.py", "test_notebook.py",
+                 "test_probe.py", "test_flax_equality.py", "test_theory_blocks.py", "test_plot.py",
+                 "test_sharding.py", "test_reliability.py", "test_cli.py", "test_flax_blocks.py", "test_blocks.py")
 
 
 def pytest_collection_modifyitems(items):
-  """The test files that read :func:`tiny_store` or run its grid run after the others (the order within a
-  file kept), by when the store and its compiled steps are there."""
+  """Files in the order the workers take them (pyproject's ``--no-loadscope-reorder`` keeps it): the
+  longest first (:data:`LONGEST_FILES`), then the others, those that read :func:`tiny_store` or run its
+  grid last, by when the store and its compiled steps are there; the order within a file kept."""
   late = {item.path for item in items if TINY_FIXTURES & set(getattr(item, "fixturenames", ()))}
-  items.sort(key=lambda item: item.path in late)
+  rank = lambda path: LONGEST_FILES.index(path.name) if path.name in LONGEST_FILES else len(LONGEST_FILES)
+  items.sort(key=lambda item: (rank(item.path), item.path in late))
 
 
 @pytest.fixture(autouse=True, scope="module")
