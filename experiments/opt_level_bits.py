@@ -1,7 +1,7 @@
 """Do the suite's XLA flags compute the bits a user's run computes? (tests/conftest.py sets them.)
 
 The suite compiles at LLVM optimization level 1 with XLA's older CPU fusion emitters
-(``--xla_cpu_use_fusion_emitters=false``); a user's run compiles with XLA's defaults (level 2,
+(``--xla_cpu_use_fusion_emitters=false``); a user's run compiles with XLA's defaults (level 3,
 the newer emitters). Each build runs in a fresh interpreter (XLA reads ``XLA_FLAGS`` once) and
 a fresh ``HOME`` (no shared compilation cache), measures the same cells, and the script prints,
 for level 1 alone and for the suite's flags, how many of their grad and hidden norms differ from
