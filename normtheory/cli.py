@@ -121,7 +121,8 @@ def build_parser() -> ArgumentParser:
                  help="the whole process's peak memory, e.g. 2G or 512M: what the process does not hold yet, less "
                       f"{engine.RUNTIME_RESERVE // 2**20}M for compiling, bounds each compiled call, whose seeds and "
                       "kept layers follow from it; too small for one seed: exit 2 before anything runs (default: each "
-                      "call a quarter of the free memory)")
+                      "call a quarter of the free memory, at most "
+                      f"{engine.CONDITIONAL_CALL_BYTES / 2**30:g}G under --weights conditional)")
   p.add_argument("--redraw", action="store_true",
                  help="draw every layer's weights again in the backward pass instead of keeping them "
                       "(the slower path before weights were kept; the same numbers)")
@@ -227,13 +228,26 @@ def base_config(args: argparse.Namespace, axes: dict) -> Config:
   return Config(d=axes["d"][0], loss=axes["loss"][0], n=args.n, d_ff=args.d_ff, eps=args.eps, vocab=args.vocab,
                 dtype=args.dtype, batch=args.batch, attention=args.attention, heads=args.heads,
                 inputs=args.inputs, tied=args.tied, norm=args.norm, alpha0=args.alpha0, ffn=args.ffn,
-                causal=args.causal, positions=args.positions, weights=args.weights)
+                causal=args.causal, positions=args.positions, weights=args.weights,
+                conditional_draws=conditional_draws(args))
+
+
+def conditional_draws(args: argparse.Namespace) -> str:
+  """``Config.conditional_draws`` of the run: "shared", except where ``--out`` holds a conditional store
+  written before the setting existed (its ``conditional_draws`` null or absent), which resumes with the
+  per-architecture draws it was measured with. Raises StoreError if meta.json cannot be read."""
+  meta = store.read_meta(args.out) if args.weights == "conditional" else None
+  stored = {} if meta is None else meta["settings"]
+  legacy = stored.get("weights") == "conditional" and stored.get("conditional_draws") is None
+  return "per-arch" if legacy else "shared"
 
 
 def store_settings(args: argparse.Namespace, base: Config) -> dict[str, Any]:
   """The store-level settings of a run (meta.json "settings"): what every row depends on but no column says."""
+  shared = base.weights == "conditional" and base.conditional_draws == "shared"
   return {"dtype": args.dtype, "eps": args.eps, "base_seed": args.seed, "prng": args.prng, "vocab": base.vocab,
-          "tied": args.tied, "alpha0": args.alpha0, "weights": args.weights}
+          "tied": args.tied, "alpha0": args.alpha0, "weights": args.weights,
+          "conditional_draws": "shared" if shared else None}
 
 
 class Parsed(NamedTuple):
@@ -481,7 +495,7 @@ def _measure(args, axes, argv, base, main_store, results, info: dict, leader: bo
   total = len(axes["arch"]) * len(axes["loss"]) * len(axes["d"]) * len(axes["L"])
   say(f"{total} cells: {complete} already stored in {args.out}, {total - complete} to measure")
   if args.max_memory is None:
-    call_bytes, memory = engine.default_max_memory(), {"memory_budget": "call"}
+    call_bytes, memory = engine.default_max_memory(args.weights), {"memory_budget": "call"}
   else:  # the whole process's: what it holds before compiling anything, and the compiler's reserve, are not the calls'
     programs = max((engine.program_bytes(p.base, p.archs, p.depths) for p in passes), default=0)  # one width's at a time
     call_bytes, memory = engine.call_budget(args.max_memory, programs), {"memory_budget": "process"}

@@ -19,6 +19,9 @@ NORMS = ("layernorm", "rmsnorm", "dyt", "derf")
 FFNS = ("relu", "gelu", "swiglu")
 POSITIONS = ("none", "sinusoidal", "rope")
 WEIGHTS = ("explicit", "conditional")  # how the weights are sampled (normtheory.sampling)
+# Conditional weights: one stream of normals for every architecture, or one per architecture (the stores
+# written before the setting; normtheory.sampling.for_cell).
+CONDITIONAL_DRAWS = ("shared", "per-arch")
 PARAM_NAMES = ("W_Q", "W_K", "W_V", "W_O", "W1", "W2")
 GATE = "W3"  # SwiGLU's third matrix (its weight key is the layer key's child len(PARAM_NAMES))
 # The parameters of each pointwise norm, per norm site k: param name f"{norm}{k}_{part}".
@@ -119,6 +122,10 @@ class Config:
       law, never a d×d matrix: SPEC §6, :class:`normtheory.sampling.ConditionalWeight`).
       Conditional needs fewer rows per sample than every weight's input width
       (``batch · n < min(d, d_ff)``) and no tied read-out (a weight used twice).
+    conditional_draws: conditional weights only: "shared" (every architecture's products
+      draw the same normals, those of ``ARCHS[0]``, so Post-LN's numbers are the same
+      either way) or "per-arch" (each architecture its own normals: the conditional stores
+      whose meta.json has no ``conditional_draws``, which resume so). Each cell's law is the same.
   """
 
   arch: str = "pre"  # LayerNorm placement, see normtheory.architectures
@@ -142,6 +149,7 @@ class Config:
   causal: bool = False  # causal attention mask
   positions: str | None = None  # "none" | "sinusoidal" | "rope"; None -> sinusoidal (text) or none
   weights: str = "explicit"  # "explicit" | "conditional" (exact in law, SPEC §6)
+  conditional_draws: str = "shared"  # "shared" | "per-arch": whose normals each architecture's products read
 
   def __post_init__(self):
     _require_choice("arch", self.arch, ARCHS)
@@ -193,6 +201,7 @@ class Config:
       raise ValueError("positions='sinusoidal' is added to text embeddings: it needs inputs='text' "
                        "(Gaussian inputs carry no position code)")
     _require_choice("weights", self.weights, WEIGHTS)
+    _require_choice("conditional_draws", self.conditional_draws, CONDITIONAL_DRAWS)
     if self.weights == "conditional":
       check_conditional(self.batch * self.n, min(self.d, self.d_ff), self.tied)
 

@@ -129,7 +129,8 @@ def sample_metrics(cfg: Config, seed_key: jax.Array) -> dict[str, jax.Array]:
   scale = arch.weight_scale(cfg.L)
 
   def layer(x, l):
-    return arch.layer(sampling.for_cell(sampling.layer_params(cfg, p_key, l, scale), cfg.arch), x, l, cfg.L, cfg)
+    p = sampling.for_cell(sampling.layer_params(cfg, p_key, l, scale), cfg.arch, draws=cfg.conditional_draws)
+    return arch.layer(p, x, l, cfg.L, cfg)
 
   head = sampling.head_params(cfg, p_key)
   return stack_metrics(layer, lambda x: arch.final(x, cfg.eps, None, cfg, head), state, cfg.L,

@@ -101,8 +101,8 @@ class _LayerSteps(NamedTuple):
   backward: Callable  # (p_keys, state, normals, ct_K, l, L) -> arch -> (ct_K, param -> sq grad norm (K,)); redrawn
   backward_kept: Callable  # (weights, state, ct_K, l, L) -> the same, from the weights forward_keep drew
   draw: Callable  # (p_keys, l, L) -> drawn weights name -> (S, i, o): the sampling alone
-  forward_normals: Callable  # (p_keys, l, L) -> arch -> product -> (S, r, o): G_f's normals ({}: explicit)
-  backward_normals: Callable  # (p_keys, l, L) -> arch -> product -> (S, i, r): G_b's normals ({}: explicit)
+  forward_normals: Callable  # (p_keys, l, L) -> stream -> product -> (S, r, o): G_f's normals ({}: explicit)
+  backward_normals: Callable  # (p_keys, l, L) -> stream -> product -> (S, i, r): G_b's normals ({}: explicit)
 
 
 class _HeadSteps(NamedTuple):
@@ -216,22 +216,27 @@ def _layer_steps(layer_cfg: Config, arch_names: tuple[str, ...]) -> _LayerSteps:
   def drawn(p_key, l, L):
     return sampling.drawn_params(layer_cfg, p_key, l, weight_scale(L))
 
+  draws = layer_cfg.conditional_draws
+  streams = {name: sampling.stream_index(name, draws) for name in arch_names}  # whose normals each arch reads
+
   def cell_params(p, name, normals):
     """The layer's weights as architecture ``name`` reads them; ``normals``: () (explicit weights), or the
-    forward (and backward) normals of its conditional products, drawn ahead."""
-    p_cell = sampling.for_cell(p, name)
-    return sampling.with_draws(p_cell, *(n[name] for n in normals)) if normals else p_cell
+    forward (and backward) normals of its conditional products, drawn ahead (by stream)."""
+    p_cell = sampling.for_cell(p, name, draws=draws)
+    return sampling.with_draws(p_cell, *(n[streams[name]] for n in normals)) if normals else p_cell
 
   def normals_one(p_key, l, L, backward):
-    """arch -> product -> the normals of ``G_b`` (``backward``) or of ``G_f``, for every conditional product
-    of the layer: drawn by programs of their own, so that the forward step and each backward step (one
-    per depth batch) do not each compile the sampler; the same numbers as drawing them in the products."""
+    """stream -> product -> the normals of ``G_b`` (``backward``) or of ``G_f``, for every conditional product
+    of the layer and every stream the pass's architectures read (one under shared draws): drawn by
+    programs of their own, so that the forward step and each backward step (one per depth batch) do not
+    each compile the sampler; the same numbers as drawing them in the products."""
     p = drawn(p_key, l, L)  # the products' weights, without the constants around them
     out = {}
-    for name in archs:
-      p_cell = sampling.for_cell(p, name)
-      out[name] = {w: p_cell[w].draw_backward(r, dtype) if backward else p_cell[w].draw_forward(r, dtype)
-                   for w, (r, _, _) in products.items()}
+    for name, stream in streams.items():
+      if stream not in out:
+        p_cell = sampling.for_cell(p, name, draws=draws)
+        out[stream] = {w: p_cell[w].draw_backward(r, dtype) if backward else p_cell[w].draw_forward(r, dtype)
+                       for w, (r, _, _) in products.items()}
     return out
 
   def forward_one(p, x, normals, l, L):
@@ -337,7 +342,7 @@ def _head_steps(head_cfg: Config, arch_names: tuple[str, ...]) -> _HeadSteps:
     for name, arch in archs.items():
       loss_of = lambda state, head, arch=arch: loss_fn(arch.final(state, eps, None, head_cfg, head), target, head)
       if conditional:  # the read-out's draws are this cell's own; of the (untied) head only the final norm's
-        cell_head = sampling.for_cell(head, name, L)  # parameters are differentiated
+        cell_head = sampling.for_cell(head, name, L, head_cfg.conditional_draws)  # parameters are differentiated
         final_q = {k: cell_head[k] for k in final_param_names(dataclasses.replace(head_cfg, arch=name))}
         value, (ct, ct_head) = jax.value_and_grad(lambda state, q: loss_of(state, cell_head | q),
                                                   argnums=(0, 1))(x[name], final_q)
@@ -558,11 +563,19 @@ def passes_for(arch_names, depths) -> list[SharedPass]:
 MEMORY_FRACTION = 0.25  # of the free memory: the default budget of one call's buffers
 
 
-def default_max_memory() -> int:
+# The most one engine call holds by default under conditional weights. Their calls keep nothing but the
+# hidden states of their seeds, and more seeds per call buy little: `--d 512 --L 6..6144 --seeds 8` ran
+# 4 min 7 s at 4.70 GB peak RSS with 8 seeds per call, 4 min 36 s at 2.91 GB with 4 (README, "Cost, measured").
+CONDITIONAL_CALL_BYTES = 5 * 2**29
+
+
+def default_max_memory(weights: str = "explicit") -> int:
   """The default memory budget of one engine call: a quarter of the memory free now, on
   this process's devices (host RAM on CPU; on accelerators the sum over local devices of
-  what their allocator has left, ``memory_stats``). Unknown: no limit."""
+  what their allocator has left, ``memory_stats``), and at most :data:`CONDITIONAL_CALL_BYTES`
+  under conditional ``weights``. Unknown free memory: no limit (explicit weights)."""
   devices = jax.local_devices()
+  cap = CONDITIONAL_CALL_BYTES if weights == "conditional" else UNLIMITED
   try:
     if devices[0].platform == "cpu":
       free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
@@ -570,8 +583,8 @@ def default_max_memory() -> int:
       stats = [device.memory_stats() for device in devices]
       free = sum(s["bytes_limit"] - s["bytes_in_use"] for s in stats)
   except (ValueError, OSError, TypeError, KeyError):
-    return UNLIMITED
-  return int(free * MEMORY_FRACTION)
+    return cap
+  return min(cap, int(free * MEMORY_FRACTION))
 
 
 UNLIMITED = 2**62  # a budget that every plan fits
@@ -730,7 +743,7 @@ def plan_passes(
 ) -> list[tuple[SharedPass, MemoryPlan]]:
   """The shared passes of :func:`measure_archs` (:func:`passes_for`), each with its
   :class:`MemoryPlan` (:func:`plan_memory`; ``max_memory`` None: :func:`default_max_memory`)."""
-  max_memory = default_max_memory() if max_memory is None else int(max_memory)
+  max_memory = default_max_memory(cfg.weights) if max_memory is None else int(max_memory)
   return [(p, plan_memory(cfg, p.archs, p.depths, seeds, max_memory, chunk, redraw))
           for p in passes_for(tuple(dict.fromkeys(arch_names)), depths)]
 
@@ -836,8 +849,8 @@ def normals_drawn(cfg: Config, arch_names, depths, seeds: int) -> int:
 
   Conditional weights draw, per product on r rows (:func:`conditional_products`), ``G_f`` (r × d_out) in the forward
   step and again in the backward step that recomputes it, and one ``G_b`` (d_in × r) that
-  every depth's cotangent meets, for each architecture of the pass; the read-out draws per
-  depth.
+  every depth's cotangent meets, for each stream of normals the pass's architectures read (one
+  under ``Config.conditional_draws = "shared"``); the read-out draws per depth and architecture.
 
   Args:
     cfg: the model (its arch and L ignored).
@@ -859,7 +872,8 @@ def normals_drawn(cfg: Config, arch_names, depths, seeds: int) -> int:
     if cfg.weights == "explicit":
       per_seed = L_max * sum(i * o for i, o in drawn) + V * d * (int(readout) + int(cfg.inputs == "text"))
     else:
-      per_seed = L_max * A * conditional_layer
+      streams = len({sampling.stream_index(a, cfg.conditional_draws) for a in p.archs})
+      per_seed = L_max * streams * conditional_layer
       per_seed += len(p.depths) * A * (2 * rows * V + d * rows) * int(readout) + rows * d * int(cfg.inputs == "text")
     total += seeds * per_seed
   return total

@@ -22,7 +22,8 @@ Conditional weights (``Config.weights = "conditional"``, SPEC §6) keep the weig
 above and draw from its children instead, never the weight itself
 (:class:`ConditionalWeight`):
 
-  stream key    = fold_in(weight key, arch index in ARCHS)
+  stream key    = fold_in(weight key, stream)  (stream 0 for every architecture; per-arch draws, the
+                                              stores before them: the arch's index in ARCHS)
   forward G_f   = fold_in(stream key, 0)                 (r × d_out: Qᵀ W)
   backward G_b  = fold_in(fold_in(stream key, 1), 0)     (d_in × r: W' δᵀ = G_b C, the unseen part; layer
                                                          weights: one draw all depths meet; the read-out: per depth L)
@@ -42,7 +43,8 @@ import jax
 import jax.numpy as jnp
 
 from normtheory import layers, text
-from normtheory.config import ARCHS, EMBEDDING, GATE, NORM_PARTS, PARAM_NAMES, Config, norm_param_names
+from normtheory.config import (ARCHS, CONDITIONAL_DRAWS, EMBEDDING, GATE, NORM_PARTS, PARAM_NAMES, Config,
+                               norm_param_names)
 from normtheory.layers import Params, embed
 
 EMBEDDING_INDEX = 2**32 - 1  # the params key's child reserved for E (layers use 1..L, the head 0)
@@ -79,7 +81,7 @@ class ConditionalWeight:
   :meth:`forward_normals` and :meth:`fresh_product` draw them fresh, and every
   number has exactly the law it has with W drawn in full.
 
-  A pytree: ``key``, ``scale``, ``arch`` and ``depth`` are leaves (traced), the rest static.
+  A pytree: ``key``, ``scale``, ``stream`` and ``depth`` are leaves (traced), the rest static.
 
   References:
     Bayati & Montanari 2011, "The dynamics of message passing on dense graphs",
@@ -89,7 +91,9 @@ class ConditionalWeight:
   Attributes:
     key: the weight key, the key an explicit draw of W would use (:func:`drawn_params`).
     scale: the entries' standard deviation.
-    arch: index in ``ARCHS`` of the architecture whose pass uses W (its draws are its own).
+    stream: which normals the draws are (:func:`stream_index`): 0 for every architecture
+      (``Config.conditional_draws = "shared"``), or the index in ``ARCHS`` of the architecture
+      whose pass uses W ("per-arch").
     depth: keys ``G_b``: 0 for a layer's weights (one draw every depth's cotangent meets),
       the cell's depth L for the read-out (drawn per depth, :func:`for_cell`).
     shape: ``(d_in, d_out)``.
@@ -101,7 +105,7 @@ class ConditionalWeight:
 
   key: jax.Array
   scale: jax.Array
-  arch: jax.Array
+  stream: jax.Array
   depth: jax.Array
   shape: tuple[int, int]
   transposed: bool = False
@@ -115,7 +119,7 @@ class ConditionalWeight:
     return dataclasses.replace(self, shape=self.shape[::-1], transposed=not self.transposed)
 
   def _stream(self) -> jax.Array:
-    return jax.random.fold_in(self.key, self.arch)
+    return jax.random.fold_in(self.key, self.stream)
 
   def draw_forward(self, rows: int, dtype) -> jax.Array:
     """The standard normals of ``G_f`` (rows × d_out), from the forward key: a function of W's keys
@@ -155,7 +159,7 @@ class ConditionalWeight:
 
 
 jax.tree_util.register_dataclass(
-    ConditionalWeight, data_fields=["key", "scale", "arch", "depth", "forward_draw", "backward_draw"],
+    ConditionalWeight, data_fields=["key", "scale", "stream", "depth", "forward_draw", "backward_draw"],
     meta_fields=["shape", "transposed", "zero"])
 
 
@@ -177,17 +181,25 @@ def with_draws(params: Params, forward: dict, backward: dict | None = None) -> P
 
 
 def conditional_weight(key: jax.Array, shape: tuple[int, int], scale, zero: bool = False) -> ConditionalWeight:
-  """A :class:`ConditionalWeight` for architecture 0 and depth 0 (:func:`for_cell` sets them)."""
+  """A :class:`ConditionalWeight` of stream 0 and depth 0 (:func:`for_cell` sets them)."""
   return ConditionalWeight(key, jnp.asarray(scale), jnp.uint32(0), jnp.uint32(0), tuple(shape), zero=zero)
 
 
-def for_cell(params: Params, arch: str, depth=0) -> Params:
-  """``params`` with every conditional weight's draws made those of ``arch`` and depth
-  ``depth`` (arrays are returned as they are): a cell's numbers then depend only on its
-  own keys, not on which other architectures or depths share the pass. The layers keep
-  ``depth = 0`` (every depth meets one ``G_b``); the read-out takes its cell's L."""
-  index = jnp.uint32(ARCHS.index(arch))
-  return {name: dataclasses.replace(w, arch=index, depth=jnp.asarray(depth, jnp.uint32))
+def stream_index(arch: str, draws: str = "shared") -> int:
+  """The stream of normals that ``arch``'s conditional products draw (``Config.conditional_draws``):
+  0 for every architecture ("shared"), or ``arch``'s index in ``ARCHS`` ("per-arch")."""
+  if draws not in CONDITIONAL_DRAWS:
+    raise ValueError(f"conditional draws must be one of {CONDITIONAL_DRAWS}, got {draws!r}")
+  return ARCHS.index(arch) if draws == "per-arch" else 0
+
+
+def for_cell(params: Params, arch: str, depth=0, draws: str = "shared") -> Params:
+  """``params`` with every conditional weight's draws made those of ``arch`` (:func:`stream_index`
+  under ``draws``) and depth ``depth`` (arrays are returned as they are): a cell's numbers then
+  depend only on its own keys, not on which other architectures or depths share the pass. The
+  layers keep ``depth = 0`` (every depth meets one ``G_b``); the read-out takes its cell's L."""
+  index = jnp.uint32(stream_index(arch, draws))
+  return {name: dataclasses.replace(w, stream=index, depth=jnp.asarray(depth, jnp.uint32))
           if isinstance(w, ConditionalWeight) else w for name, w in params.items()}
 
 

@@ -47,7 +47,9 @@ DERIVED_DEFAULTS = {"positions": ("inputs", {"text": "sinusoidal"})}
 INTEGER_COLUMNS = frozenset({"d", "L", "n", "d_ff", "batch", "heads", "causal", "seed", "layer", "ln"})
 # Value of each store setting (meta.json "settings") added after the first stores were
 # written, as those stores measured it: a meta.json without the key means this value.
-SETTING_DEFAULTS = {"tied": False, "alpha0": 0.5, "weights": "explicit"}
+# conditional_draws: "shared" (Config.conditional_draws) or None: explicit weights, or conditional
+# weights drawn per architecture (every conditional store written before the setting).
+SETTING_DEFAULTS = {"tied": False, "alpha0": 0.5, "weights": "explicit", "conditional_draws": None}
 
 GRAD_FILE = "grad_norms.csv"
 HIDDEN_FILE = "hidden_norms.csv"

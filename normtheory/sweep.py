@@ -125,7 +125,7 @@ def run_pass(
   """
   seeds_S = np.asarray(p.seeds)
   chunk = None if chunk is None else min(chunk, len(seeds_S))
-  budget = engine.default_max_memory() if max_memory is None else max_memory
+  budget = engine.default_max_memory(p.base.weights) if max_memory is None else max_memory
   while True:
     plans = [plan for _, plan in engine.plan_passes(p.base, p.archs, p.depths, len(seeds_S), budget, chunk, redraw)]
     try:
@@ -193,7 +193,7 @@ def seed_chunks(p: Pass, chunk: int | None, max_memory: int | None = None, redra
     p: the pass.
     chunk, max_memory, redraw: as in :func:`run_pass`.
   """
-  budget = engine.default_max_memory() if max_memory is None else max_memory
+  budget = engine.default_max_memory(p.base.weights) if max_memory is None else max_memory
   plans = engine.plan_passes(p.base, p.archs, p.depths, len(p.seeds), budget,
                              None if chunk is None else min(chunk, len(p.seeds)), redraw)
   size = max(plan.chunk for _, plan in plans)

@@ -148,12 +148,28 @@ def test_a_store_holds_one_kind_of_weights(tiny_store_copy, tiny_argv, stderr_li
 
 
 @pytest.mark.slow
-def test_conditional_store_records_its_kind(tmp_path, tiny_argv):
-  out = tmp_path / "cond"
-  assert cli.main([*tiny_argv, "--d", "8", "--L", "1,2", "--weights", "conditional", "--out", str(out)]) == 0
-  assert json.loads((out / "meta.json").read_text())["settings"]["weights"] == "conditional"
-  frames = nt.load(out)
+def test_conditional_store_records_its_kind_and_an_older_one_resumes_with_its_own_draws(tmp_path, tiny_argv):
+  """A new conditional store records shared draws; one whose meta.json has no ``conditional_draws`` (every
+  conditional store written before the setting) is measured with each architecture's own normals, and
+  keeps saying so: its Post-LN rows are the shared store's (shared draws are Post-LN's stream), its
+  Pre-LN rows are not."""
+  argv = [*tiny_argv, "--d", "8", "--L", "1,2", "--weights", "conditional"]
+  shared, older = tmp_path / "shared", tmp_path / "older"
+  assert cli.main([*argv, "--out", str(shared)]) == 0
+  meta = json.loads((shared / "meta.json").read_text())
+  assert meta["settings"]["weights"] == "conditional" and meta["settings"]["conditional_draws"] == "shared"
+  frames = nt.load(shared)
   assert np.isfinite(frames.grad.grad_norm).all() and len(frames.grad) == 2 * 3 * 3 * 6
+  del meta["settings"]["conditional_draws"]
+  older.mkdir()
+  (older / "meta.json").write_text(json.dumps(meta | {"runs": [], "passes": []}))
+  assert cli.main([*argv, "--out", str(older)]) == 0
+  assert json.loads((older / "meta.json").read_text())["settings"]["conditional_draws"] is None
+  per_arch = nt.load(older).grad.set_index(["arch", "L", "seed", "layer", "param"]).grad_norm.sort_index()
+  by_shared = frames.grad.set_index(["arch", "L", "seed", "layer", "param"]).grad_norm.sort_index()
+  np.testing.assert_array_equal(per_arch["post"], by_shared["post"])
+  moved = np.abs(per_arch["pre"] - by_shared["pre"]) > 1e-3 * by_shared["pre"]
+  assert moved[by_shared["pre"] > 0].all()
 
 
 def test_wide_explicit_sweep_line_names_both_costs():

@@ -125,3 +125,23 @@ def test_a_cells_numbers_do_not_depend_on_the_pass_or_the_chunk():
   # and the draws are the cell's own: Post and Pre differ from their explicit values
   explicit = engine.measure_archs(dataclasses.replace(cfg, weights="explicit"), ("pre",), (3,), np.arange(2), KEY)
   assert not np.allclose(explicit["pre"][3].grad_norms["W2"], alone["pre"][3].grad_norms["W2"])
+
+
+@pytest.mark.slow
+def test_shared_draws_are_post_lns_normals_and_per_arch_draws_each_archs_own():
+  """Under shared draws (the default) Pre-LN reads the normals Post-LN reads under either setting; under
+  per-arch draws its own. The products draw in place here (the engine's normals steps bypassed), so Pre
+  alone under shared draws must equal Pre beside Post: the normals steps hand each arch its stream's."""
+  cfg = nt.Config(weights="conditional", **SMALL)
+  per_arch_cfg = dataclasses.replace(cfg, conditional_draws="per-arch")
+  shared = engine.measure_archs(cfg, ("post", "pre"), (1, 3), np.arange(2), KEY)
+  per_arch = engine.measure_archs(per_arch_cfg, ("post", "pre"), (1, 3), np.arange(2), KEY)
+  assert _worst_relative_difference({"post": per_arch["post"]}, shared) < 1e-12
+  for L in (1, 3):
+    assert not np.allclose(per_arch["pre"][L].grad_norms["W2"], shared["pre"][L].grad_norms["W2"])
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(engine, "_step_normals", lambda *step: ())
+    alone = engine.measure_archs(cfg, ("pre",), (1, 3), np.arange(2), KEY)
+    alone_per_arch = engine.measure_archs(per_arch_cfg, ("pre",), (1, 3), np.arange(2), KEY)
+  assert _worst_relative_difference(alone, shared) < 1e-12
+  assert _worst_relative_difference(alone_per_arch, per_arch) < 1e-12
