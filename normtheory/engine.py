@@ -474,7 +474,7 @@ def _measure_chunk(
           name: jnp.concatenate([readout[name], new_readout[name]]) for name in arch_names}
       active.append(l)
     K = len(active)
-    K_pad = _depth_batch(K, len(depths), cfg.weights)
+    K_pad = _depth_batch(K, depths, cfg)
     ct_pad = _pad_depths(ct, K_pad)
     if l in kept:
       out = steps.backward_kept(kept.pop(l), xs[l - 1], ct_pad, jnp.int32(l), L_arg)
@@ -525,14 +525,35 @@ def _step_normals(steps: _LayerSteps, p_keys: jax.Array, l: int, L_arg: jax.Arra
   return (forward, steps.backward_normals(p_keys, jnp.int32(l), L_arg)) if backward else (forward,)
 
 
-def _depth_batch(K: int, depths: int, weights: str) -> int:
+# Conditional weights pad every backward step to all depths unless that adds more than this much work:
+# (extra depth-steps over the pass) x (d + d_ff). Padding to powers of two instead compiles more backward
+# programs, each 3.6-5.4 s at d = 1024 (2026-12-03, 2 cores), while a depth-step costs 1.6e-7 to 2.7e-7 s
+# per seed and unit of d + d_ff (d = 1024 .. 65 536): for a pass of 8 seeds, 2 programs (about 9 s) pay
+# for about 9 s / (8 x 2e-7 s) = 5.6e6 units. On the grid 6..96 (90 extra depth-steps) that is d = d_ff
+# up to 16 384; the grid 6..6144 at d = 512 pads to powers of two.
+PAD_ALL_DEPTHS_WORK = 2**22
+
+
+def _depth_batch(K: int, depths: tuple[int, ...], cfg: Config) -> int:
   """The batch of cotangents the backward step runs for K active depths of ``depths``: 1 or all
   of them (two compilations); conditional weights, whose per-depth work (Gram factors and
   products of r columns) is most of a backward step, pad K to the next power of two at most
-  (a few more compilations, far less work on long depth grids)."""
+  (a few more compilations, far less work on long depth grids) where padding to all depths would
+  add more than :data:`PAD_ALL_DEPTHS_WORK`."""
   if K == 1:
     return 1
-  return depths if weights == "explicit" else min(depths, 1 << (K - 1).bit_length())
+  if cfg.weights == "explicit" or _pads_all_depths(tuple(sorted(set(depths))), cfg.d + cfg.d_ff):
+    return len(depths)
+  return min(len(depths), 1 << (K - 1).bit_length())
+
+
+@functools.lru_cache(maxsize=None)
+def _pads_all_depths(depths: tuple[int, ...], width: int) -> bool:
+  """Whether padding every backward step of ``depths`` to all of them, rather than to powers of two,
+  adds at most :data:`PAD_ALL_DEPTHS_WORK` (extra depth-steps x ``width``)."""
+  K_of_layer = [sum(L >= l for L in depths) for l in range(1, max(depths) + 1)]
+  extra = sum(len(depths) - min(len(depths), 1 << (K - 1).bit_length()) for K in K_of_layer if K > 1)
+  return extra * width <= PAD_ALL_DEPTHS_WORK
 
 
 def _pad_depths(ct: dict, K_pad: int) -> dict:
@@ -626,7 +647,7 @@ def program_bytes(cfg: Config, arch_names, depths) -> int:
   step per depth batch, :func:`_depth_batch`) are large; explicit weights' are within the reserve."""
   if cfg.weights != "conditional":
     return 0
-  batches = {_depth_batch(K, len(depths), cfg.weights) for K in range(1, len(depths) + 1)}
+  batches = {_depth_batch(K, depths, cfg) for K in range(1, len(depths) + 1)}
   return CONDITIONAL_PROGRAM_BYTES * len(arch_names) * (len(batches) + 2)
 
 

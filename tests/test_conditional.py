@@ -103,6 +103,18 @@ def test_normals_drawn_counts_what_draw_weights_draws():
   assert conditional * 5 < explicit
 
 
+def test_backward_depth_batches_pad_to_all_depths_where_that_costs_little():
+  """Explicit weights run 1 or all depths; conditional ones too on the issue's width grid up to d = 16 384,
+  and powers of two where padding to all would add much work (d = 32 768 on 6..96, the deep grid 6..6144)."""
+  def batches(depths, **fields):
+    return sorted({engine._depth_batch(K, depths, nt.Config(**fields)) for K in range(1, len(depths) + 1)})
+  grid, deep = (6, 12, 24, 48, 96), tuple(6 * 2**i for i in range(11))
+  assert batches(grid, d=65536) == [1, 5] and batches(deep, d=512) == [1, 11]
+  assert batches(grid, d=16384, weights="conditional") == [1, 5]
+  assert batches(grid, d=32768, weights="conditional") == [1, 2, 4, 5]
+  assert batches(deep, d=512, weights="conditional") == [1, 2, 4, 8, 11]
+
+
 @pytest.mark.parametrize("fields, named", [
     ({"d": 8, "n": 8}, "batch*n=8"), ({"d": 16, "n": 4, "batch": 4}, "batch*n=16"),
     ({"d": 16, "n": 4, "d_ff": 4}, "min(d, d_ff)=4"),

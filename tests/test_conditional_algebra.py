@@ -145,3 +145,18 @@ def test_shared_draws_are_post_lns_normals_and_per_arch_draws_each_archs_own():
     alone_per_arch = engine.measure_archs(per_arch_cfg, ("pre",), (1, 3), np.arange(2), KEY)
   assert _worst_relative_difference(alone, shared) < 1e-12
   assert _worst_relative_difference(alone_per_arch, per_arch) < 1e-12
+
+
+@pytest.mark.slow
+def test_padding_every_depth_or_to_powers_of_two_gives_the_same_numbers(monkeypatch):
+  """The backward step's depth batch (:func:`engine._depth_batch`: all depths, or powers of two) pads with
+  zero cotangents, which change no active depth's numbers beyond rounding (float64, five depths)."""
+  cfg = nt.Config(weights="conditional", **SMALL)
+  depths = (1, 2, 3, 4, 5)
+  padded = {}
+  for work in (2**62, 0):  # every step padded to all five depths; then to 1, 2, 4, 5
+    monkeypatch.setattr(engine, "PAD_ALL_DEPTHS_WORK", work)
+    engine._pads_all_depths.cache_clear()
+    padded[work] = engine.measure_archs(cfg, ("pre",), depths, np.arange(2), KEY)
+  engine._pads_all_depths.cache_clear()
+  assert _worst_relative_difference(padded[2**62], padded[0]) < 1e-12
